@@ -1,0 +1,227 @@
+"""The ``shrinkssm`` command line.
+
+::
+
+    shrinkssm train [--config FILE.yaml] [--out DIR] [KEY=VALUE ...]   train (default: sMNIST, tau=0.01)
+    shrinkssm train --resume DIR                                        continue an interrupted run
+    shrinkssm eval RUN [--split test]                                   a run's checkpoint on a split
+    shrinkssm analyze RUN                                               reduction history and plots
+    shrinkssm data list                                                 data sets, installed or not
+
+Exit codes: 0 success, 1 training diverged or failed, 2 bad usage / config / checkpoint / data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("shrinkssm")
+
+
+def _setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
+        log.addHandler(handler)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    log.propagate = False
+
+
+def _default_run_dir(data_name: str, mode: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{data_name}-{mode}"
+
+
+def _format_dims(before: list[int], after: list[int]) -> str:
+    return ", ".join(f"{b} -> {a}" for b, a in zip(before, after))
+
+
+def _print_summary(summary: dict) -> None:
+    metric = summary["metric"]
+    print()
+    print(f"  test {metric}:  {summary[f'test_{metric}']:.4f}   (validation "
+          f"{summary[f'val_{metric}']:.4f})")
+    print(f"  state size:     {_format_dims(summary['initial_state_dims'], summary['state_dims'])}"
+          f"   (per layer)")
+    print(f"  training time:  {summary['train_seconds']:.1f} s for {summary['steps']} steps")
+    print(f"  run directory:  {summary['run_dir']}  (summary.json, metrics.jsonl, plots/)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from shrinkssm.train.config import load_config
+    from shrinkssm.train.trainer import Trainer
+
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise _UsageError("--resume continues a run with its saved config; it takes no "
+                              "--config, --out or overrides")
+        run_dir = Path(args.resume)
+        _setup_logging(run_dir, args.verbose)
+        trainer = Trainer(None, run_dir, resume=True)
+        log.info("resuming %s at step %d of %d", run_dir, trainer.step, trainer.config.train.steps)
+    else:
+        config = load_config(args.config, args.overrides)
+        run_dir = Path(args.out) if args.out else _default_run_dir(config.data.name,
+                                                                  config.compress.mode)
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise _UsageError(f"{run_dir} already holds a run; use --resume {run_dir} to "
+                              "continue it or --out to choose another directory")
+        _setup_logging(run_dir, args.verbose)
+        trainer = Trainer(config, run_dir)
+        log.info("run directory %s; data %s (%d train / %d val / %d test); model %s",
+                 run_dir, config.data.name, len(trainer.splits.train), len(trainer.splits.val),
+                 len(trainer.splits.test), trainer.model.state_dims())
+    summary = trainer.fit()
+    if summary.get("interrupted"):
+        print(f"stopped at step {summary['steps']}; continue with: shrinkssm train --resume {run_dir}")
+        return 0
+    _print_summary(summary)
+    return 0
+
+
+def _load_run(run: str):
+    """Config, checkpoint and data of a run directory."""
+    from shrinkssm.data import load_dataset
+    from shrinkssm.train.checkpoint import load_checkpoint
+    from shrinkssm.train.config import build_config
+
+    run_dir = Path(run)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    config = build_config(ckpt["config"])
+    return run_dir, config, ckpt
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from shrinkssm.train.trainer import Trainer
+
+    _setup_logging(None, args.verbose)
+    run_dir = Path(args.run)
+    trainer = Trainer(None, run_dir, resume=True)
+    trainer.metrics.close()
+    result = trainer.evaluate_split(args.split)
+    result = {"split": args.split, "step": trainer.step, "state_dims": trainer.model.state_dims(),
+              **result}
+    print(json.dumps(result, indent=2))
+    del torch
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from shrinkssm.compress import ReductionHistory
+    from shrinkssm.plots import plot_run
+    from shrinkssm.train.metrics_log import read_metrics
+
+    run_dir, config, ckpt = _load_run(args.run)
+    history = ReductionHistory.from_dict(ckpt["compressor"]["history"])
+    initial = ckpt["extra"]["initial_dims"]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    metric = next((k[4:] for r in rows for k in r if k.startswith("val_") and k != "val_loss"
+                   and not k.startswith("val_score")), "accuracy")
+    files = plot_run(rows, history, initial, config.train.steps, run_dir / "plots", metric)
+    print(f"run {run_dir}: step {ckpt['step']} of {config.train.steps}, "
+          f"mode {config.compress.mode}, method {config.compress.method}")
+    print(f"{'step':>8}  {'layer':>5}  {'before':>6}  {'after':>6}  {'bound':>10}  "
+          f"{'kept energy':>11}  {'seconds':>8}  note")
+    for event in history:
+        for le in event.layers:
+            bound = f"{le.error_bound:.3e}" if le.error_bound is not None else "-"
+            kept = f"{le.kept_energy:.4f}" if le.kept_energy is not None else "-"
+            note = le.skipped or ("rolled back" if event.rolled_back else "")
+            print(f"{event.step:>8}  {le.layer:>5}  {le.old:>6}  {le.new:>6}  {bound:>10}  "
+                  f"{kept:>11}  {le.seconds:>8.3f}  {note}")
+    if not len(history):
+        print("  (no reduction points reached yet)")
+    for path in files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from shrinkssm.data import available_datasets
+
+    rows = available_datasets()
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        status = "installed" if r.installed else "not installed"
+        print(f"{r.name:<{width}}  {status:<13}  {r.description}")
+        if not r.installed:
+            print(f"{'':<{width}}  {'':<13}  -> {r.how_to_install}")
+    return 0
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shrinkssm",
+        description="Train deep State Space Models that start large and shrink while they train.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model (default: sequential MNIST, tau=0.01)",
+                           description="Train with in-training compression. Settings come from "
+                           "the defaults, then --config, then KEY=VALUE overrides "
+                           "(e.g. train.steps=2000 model.d_state=64 compress.tol=0.02).")
+    train.add_argument("--config", help="YAML config file (see configs/)")
+    train.add_argument("--out", help="run directory (default: runs/<time>-<data>-<mode>)")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run's last checkpoint on a split")
+    ev.add_argument("run", help="run directory")
+    ev.add_argument("--split", default="test", choices=("test", "val", "train"))
+    ev.set_defaults(func=cmd_eval)
+
+    an = sub.add_parser("analyze", help="reduction history table and plots of a run")
+    an.add_argument("run", help="run directory")
+    an.set_defaults(func=cmd_analyze)
+
+    data = sub.add_parser("data", help="data sets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    dl = data_sub.add_parser("list", help="what is available, installed, and how to install it")
+    dl.set_defaults(func=cmd_data_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shrinkssm.data import DataFileError, DataNotFoundError
+    from shrinkssm.train.checkpoint import CheckpointError
+    from shrinkssm.train.config import ConfigError
+    from shrinkssm.train.trainer import TrainingDiverged
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, DataNotFoundError, DataFileError, _UsageError) as exc:
+        print(f"shrinkssm: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"shrinkssm: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nshrinkssm: interrupted; the last checkpoint is kept (resume with "
+              "`shrinkssm train --resume RUN`)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Layers and models, in ML notation (``d_model``, ``d_state``).
+
+* :class:`LRU` -- the Linear Recurrent Unit; ``system()`` describes it as an
+  :class:`shrinkssm.lti.DiagonalSystem`, ``reduce_()`` replaces it by a smaller one.
+* :class:`SSMModel` -- encoder, blocks of (norm -> LRU -> GELU -> GLU -> residual), pooling, head.
+"""
+
+from shrinkssm.nn.lru import LRU as LRU, LayerReduction as LayerReduction, SSM_LR_GROUP as SSM_LR_GROUP
+from shrinkssm.nn.model import (
+    MaskedBatchNorm as MaskedBatchNorm,
+    ModelConfig as ModelConfig,
+    SSMBlock as SSMBlock,
+    SSMModel as SSMModel,
+)
+
+__all__ = ["LRU", "LayerReduction", "SSM_LR_GROUP", "ModelConfig", "SSMModel", "SSMBlock",
+           "MaskedBatchNorm"]

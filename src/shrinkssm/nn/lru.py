@@ -1,0 +1,378 @@
+"""The Linear Recurrent Unit (LRU) layer, and how it replaces itself by a smaller one.
+
+Follows Orvieto et al., "Resurrecting Recurrent Neural Networks for Long Sequences" (2023), with
+the parametrisation of ``DESIGN.md`` §2::
+
+    x[k] = diag(lam) x[k-1] + (gamma * B) u[k]        lam_j = exp(-exp(nu_log_j) + i exp(theta_log_j))
+    y[k] = Re(C x[k]) + D u[k]                        gamma_j = exp(gamma_log_j) (~ sqrt(1 - |lam_j|^2))
+
+The system-theory conventions (which side the conjugate sits on, what "rank" counts) are those of
+:mod:`shrinkssm.lti`. :meth:`LRU.system` is the bridge to that package: it returns the exact map the
+forward pass computes, and :meth:`LRU.reduce_` writes a reduced system back into the layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from shrinkssm import lti
+from shrinkssm.ops import lru_recurrence
+
+__all__ = ["LRU", "LayerReduction", "SSM_LR_GROUP"]
+
+SSM_LR_GROUP = "ssm"
+"""Value of ``param._lr_group`` for the recurrent parameters (nu, theta, gamma, B): the published
+optimizer gives them a smaller learning rate and no weight decay."""
+
+_MIN_PHASE = 1e-6
+"""Smallest phase written back by :meth:`LRU.reduce_`. The LRU stores ``theta_log = log(theta)``,
+so a reduced eigenvalue on the positive real axis (theta = 0) is given this phase instead; the
+change of lam is below 1e-6 * |lam|, far under the reduction's own error bound."""
+
+
+@dataclass(frozen=True)
+class LayerReduction:
+    """What :meth:`LRU.reduce_` did to one layer.
+
+    ``hsv`` holds all Hankel singular values of the layer before the reduction (descending,
+    float64); ``error_bound`` bounds the H-infinity norm of the change of the layer's map (None for
+    methods without an a-priori bound). ``notes`` repeats what the reduction had to say (no-op,
+    clamped eigenvalues, ...).
+    """
+
+    old_d_state: int
+    new_d_state: int
+    method: str
+    output: str
+    hsv: Tensor
+    error_bound: float | None
+    kept_energy: float
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        """True if the layer was replaced (its state shrank)."""
+        return self.new_d_state < self.old_d_state
+
+
+class LRU(nn.Module):
+    """Linear Recurrent Unit over real sequences.
+
+    Parameters
+    ----------
+    d_model : int
+        Width H of the input and output.
+    d_state : int
+        Number N of complex states.
+    r_min, r_max : float
+        ``|lam|`` is drawn so that eigenvalues are uniform on the ring ``r_min <= |lam| <= r_max``.
+    max_phase : float
+        Phases are drawn uniformly from ``[0, max_phase]`` (2*pi; pi/10 for very long tasks).
+    train_gamma : bool
+        Train the input normalisation ``gamma`` (``gamma_log`` is a Parameter) or keep it fixed at
+        ``sqrt(1 - |lam|^2)`` of the initialisation (a buffer).
+    scan : str
+        Backend of :func:`shrinkssm.ops.lru_recurrence`: "auto", "native", "chunked" or "ref".
+
+    Shapes: ``forward(u: (B, L, H) real) -> (B, L, H) real``; ``step(u_k: (B, H), state: (B, N)
+    complex) -> ((B, H), (B, N))``.
+
+    Parameters carry two tags read by optimizer builders: ``_no_weight_decay`` and ``_lr_group``
+    (``"ssm"`` for nu_log, theta_log, gamma_log and B; absent for C and D).
+
+    Notes
+    -----
+    :meth:`reduce_` replaces the parameters by *new* ``nn.Parameter`` objects of smaller shape. An
+    optimizer built before the reduction still holds the old ones: call
+    :func:`shrinkssm.compress.swap_parameters` (or rebuild the optimizer) with the mapping that
+    :meth:`reduce_` leaves in ``layer.last_replaced``. The :class:`shrinkssm.compress.Compressor`
+    does this for you.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int,
+        *,
+        r_min: float = 0.9,
+        r_max: float = 0.999,
+        max_phase: float = 2 * math.pi,
+        train_gamma: bool = True,
+        dense_skip: bool = False,
+        scan: str = "auto",
+    ) -> None:
+        super().__init__()
+        if d_model < 1 or d_state < 1:
+            raise ValueError(f"d_model and d_state must be >= 1, got {d_model} and {d_state}")
+        if not 0.0 <= r_min < r_max < 1.0:
+            raise ValueError(f"need 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
+        if not 0.0 < max_phase <= 2 * math.pi:
+            raise ValueError(f"max_phase must lie in (0, 2*pi], got {max_phase}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
+        self.train_gamma = train_gamma
+        self.scan = scan
+        self.last_replaced: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+        self._allocate(d_state, dense_skip)
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------
+    # parameters
+    # ----------------------------------------------------------------------------------------
+    def _allocate(self, n: int, dense_skip: bool) -> None:
+        """Create parameters for ``n`` states (zeros, in the layer's current dtype and device);
+        see :meth:`resize_`."""
+        h = self.d_model
+        current = self._parameters.get("nu_log")
+        like = dict(dtype=current.dtype, device=current.device) if current is not None else {}
+        empty = lambda *shape: torch.zeros(*shape, **like)  # noqa: E731
+        ssm = dict(_lr_group=SSM_LR_GROUP, _no_weight_decay=True)
+        self._set_param("nu_log", empty(n), **ssm)
+        self._set_param("theta_log", empty(n), **ssm)
+        if self.train_gamma:
+            self._set_param("gamma_log", empty(n), **ssm)
+        else:
+            self.register_buffer("gamma_log", empty(n))
+        self._set_param("B_re", empty(n, h), **ssm)
+        self._set_param("B_im", empty(n, h), **ssm)
+        self._set_param("C_re", empty(h, n))
+        self._set_param("C_im", empty(h, n))
+        self._set_param("D", empty(h, h) if dense_skip else empty(h))
+        self.d_state = n
+
+    def _set_param(self, name: str, value: Tensor, **tags) -> nn.Parameter:
+        old = self._parameters.get(name)
+        param = nn.Parameter(value.detach().clone(), requires_grad=True)
+        for key, val in tags.items():
+            setattr(param, key, val)
+        if old is not None:  # carry over tags that callers may have added
+            for key, val in vars(old).items():
+                if key.startswith("_") and not hasattr(param, key):
+                    setattr(param, key, val)
+            self.last_replaced[name] = (old, param)
+        setattr(self, name, param)
+        return param
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise as in the LRU paper: eigenvalues uniform on the ring, B ~ N(0, 1/(2H)),
+        C ~ N(0, 1/N), D ~ N(0, 1)."""
+        n, h = self.d_state, self.d_model
+        u1, u2 = torch.rand(n), torch.rand(n)
+        # |lam|^2 uniform on [r_min^2, r_max^2] makes lam uniform in area on the ring.
+        nu = -0.5 * torch.log(u1 * (self.r_max**2 - self.r_min**2) + self.r_min**2)
+        theta = (self.max_phase * u2).clamp_min(_MIN_PHASE)
+        self.nu_log.copy_(torch.log(nu))
+        self.theta_log.copy_(torch.log(theta))
+        self.gamma_log.copy_(0.5 * torch.log1p(-torch.exp(-2 * nu)))  # log sqrt(1 - |lam|^2)
+        self.B_re.normal_(0.0, 1.0 / math.sqrt(2 * h))
+        self.B_im.normal_(0.0, 1.0 / math.sqrt(2 * h))
+        self.C_re.normal_(0.0, 1.0 / math.sqrt(n))
+        self.C_im.normal_(0.0, 1.0 / math.sqrt(n))
+        if self.D.ndim == 1:
+            self.D.normal_()
+        else:
+            self.D.copy_(torch.diag(torch.randn(h)))
+
+    @property
+    def dense_skip(self) -> bool:
+        """True once the skip term is a full (H, H) matrix (after singular perturbation)."""
+        return self.D.ndim == 2
+
+    def resize_(self, d_state: int, dense_skip: bool = False) -> None:
+        """Reallocate the parameters for ``d_state`` states (values are placeholders).
+
+        Used to rebuild a reduced layer before ``load_state_dict`` of a checkpoint; to *reduce*
+        a trained layer use :meth:`reduce_`.
+        """
+        self._allocate(d_state, dense_skip)
+        self.last_replaced.clear()
+
+    def extra_repr(self) -> str:
+        skip = ", dense_skip=True" if self.dense_skip else ""
+        return f"d_model={self.d_model}, d_state={self.d_state}{skip}, scan={self.scan!r}"
+
+    # ----------------------------------------------------------------------------------------
+    # the map
+    # ----------------------------------------------------------------------------------------
+    def eigenvalues(self) -> Tensor:
+        """lam: (N,) complex, ``exp(-exp(nu_log) + i exp(theta_log))``."""
+        return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
+
+    def input_matrix(self) -> Tensor:
+        """gamma * B: (N, H) complex, the normalised input matrix the recurrence uses."""
+        return torch.complex(self.B_re, self.B_im) * torch.exp(self.gamma_log)[:, None]
+
+    def output_matrix(self) -> Tensor:
+        """C: (H, N) complex."""
+        return torch.complex(self.C_re, self.C_im)
+
+    def _skip(self, u: Tensor) -> Tensor:
+        return u @ self.D.T if self.dense_skip else u * self.D
+
+    def forward(
+        self,
+        u: Tensor,
+        mask: Tensor | None = None,
+        state: Tensor | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Run the layer over whole sequences.
+
+        Parameters
+        ----------
+        u : (B, L, H) real
+        mask : (B, L) bool, optional
+            True at valid positions. Padded inputs are zeroed, so they never enter the state: with
+            left or right padding the valid outputs are exactly those of the unpadded sequence.
+            (Across padding *inside* a sequence the state still decays by lam per position.)
+        state : (B, N) complex, optional
+            State before the first position (zeros if None).
+        return_state : bool
+            Also return the state after the last position, (B, N) complex.
+
+        Returns
+        -------
+        y : (B, L, H) real, and the final state if ``return_state``.
+        """
+        if u.ndim != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"LRU expects u of shape (B, L, {self.d_model}), got {tuple(u.shape)}")
+        if mask is not None:
+            u = u * mask.unsqueeze(-1).to(u.dtype)
+        out = lru_recurrence(
+            u, self.eigenvalues(), self.input_matrix(), self.output_matrix(),
+            h0=state, backend=self.scan, return_state=return_state,
+        )
+        if return_state:
+            y, h_last = out
+            return y + self._skip(u), h_last
+        return out + self._skip(u)
+
+    def initial_state(self, batch_size: int) -> Tensor:
+        """Zero state, (batch_size, N) complex, on the layer's device."""
+        return torch.zeros(batch_size, self.d_state, dtype=self.eigenvalues().dtype,
+                           device=self.nu_log.device)
+
+    def step(self, u_k: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One position of the recurrence: ``(u_k: (B, H), state: (B, N)) -> (y_k: (B, H), state)``.
+
+        Running it over a sequence gives the same outputs as :meth:`forward`.
+        """
+        if state is None:
+            state = self.initial_state(u_k.shape[0])
+        lam, b, c = self.eigenvalues(), self.input_matrix(), self.output_matrix()
+        state = lam * state + u_k.to(b.dtype) @ b.T                       # (B, N)
+        y_k = (state @ c.T).real + self._skip(u_k)                          # (B, H)
+        return y_k, state
+
+    # ----------------------------------------------------------------------------------------
+    # the bridge to shrinkssm.lti
+    # ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def system(self) -> lti.DiagonalSystem:
+        """The layer as a detached :class:`shrinkssm.lti.DiagonalSystem` (exactly the map of
+        :meth:`forward`): ``lam (N,)``, ``B = gamma * B (N, H)``, ``C (H, N)``, ``D (H,) or (H, H)``."""
+        return lti.DiagonalSystem(
+            self.eigenvalues().detach(), self.input_matrix().detach(),
+            self.output_matrix().detach(), self.D.detach(),
+        )
+
+    @torch.no_grad()
+    def reduce_(
+        self,
+        rank: int,
+        method: str = "balanced",
+        output: str = "complex",
+        **options,
+    ) -> LayerReduction:
+        """Replace the layer, in place, by a reduced system with ``rank`` states.
+
+        Parameters
+        ----------
+        rank : int
+            New number of complex states; must be >= 1. A rank >= ``d_state`` leaves the layer
+            unchanged (the report says so) -- this method only shrinks.
+        method : str
+            "balanced" (balanced truncation), "singular_perturbation" (DC-gain matching; the skip
+            term becomes a dense (H, H) matrix), "modal" or "random"; see
+            :func:`shrinkssm.lti.reduce_system`.
+        output : str
+            "complex" (the paper: HSVs of u -> C x) or "real" (exact HSVs of u -> Re(C x)).
+        **options
+            Passed to the reduction (e.g. ``selection="smallest"``, ``score="hinf"``).
+
+        Returns
+        -------
+        LayerReduction
+            Sizes before and after, all HSVs, the error bound, the time taken.
+
+        Notes
+        -----
+        New ``nn.Parameter`` objects replace the old ones (tags carried over); the pairs
+        ``(old, new)`` are left in ``self.last_replaced`` for optimizer surgery.
+        """
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.last_replaced = {}
+        old = self.d_state
+        reduced, info = lti.reduce_system(self.system(), rank, method=method, output=output,
+                                          **options)
+        notes = tuple(info.notes)
+        if reduced.n_states < old:
+            notes += self._load_system(reduced)
+        return LayerReduction(
+            old_d_state=old, new_d_state=self.d_state, method=method, output=output,
+            hsv=info.hsv, error_bound=info.error_bound, kept_energy=info.kept_energy,
+            seconds=info.seconds, notes=notes,
+        )
+
+    def _load_system(self, sys: lti.DiagonalSystem) -> tuple[str, ...]:
+        """Write a diagonal system into new parameters; returns notes on any guard that acted.
+
+        Every new value is computed and checked before the first parameter is replaced, so a
+        failure leaves the layer as it was.
+        """
+        notes = []
+        lam = sys.lam.to(torch.complex128)
+        modulus = lam.abs()
+        if not bool(((modulus > 0) & (modulus < 1)).all()):
+            raise ValueError("reduced system is not strictly stable or has a zero eigenvalue; "
+                             "the LRU parametrisation cannot represent it")
+        phase = torch.remainder(lam.angle(), 2 * math.pi)
+        n_flat = int((phase < _MIN_PHASE).sum())
+        if n_flat:
+            notes.append(f"{n_flat} eigenvalue(s) on the positive real axis given phase "
+                         f"{_MIN_PHASE:g} (theta_log must be finite)")
+        gamma = torch.sqrt(1 - modulus**2)
+        b = sys.B.to(torch.complex128) / gamma[:, None]
+        c = sys.C.to(torch.complex128)
+        d = sys.D.to(torch.float64)
+        if self.dense_skip and d.ndim == 1:
+            d = torch.diag(d)
+        new = {
+            "nu_log": torch.log(-torch.log(modulus)),
+            "theta_log": torch.log(phase.clamp_min(_MIN_PHASE)),
+            "gamma_log": torch.log(gamma),
+            "B_re": b.real, "B_im": b.imag, "C_re": c.real, "C_im": c.imag, "D": d,
+        }
+        for name, value in new.items():
+            if not torch.isfinite(value).all():
+                raise ValueError(f"reduction produced non-finite values for {name}; "
+                                 "the layer is left unchanged")
+        device, dtype = self.nu_log.device, self.nu_log.dtype
+        for name, value in new.items():
+            value = value.to(device=device, dtype=dtype)
+            if name == "gamma_log" and not self.train_gamma:
+                self.gamma_log = value
+            else:
+                tags = {} if name in ("C_re", "C_im", "D") else \
+                    dict(_lr_group=SSM_LR_GROUP, _no_weight_decay=True)
+                self._set_param(name, value, **tags)
+        self.d_state = int(lam.shape[0])
+        return tuple(notes)

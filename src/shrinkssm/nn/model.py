@@ -1,0 +1,211 @@
+"""The deep SSM: an encoder, a stack of LRU blocks, pooling and a task head.
+
+One block (as in the LRU paper and the CompreSSM code)::
+
+    x -> norm -> LRU -> GELU -> dropout -> GLU -> dropout -> + x
+
+The same model serves classification (pool over time, then a linear head), per-step regression
+(a linear head at every position) and language modelling (token embedding in, next-token logits
+out). :meth:`SSMModel.ssm_layers` exposes the LRU layers so that compression can walk them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from shrinkssm.nn.lru import LRU
+
+__all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
+
+TASKS = ("classification", "regression", "lm")
+
+
+class ModelConfig(BaseModel):
+    """Architecture of an :class:`SSMModel` (the ``model:`` section of a run config)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    n_layers: int = Field(1, ge=1, description="number of blocks")
+    d_model: int = Field(8, ge=1, description="width H of every block")
+    d_state: int = Field(256, ge=1, description="initial complex state size N of every LRU")
+    norm: Literal["batch", "layer"] = Field("batch", description="the published block uses batch")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    pooling: Literal["mean", "last"] = Field("mean", description="classification only")
+    r_min: float = Field(0.9, ge=0.0, lt=1.0, description="smallest initial |lambda|")
+    r_max: float = Field(0.999, gt=0.0, lt=1.0, description="largest initial |lambda|")
+    max_phase: float = Field(2 * math.pi, gt=0.0, le=2 * math.pi)
+    train_gamma: bool = True
+    scan: Literal["auto", "native", "chunked", "ref"] = "auto"
+
+
+class MaskedBatchNorm(nn.Module):
+    """Batch norm over (batch, time) of a (B, L, H) tensor whose statistics skip padded positions.
+
+    With ``mask=None`` it equals ``nn.BatchNorm1d(H)`` applied over channels.
+    """
+
+    def __init__(self, d_model: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model))
+        self.register_buffer("running_mean", torch.zeros(d_model))
+        self.register_buffer("running_var", torch.ones(d_model))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, L, H) or (B, H); mask: (B, L) bool. Returns the same shape as x."""
+        if self.training:
+            flat = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]     # (M, H)
+            mean, var = flat.mean(0), flat.var(0, unbiased=False)
+            with torch.no_grad():
+                m = flat.shape[0]
+                unbiased = var * (m / max(m - 1, 1))
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(unbiased, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class SSMBlock(nn.Module):
+    """norm -> LRU -> GELU -> dropout -> GLU -> dropout -> residual, on (B, L, H)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.d_model
+        self.norm = MaskedBatchNorm(h) if cfg.norm == "batch" else nn.LayerNorm(h)
+        self.lru = LRU(h, cfg.d_state, r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
+                       train_gamma=cfg.train_gamma, scan=cfg.scan)
+        self.glu = nn.Linear(h, 2 * h)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def _norm(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return self.norm(x, mask) if isinstance(self.norm, MaskedBatchNorm) else self.norm(x)
+
+    def _mix(self, y: Tensor) -> Tensor:
+        y = self.dropout(F.gelu(y))
+        return self.dropout(F.glu(self.glu(y), dim=-1))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, L, H) -> (B, L, H); mask: (B, L) bool, True at valid positions."""
+        return x + self._mix(self.lru(self._norm(x, mask), mask))
+
+    def step(self, x_k: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x_k: (B, H), state: (B, N) complex -> ((B, H), (B, N)); needs eval mode for batch norm."""
+        y_k, state = self.lru.step(self._norm(x_k, None), state)
+        return x_k + self._mix(y_k), state
+
+
+class SSMModel(nn.Module):
+    """A deep LRU model for classification, per-step regression or language modelling.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    d_input : int
+        Input channels C (real inputs), or the vocabulary size when ``tokens=True``.
+    d_output : int
+        Classes (classification), output channels (regression) or vocabulary size (lm).
+    task : {"classification", "regression", "lm"}
+    tokens : bool, optional
+        Inputs are int64 token ids (embedding encoder) instead of real channels (linear encoder).
+        Defaults to True for ``task="lm"``.
+    per_step : bool, optional
+        An output at every position (no pooling). Defaults to False for classification and True
+        otherwise; a sequence-level regression sets it False.
+
+    Shapes: ``forward(x, mask)`` with ``x: (B, L, C)`` real or ``(B, L)`` int64 and
+    ``mask: (B, L)`` bool (True = valid) returns ``(B, d_output)`` when pooled and
+    ``(B, L, d_output)`` per step.
+    """
+
+    def __init__(self, config: ModelConfig, *, d_input: int, d_output: int,
+                 task: str = "classification", tokens: bool | None = None,
+                 per_step: bool | None = None) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        self.config, self.task = config, task
+        self.tokens = task == "lm" if tokens is None else tokens
+        self.per_step = task != "classification" if per_step is None else per_step
+        self.d_input, self.d_output = d_input, d_output
+        h = config.d_model
+        self.encoder = nn.Embedding(d_input, h) if self.tokens else nn.Linear(d_input, h)
+        self.blocks = nn.ModuleList(SSMBlock(config) for _ in range(config.n_layers))
+        self.head = nn.Linear(h, d_output)
+
+    # -- compression interface ----------------------------------------------------------------
+    def ssm_layers(self) -> list[LRU]:
+        """The LRU layers, first block first."""
+        return [block.lru for block in self.blocks]
+
+    def state_dims(self) -> list[int]:
+        """Current complex state size of every LRU layer."""
+        return [layer.d_state for layer in self.ssm_layers()]
+
+    def layout(self) -> dict:
+        """Per-layer shapes that differ from the config after reductions (for checkpoints)."""
+        return {"state_dims": self.state_dims(),
+                "dense_skip": [layer.dense_skip for layer in self.ssm_layers()]}
+
+    def apply_layout_(self, layout: dict) -> None:
+        """Reshape the layers to a :meth:`layout` (placeholder values) before loading weights."""
+        dims, dense = layout["state_dims"], layout["dense_skip"]
+        layers = self.ssm_layers()
+        if len(dims) != len(layers) or len(dense) != len(layers):
+            raise ValueError(f"layout describes {len(dims)} layers, the model has {len(layers)}")
+        for layer, n, d in zip(layers, dims, dense):
+            if layer.d_state != n or layer.dense_skip != d:
+                layer.resize_(int(n), bool(d))
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """See the class docstring for shapes."""
+        h = self.encoder(x)                                                   # (B, L, H)
+        for block in self.blocks:
+            h = block(h, mask)
+        if self.per_step:
+            return self.head(h)                                               # (B, L, d_output)
+        return self.head(self.pool(h, mask))                                  # (B, d_output)
+
+    def pool(self, h: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, L, H) -> (B, H): mean over valid positions, or the last valid position."""
+        if self.config.pooling == "mean":
+            if mask is None:
+                return h.mean(1)
+            w = mask.to(h.dtype).unsqueeze(-1)                                # (B, L, 1)
+            return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+        if mask is None:
+            return h[:, -1]
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = torch.where(mask, positions, -1).amax(1).clamp_min(0)          # (B,)
+        return h[torch.arange(h.shape[0], device=h.device), last]
+
+    # -- recurrent inference ------------------------------------------------------------------
+    def init_states(self, batch_size: int) -> list[Tensor]:
+        """Zero states of every layer: a list of (B, N_i) complex tensors."""
+        return [layer.initial_state(batch_size) for layer in self.ssm_layers()]
+
+    @torch.no_grad()
+    def step(self, x_k: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """One position for per-step tasks: ``x_k: (B,) int64 or (B, C)`` -> ``(B, d_output)``.
+
+        The model must be in eval mode (batch norm uses running statistics, dropout is off).
+        """
+        if not self.per_step:
+            raise ValueError("step() is for per-step models (lm, per-step regression)")
+        if self.training:
+            raise RuntimeError("call model.eval() before step(): batch statistics and dropout "
+                               "are not defined for a single position")
+        h = self.encoder(x_k)                                                 # (B, H)
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            h, state = block.step(h, state)
+            new_states.append(state)
+        return self.head(h), new_states

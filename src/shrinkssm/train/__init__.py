@@ -1,0 +1,33 @@
+"""Training: the run config, the loop, checkpoints, metrics.
+
+* :func:`load_config` / :class:`RunConfig` -- YAML + dotted overrides, validated.
+* :class:`Trainer` -- one run in one run directory (``shrinkssm train``).
+* :func:`save_checkpoint` / :func:`load_checkpoint` -- atomic, checked checkpoints.
+"""
+
+from shrinkssm.train.checkpoint import (
+    CheckpointError as CheckpointError,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
+from shrinkssm.train.config import (
+    CompressConfig as CompressConfig,
+    ConfigError as ConfigError,
+    DataConfig as DataConfig,
+    RunConfig as RunConfig,
+    TrainConfig as TrainConfig,
+    apply_overrides as apply_overrides,
+    load_config as load_config,
+)
+from shrinkssm.train.objective import Objective as Objective, evaluate as evaluate
+from shrinkssm.train.trainer import (
+    Trainer as Trainer,
+    TrainingDiverged as TrainingDiverged,
+    build_compressor as build_compressor,
+    build_model as build_model,
+)
+
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "CompressConfig",
+           "ConfigError", "DataConfig", "RunConfig", "TrainConfig", "apply_overrides",
+           "load_config", "Objective", "evaluate", "Trainer", "TrainingDiverged",
+           "build_compressor", "build_model"]

@@ -1,0 +1,242 @@
+"""Tests of shrinkssm.compress.compressor on models and real data (sklearn digits)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shrinkssm import lti
+from shrinkssm.compress import Compressor, ReductionSchedule
+from shrinkssm.data import load_dataset
+from shrinkssm.nn import ModelConfig, SSMModel
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def _model(n_layers=1, d_state=32, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layers=n_layers, d_model=8, d_state=d_state, norm="layer", scan="auto")
+    return SSMModel(cfg, d_input=1, d_output=10).to(dtype)
+
+
+def _optimizer(model):
+    ssm = [p for n, p in model.named_parameters() if getattr(p, "_lr_group", None) == "ssm"]
+    rest = [p for n, p in model.named_parameters() if getattr(p, "_lr_group", None) != "ssm"]
+    return torch.optim.AdamW([{"params": ssm, "lr": 1e-3, "weight_decay": 0.0},
+                              {"params": rest, "lr": 4e-3}])
+
+
+def _train(model, opt, data, steps, compressor=None, start=0, sched=None):
+    losses = []
+    batches = data.train.iterate(64, shuffle=True, seed=0, epoch=0, drop_last=True)
+    epoch = 0
+    for step in range(start + 1, start + steps + 1):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            epoch += 1
+            batches = data.train.iterate(64, shuffle=True, seed=0, epoch=epoch, drop_last=True)
+            batch = next(batches)
+        dtype = next(model.parameters()).dtype
+        loss = F.cross_entropy(model(batch.x.to(dtype)), batch.y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if sched is not None:
+            sched.step()
+        losses.append(loss.item())
+        if compressor is not None:
+            compressor.step(step, model, opt)
+    return losses
+
+
+def _accuracy(model, split):
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(b.x).argmax(-1) == b.y).sum().item()
+                      for b in split.iterate(256, shuffle=False, seed=0, epoch=0, drop_last=False))
+    model.train()
+    return correct / len(split)
+
+
+def test_tau_zero_changes_nothing(digits):
+    model = _model()
+    opt = _optimizer(model)
+    _train(model, opt, digits, 20)
+    before = copy.deepcopy(model.state_dict())
+    params = list(model.parameters())
+    event = Compressor([21], tol=0.0).step(21, model, opt)
+    assert event is not None and all(e.new == e.old for e in event.layers)
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_outputs_change_no_more_than_the_bound_allows(digits):
+    """At a reduction, each LRU's output moves by at most bound * ||its input|| (per sequence)."""
+    model = _model(d_state=48, dtype=torch.float64)
+    opt = _optimizer(model)
+    _train(model, opt, digits, 30)
+    layer = model.ssm_layers()[0]
+    captured = {}
+    hook = layer.register_forward_hook(lambda m, inp, out: captured.update(u=inp[0], y=out))
+    x = next(digits.val.iterate(64, shuffle=False, seed=0, epoch=0, drop_last=False)).x.double()
+    model.eval()
+    model(x)
+    u, y = captured["u"], captured["y"]
+    event = Compressor([31], tol=0.05, gate=1.0).step(31, model, opt)
+    (layer_event,) = event.layers
+    assert layer_event.new < layer_event.old
+    y_r = layer(u)
+    err = (y - y_r).flatten(1).norm(dim=1)
+    assert torch.all(err <= layer_event.error_bound * u.flatten(1).norm(dim=1) * (1 + 1e-9))
+    hook.remove()
+
+
+def test_smaller_tau_moves_the_model_function_less(digits):
+    changes = {}
+    for tol in (0.005, 0.05):
+        model = _model(d_state=48, dtype=torch.float64)
+        opt = _optimizer(model)
+        _train(model, opt, digits, 30)
+        model.eval()
+        x = next(digits.val.iterate(64, shuffle=False, seed=0, epoch=0, drop_last=False)).x.double()
+        logits = model(x)
+        event = Compressor([1], tol=tol, gate=1.0).step(1, model, opt)
+        assert event.layers[0].new < event.layers[0].old
+        with torch.no_grad():
+            changes[tol] = float((model(x) - logits).norm() / logits.norm())
+    assert changes[0.005] < 0.1 and changes[0.005] < changes[0.05] / 4
+
+
+def test_history_shapes_and_groups_agree_after_reductions(digits):
+    model = _model(n_layers=2, d_state=40)
+    opt = _optimizer(model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+    comp = Compressor(ReductionSchedule.at([10, 20]), mode="fixed", fraction=0.25)
+    losses = _train(model, opt, digits, 40, comp, sched=sched)
+    assert [len(e.layers) for e in comp.history] == [2, 2]
+    assert comp.history.events[0].state_dims_after == [30, 30]
+    assert model.state_dims() == comp.history.events[-1].state_dims_after == [22, 22]
+    for layer, dim in zip(model.ssm_layers(), model.state_dims()):
+        assert layer.nu_log.shape == (dim,) and layer.C_re.shape == (8, dim)
+    # every model parameter is in the optimizer, in its group, with its learning rate
+    held = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        group = held[id(p)]
+        assert (group is opt.param_groups[0]) == (getattr(p, "_lr_group", None) == "ssm"), name
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 4)
+    assert opt.param_groups[1]["lr"] == pytest.approx(4e-3 * 0.5 ** 4)
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.mark.parametrize("policy", ["reset", "slice", "restart"])
+def test_training_goes_on_after_a_reduction(digits, policy):
+    model = _model(d_state=48)
+    opt = _optimizer(model)
+    _train(model, opt, digits, 60)
+    Compressor([61], mode="fixed", fraction=0.5, optimizer_state=policy).step(61, model, opt)
+    assert model.state_dims() == [24]
+    losses = _train(model, opt, digits, 60, start=61)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+
+
+def test_pragmatic_rolls_back_and_stops(digits):
+    model = _model(d_state=32)
+    opt = _optimizer(model)
+    _train(model, opt, digits, 10)
+    scores = iter([0.9, 0.5])          # before, after: a 40-point fall
+    comp = Compressor([11, 12], mode="pragmatic", fraction=0.5, margin=0.02,
+                      evaluate=lambda m: next(scores))
+    before_model = copy.deepcopy(model.state_dict())
+    before_opt = copy.deepcopy(opt.state_dict())
+    event = comp.step(11, model, opt)
+    assert event.rolled_back and comp.stopped and event.state_dims_after == [32]
+    assert model.state_dims() == [32]
+    assert all(torch.equal(before_model[k], v) for k, v in model.state_dict().items())
+    restored = opt.state_dict()
+    for key, state in before_opt["state"].items():
+        for name, value in state.items():
+            assert torch.equal(restored["state"][key][name], value)
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in model.parameters())
+    _train(model, opt, digits, 3, start=11)             # the optimizer works on the restored params
+    event = comp.step(12, model, opt)
+    assert all(e.skipped == "stopped after a rollback" for e in event.layers)
+
+
+def test_pragmatic_keeps_a_reduction_that_does_not_hurt(digits):
+    model = _model(d_state=32)
+    opt = _optimizer(model)
+    comp = Compressor([1], mode="pragmatic", fraction=0.5, evaluate=lambda m: 0.8)
+    event = comp.step(1, model, opt)
+    assert not event.rolled_back and model.state_dims() == [16]
+
+
+def test_mode_none_records_spectra_only(digits):
+    model = _model()
+    opt = _optimizer(model)
+    event = Compressor([1], mode="none").step(1, model, opt)
+    assert model.state_dims() == [32]
+    (le,) = event.layers
+    assert le.skipped == "mode none" and len(le.hsv) == 32
+    hsv = lti.hankel_singular_values(model.ssm_layers()[0].system())
+    assert torch.allclose(torch.tensor(le.hsv, dtype=torch.float64), hsv.double(), rtol=1e-4)
+
+
+def test_gate_and_min_rank():
+    model = _model(d_state=20)
+    comp = Compressor([1], mode="fixed", fraction=0.04, gate=0.95)    # 20 -> 19: not below 19
+    event = comp.step(1, model, None)
+    assert event.layers[0].skipped.startswith("gate")
+    comp = Compressor([1], mode="fixed", fraction=0.9, min_rank=5)
+    comp.step(1, model, None)
+    assert model.state_dims() == [5]
+
+
+def test_random_method_is_reproducible():
+    dims = []
+    for _ in range(2):
+        model = _model(d_state=20)
+        Compressor([3], mode="fixed", fraction=0.5, method="random", seed=7).step(3, model, None)
+        dims.append(model.ssm_layers()[0].eigenvalues().detach())
+    assert torch.equal(dims[0], dims[1])
+
+
+def test_state_dict_round_trip():
+    model = _model(d_state=20)
+    comp = Compressor([1, 2], mode="fixed", fraction=0.5)
+    comp.step(1, model, None)
+    other = Compressor([1, 2], mode="fixed", fraction=0.5)
+    other.load_state_dict(comp.state_dict())
+    assert other.history.to_dict() == comp.history.to_dict()
+    assert other.step(1, model, None) is None            # a done point is not done twice
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mode="aggressive"), "tolerance, fixed, pragmatic, none"),
+    (dict(method="svd"), "balanced, singular_perturbation, modal, random"),
+    (dict(tol=1.0), "tol"), (dict(fraction=0.0), "fraction"), (dict(gate=0.0), "gate"),
+    (dict(min_rank=0), "min_rank"), (dict(mode="pragmatic"), "evaluate"),
+    (dict(optimizer_state="keep"), "reset, slice, restart"),
+    (dict(method="random", selection="smallest"), "smallest"),
+])
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Compressor([1], **kwargs)
+
+
+@pytest.mark.slow
+def test_compressed_run_ends_smaller_and_near_the_uncompressed_accuracy(digits):
+    results = {}
+    for name, comp in (("full", None),
+                       ("compressed", Compressor(ReductionSchedule.equidistant(600, 4, 0.2), tol=0.05))):
+        model = _model(d_state=64)
+        opt = _optimizer(model)
+        _train(model, opt, digits, 600, comp)
+        results[name] = (_accuracy(model, digits.val), model.state_dims()[0])
+    assert results["compressed"][1] < 64
+    assert results["compressed"][0] >= results["full"][0] - 0.05

@@ -1,0 +1,45 @@
+"""Tests of shrinkssm.compress.schedule."""
+
+import pytest
+
+from shrinkssm.compress import ReductionSchedule
+
+
+def test_equidistant_matches_published_default():
+    # 4 points within the first 10% of 200k steps (the published sMNIST schedule).
+    assert ReductionSchedule.equidistant(200_000).steps == (5_000, 10_000, 15_000, 20_000)
+
+
+def test_equidistant_points_are_inside_the_window_and_distinct():
+    s = ReductionSchedule.equidistant(1000, n_points=7, window=0.3)
+    assert len(s) == 7
+    assert all(1 <= step <= 300 for step in s.steps)
+    assert list(s.steps) == sorted(set(s.steps))
+
+
+def test_explicit_steps_are_sorted_and_deduplicated():
+    s = ReductionSchedule.at([30, 10, 30, 20])
+    assert s.steps == (10, 20, 30)
+    assert s.is_due(20) and not s.is_due(21)
+    assert s.remaining(10) == (20, 30)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(total_steps=0), "total_steps"),
+    (dict(total_steps=100, n_points=-1), "n_points"),
+    (dict(total_steps=100, window=0.0), "window"),
+    (dict(total_steps=100, window=1.5), "window"),
+    (dict(total_steps=20, n_points=4, window=0.1), "do not fit"),
+])
+def test_bad_schedules_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ReductionSchedule.equidistant(**kwargs)
+
+
+def test_steps_must_be_positive():
+    with pytest.raises(ValueError, match=">= 1"):
+        ReductionSchedule.at([0, 5])
+
+
+def test_zero_points_is_an_empty_schedule():
+    assert len(ReductionSchedule.equidistant(100, n_points=0)) == 0

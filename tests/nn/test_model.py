@@ -1,0 +1,99 @@
+"""Tests of shrinkssm.nn.model: the deep SSM, its pooling, masks, norms and recurrent mode."""
+
+import pytest
+import torch
+from torch import nn
+
+from shrinkssm.nn import MaskedBatchNorm, ModelConfig, SSMModel
+
+
+def _model(task="classification", norm="batch", pooling="mean", tokens=None, **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=2, d_model=6, d_state=10, norm=norm, pooling=pooling, scan="ref")
+    d_in = 7 if task == "lm" or tokens else 2
+    return SSMModel(cfg, d_input=d_in, d_output=5 if task != "regression" else 3, task=task,
+                    tokens=tokens, **kw).double()
+
+
+def test_shapes_for_each_task():
+    x = torch.randn(4, 12, 2, dtype=torch.float64)
+    assert _model("classification")(x).shape == (4, 5)
+    assert _model("regression")(x).shape == (4, 12, 3)
+    assert _model("regression", per_step=False)(x).shape == (4, 3)
+    tokens = torch.randint(0, 7, (4, 12))
+    assert _model("lm")(tokens).shape == (4, 12, 5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_pooling_over_valid_positions_ignores_padding(pooling):
+    model = _model(norm="layer", pooling=pooling).eval()
+    x = torch.randn(1, 9, 2, dtype=torch.float64)
+    ref = model(x)
+    padded = torch.cat([x, 50 * torch.randn(1, 4, 2, dtype=torch.float64)], 1)
+    mask = torch.tensor([[True] * 9 + [False] * 4])
+    assert torch.allclose(model(padded, mask), ref, atol=1e-12)
+
+
+def test_masked_batch_norm_equals_batchnorm1d_without_mask_and_skips_padding_with_one():
+    torch.manual_seed(0)
+    x = torch.randn(4, 11, 6)
+    ours, ref = MaskedBatchNorm(6), nn.BatchNorm1d(6)
+    assert torch.allclose(ours(x), ref(x.transpose(1, 2)).transpose(1, 2), atol=1e-5)
+    assert torch.allclose(ours.running_var, ref.running_var, atol=1e-5)
+    ours.eval(), ref.eval()
+    assert torch.allclose(ours(x), ref(x.transpose(1, 2)).transpose(1, 2), atol=1e-5)
+    # statistics from valid positions only
+    bn = MaskedBatchNorm(6)
+    mask = torch.zeros(4, 11, dtype=torch.bool)
+    mask[:, :5] = True
+    x_pad = x.clone()
+    x_pad[:, 5:] = 1e6
+    out = bn(x_pad, mask)
+    assert torch.allclose(out[:, :5], MaskedBatchNorm(6)(x[:, :5]), atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_recurrent_step_equals_forward_for_language_models(norm):
+    model = _model("lm", norm=norm)
+    tokens = torch.randint(0, 7, (3, 15))
+    model.train()
+    model(tokens)                                   # move batch-norm running statistics
+    model.eval()
+    full = model(tokens)
+    states, outs = model.init_states(3), []
+    for k in range(tokens.shape[1]):
+        out, states = model.step(tokens[:, k], states)
+        outs.append(out)
+    assert torch.allclose(torch.stack(outs, 1), full, atol=1e-10)
+
+
+def test_step_needs_eval_mode_and_a_per_step_model():
+    model = _model("lm")
+    with pytest.raises(RuntimeError, match="eval"):
+        model.step(torch.zeros(2, dtype=torch.long), model.init_states(2))
+    with pytest.raises(ValueError, match="per-step"):
+        _model("classification").eval().step(torch.zeros(2, 2), [])
+
+
+def test_ssm_layers_and_layout_round_trip_after_reduction():
+    model = _model()
+    assert model.state_dims() == [10, 10]
+    model.ssm_layers()[0].reduce_(4)
+    model.ssm_layers()[1].reduce_(3, method="singular_perturbation")
+    layout = model.layout()
+    assert layout == {"state_dims": [4, 3], "dense_skip": [False, True]}
+    fresh = _model()
+    fresh.apply_layout_(layout)
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 8, 2, dtype=torch.float64)
+    model.eval(), fresh.eval()
+    assert torch.equal(model(x), fresh(x))
+    with pytest.raises(ValueError, match="layers"):
+        fresh.apply_layout_({"state_dims": [1], "dense_skip": [False]})
+
+
+def test_unknown_task_and_config_key():
+    with pytest.raises(ValueError, match="valid tasks"):
+        SSMModel(ModelConfig(), d_input=1, d_output=2, task="segmentation")
+    with pytest.raises(ValueError, match="d_stat"):
+        ModelConfig(d_stat=3)
