@@ -25,10 +25,11 @@ __all__ = ["main"]
 log = logging.getLogger("shrinkssm")
 
 
-def _setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in log.handlers):
+def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bool = False) -> None:
+    """Log to stderr (warnings only when ``quiet``: the other ranks of a data-parallel job) and,
+    with ``run_dir``, to ``run_dir/train.log``."""
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    if not any(type(h) is logging.StreamHandler for h in log.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
         log.addHandler(handler)
@@ -61,7 +62,9 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from shrinkssm.train.config import load_config
+    from shrinkssm.train.checkpoint import load_checkpoint
+    from shrinkssm.train.config import build_config, load_config
+    from shrinkssm.train.distributed import init_distributed, shutdown_distributed
     from shrinkssm.train.trainer import Trainer
 
     if args.resume:
@@ -69,22 +72,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise _UsageError("--resume continues a run with its saved config; it takes no "
                               "--config, --out or overrides")
         run_dir = Path(args.resume)
-        _setup_logging(run_dir, args.verbose)
-        trainer = Trainer(None, run_dir, resume=True)
-        log.info("resuming %s at step %d of %d", run_dir, trainer.step, trainer.config.train.steps)
+        config = build_config(load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"])
     else:
         config = load_config(args.config, args.overrides)
-        run_dir = Path(args.out) if args.out else _default_run_dir(config.data.name,
-                                                                  config.compress.mode)
-        if (run_dir / "checkpoints" / "last.pt").exists():
-            raise _UsageError(f"{run_dir} already holds a run; use --resume {run_dir} to "
-                              "continue it or --out to choose another directory")
-        _setup_logging(run_dir, args.verbose)
-        trainer = Trainer(config, run_dir)
-        log.info("run directory %s; data %s (%d train / %d val / %d test); model %s",
-                 run_dir, config.data.name, len(trainer.splits.train), len(trainer.splits.val),
-                 len(trainer.splits.test), trainer.model.state_dims())
-    summary = trainer.fit()
+    dist = init_distributed(config.train.device, config.train.dist_timeout)
+    try:
+        if not args.resume:
+            default = _default_run_dir(config.data.name, config.compress.mode)
+            run_dir = Path(args.out) if args.out else Path(dist.from_main(str(default)))
+            if (run_dir / "checkpoints" / "last.pt").exists():
+                raise _UsageError(f"{run_dir} already holds a run; use --resume {run_dir} to "
+                                  "continue it or --out to choose another directory")
+        _setup_logging(run_dir if dist.is_main else None, args.verbose, quiet=not dist.is_main)
+        trainer = Trainer(config, run_dir, resume=bool(args.resume))
+        if args.resume:
+            log.info("resuming %s at step %d of %d", run_dir, trainer.step, config.train.steps)
+        else:
+            log.info("run directory %s; data %s (%d train / %d val / %d test); model %s%s",
+                     run_dir, config.data.name, len(trainer.splits.train),
+                     len(trainer.splits.val), len(trainer.splits.test), trainer.model.state_dims(),
+                     f"; {dist.world_size} processes" if dist.enabled else "")
+        summary = trainer.fit()
+    finally:
+        shutdown_distributed()
+    if not dist.is_main:
+        return 0
     if summary.get("interrupted"):
         print(f"stopped at step {summary['steps']}; continue with: shrinkssm train --resume {run_dir}")
         return 0

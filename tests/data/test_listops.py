@@ -3,6 +3,7 @@ evaluator, determinism) and the loader of the official TSV files (written here b
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import statistics
@@ -196,7 +197,7 @@ def test_loader_tokens_lengths_and_spec(listops_dir):
     assert data.train.lengths[:4].tolist() == [9, 4, 8, 5]
     assert data.train.targets[:4].tolist() == [9, 3, 5, 6]
     assert data.val.targets.tolist() == [9, 3] and data.test.targets.tolist() == [5, 6]
-    assert data.meta["val_source"] == "basic_val.tsv"
+    assert data.meta["val_source"] == "basic_val.tsv" and json.loads(json.dumps(data.meta))
     batch = next(data.test.iterate(2, shuffle=False, seed=0, epoch=0, drop_last=False))
     assert batch.x.dtype.is_floating_point is False and batch.mask.sum(1).tolist() == [8, 5]
     # Parentheses kept: the token stream is the whole source.
@@ -249,3 +250,6 @@ def test_missing_and_corrupt_files(tmp_path, listops_dir):
         path.write_text(text)
         with pytest.raises(DataFileError, match=message):
             load_dataset("listops", root=listops_dir)
+    path.write_bytes(b"Source\tTarget\n( [MAX 1 \xff ] )\t1\n")
+    with pytest.raises(DataFileError, match="not UTF-8"):
+        load_dataset("listops", root=listops_dir)

@@ -3,6 +3,8 @@ official layouts."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -53,7 +55,9 @@ def test_imdb_truncation(imdb):
     data = load_dataset("imdb", root=parent, max_len=20)
     assert data.spec.seq_len == 20 and int(data.test.lengths.max()) == 20
     assert as_bytes(data.test.inputs[0]) == written[("test", 0)][0][:20]
-    assert data.meta["truncated"]["test"] == sum(len(t) > 20 for t in written[("test", 0)] + written[("test", 1)])
+    assert data.meta["truncated"]["test"] == sum(
+        len(t) > 20 for t in written[("test", 0)] + written[("test", 1)]
+    )
 
 
 def test_imdb_missing_and_bad_files(tmp_path, imdb):
@@ -96,6 +100,7 @@ def test_aan_pair_layout(aan_dir):
     assert (spec.seq_len, spec.vocab_size, spec.n_classes, spec.tokens) == (2 * doc_len, 256, 2, True)
     assert (len(data.train), len(data.val), len(data.test)) == (12, 2, 2)
     assert data.train.lengths is None and data.meta["val_source"] == "new_aan_pairs.eval.tsv"
+    assert json.loads(json.dumps(data.meta))
     for split, pairs in ((data.train, PAIRS * 3), (data.val, PAIRS[:2]), (data.test, PAIRS[2:])):
         x = split.inputs.view(len(split), 2, doc_len)  # how a model splits the two documents
         for i, (label, first, second) in enumerate(pairs):

@@ -3,6 +3,8 @@ encoder), the empty-image rule, the .npz cache and its prepare step, and the err
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from official_layouts import make_pathfinder_dir, png_bytes
@@ -29,7 +31,7 @@ def test_folder_layout_pixels_labels_and_splits(pathfinder_root):
     assert (spec.kind, spec.seq_len, spec.d_input, spec.n_classes) == ("classification", 1024, 1, 2)
     assert (len(data.train), len(data.val), len(data.test)) == (18, 5, 6)  # 29 images: one was empty
     assert data.meta["skipped_empty"] == ["imgs/0/sample_2.png"]
-    assert data.meta["difficulty"] == "curv_contour_length_14"
+    assert data.meta["difficulty"] == "curv_contour_length_14" and json.loads(json.dumps(data.meta))
     expected = {bytes(img.reshape(-1).tolist()): int(y) for img, y in zip(images, labels, strict=True)}
     together = {**rows(data.train), **rows(data.val), **rows(data.test)}
     assert together == expected  # every decoded pixel (raster order) and its label
@@ -74,7 +76,9 @@ def test_metadata_as_text_or_numpy(tmp_path):
 
 
 def test_missing_and_corrupt(tmp_path, pathfinder_root):
-    with pytest.raises(DataNotFoundError, match=r"(?s)pathfinder32/curv_contour_length_14/metadata.*lra_release"):
+    with pytest.raises(
+        DataNotFoundError, match=r"(?s)pathfinder32/curv_contour_length_14/metadata.*lra_release"
+    ):
         load_dataset("pathfinder", root=tmp_path / "nowhere")
     root, _, _ = pathfinder_root
     base = root / "pathfinder32" / "curv_contour_length_14"

@@ -279,6 +279,34 @@ def test_modal_form_of_a_real_matrix_maps_pairs_to_one_state():
     np.testing.assert_allclose(impulse_response(red, 30).numpy(), ref, atol=1e-12)
 
 
+def test_real_reduced_eigenvalues_are_kept_finite_and_noted():
+    """Real poles in the real view give real reduced eigenvalues (phase 0 or pi): finite, noted."""
+    lam = torch.tensor([0.95, -0.7, 0.5 + 0.4j, 0.3 - 0.6j], dtype=torch.complex128)
+    sys = DiagonalSystem(lam, torch.ones(4, 1), torch.ones(1, 4), torch.zeros(1))
+    red, info = balanced_truncation(sys, 2, output="real")
+    assert_valid(red, info, sys)
+    n_real = int((red.lam.imag == 0).sum())
+    assert n_real >= 1 and any(f"{n_real} reduced eigenvalue(s) are real" in n for n in info.notes)
+    assert max_error(sys, red) <= info.error_bound * (1 + 1e-8)
+
+
+def test_eigenvalue_too_close_to_the_unit_circle_is_clamped_end_to_end():
+    lam = torch.tensor([1 - 1e-9, 0.3 + 0.2j, -0.4], dtype=torch.complex128)
+    sys = DiagonalSystem(lam, torch.ones(3, 1), torch.ones(1, 3), torch.zeros(1))
+    red, info = balanced_truncation(sys, 1)
+    assert float(red.lam.abs().max()) <= 1 - MODULUS_MARGIN + 1e-15
+    assert any("moved radially" in n for n in info.notes)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("method", ["balanced", "singular_perturbation"])
+def test_dense_input_both_views(output, method):
+    sys = random_dense(8, 2, 3, seed=28)
+    red, info = reduce_system(sys, 3, method=method, output=output)
+    assert_valid(red, info, sys)
+    assert max_error(sys, red) <= info.error_bound * (1 + 1e-8)
+
+
 # ------------------------------------------------------------------------ near-defective guard
 def _cond_at(sys, order, output="complex"):
     A = _balanced_reduced_dense(sys, order, output).A.numpy()
@@ -424,3 +452,29 @@ def test_balanced_truncation_property_large(N, H, rmax, frac, seed, output):
     assert_valid(red, info, sys)
     hsv = info.hsv.numpy()
     assert max_error(sys, red, n_uniform=2048) <= info.error_bound * (1 + 1e-6) + 1e-6 * hsv[0] * len(hsv)
+
+
+# -------------------------------------------------------------------------- cache, docstrings
+def test_balancing_cache_is_reused_and_invalidated_by_in_place_changes():
+    sys = random_lru(10, 2, seed=27)
+    hsv = hsvd(sys)
+    hsv[0] = -1.0  # the caller's copy; the cache must not see this
+    red_cached, info = balanced_truncation(sys, 4)
+    assert float(info.hsv[0]) > 0
+    fresh, _ = balanced_truncation(DiagonalSystem(sys.lam, sys.B, sys.C, sys.D), 4)
+    torch.testing.assert_close(red_cached.lam, fresh.lam, rtol=0, atol=0)
+    before = hsvd(sys)
+    sys.B.mul_(2.0)  # in place, as an optimizer step would do on shared storage
+    np.testing.assert_allclose(hsvd(sys).numpy(), 2 * before.numpy(), rtol=1e-10)  # P x4, sigma x2
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    # importlib: the attribute shrinkssm.lti.gramians is the function of the same name
+    for name in ("systems", "gramians", "reduction"):
+        module = importlib.import_module(f"shrinkssm.lti.{name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__
+        assert result.attempted > 0

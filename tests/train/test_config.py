@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from shrinkssm.data import dataset_options
 from shrinkssm.train.config import ConfigError, RunConfig, apply_overrides, load_config, parse_overrides
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
@@ -86,7 +87,8 @@ def test_shipped_configs_are_valid_and_documented(path):
     text = path.read_text()
     assert text.startswith("#"), "a shipped config starts with a comment saying what it is for"
     assert "shrinkssm train" in text, "and the command that launches it"
-    load_config(path)
+    cfg = load_config(path)
+    assert set(cfg.data.options) <= set(dataset_options(cfg.data.name)), "loader options exist"
 
 
 def test_quick_config_is_the_default_run():

@@ -100,6 +100,10 @@ class Compressor:
         when the metric is a fraction).
     seed : int
         Seeds the ``random`` method (per step and layer, so a resumed run draws the same).
+    agree : callable, optional
+        ``agree(targets: list[int]) -> list[int]``, applied to the per-layer target ranks before
+        the gate. Data-parallel training passes "take rank 0's list", so that every process
+        reduces to the same shapes whatever rounding its own measurement saw.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Compressor:
         evaluate: Callable[[nn.Module], float] | None = None,
         margin: float = 0.02,
         seed: int = 0,
+        agree: Callable[[list[int]], list[int]] | None = None,
     ) -> None:
         _check_choice("mode", mode, MODES)
         _check_choice("method", method, METHODS)
@@ -141,6 +146,7 @@ class Compressor:
         self.method, self.output, self.selection = method, output, selection
         self.gate, self.min_rank, self.optimizer_state = gate, min_rank, optimizer_state
         self.evaluate, self.margin, self.seed = evaluate, margin, seed
+        self.agree = agree
         self.history = ReductionHistory()
         self.stopped = False          # set when pragmatic mode rolled a reduction back
 
@@ -179,7 +185,12 @@ class Compressor:
         if not layers:
             raise ValueError("the model has no reducible SSM layers (nothing with system() and "
                              "reduce_())")
-        events = [self._plan_layer(index, layer) for index, layer in enumerate(layers)]
+        events = [self._measure_layer(index, layer) for index, layer in enumerate(layers)]
+        if self.agree is not None:
+            for layer_event, target in zip(events, self.agree([e.target for e in events])):
+                layer_event.target = int(target)
+        for layer_event in events:
+            layer_event.skipped = self._why_skip(layer_event)
         acting = [e for e in events if e.skipped is None]
         event = ReductionEvent(step=step, mode=self.mode, method=self.method, output=self.output,
                                layers=events)
@@ -204,21 +215,25 @@ class Compressor:
         self.history.append(event)
         return event
 
-    def _plan_layer(self, index: int, layer: nn.Module) -> LayerEvent:
-        """Measure a layer and decide its rank; ``skipped`` says why it stays as it is."""
+    def _measure_layer(self, index: int, layer: nn.Module) -> LayerEvent:
+        """A layer's HSVs and the rank the mode asks for."""
         t0 = time.perf_counter()
         old = layer.d_state
         hsv = lti.hankel_singular_values(layer.system(), output=self.output).double().cpu()
-        target = self.target_rank(hsv, old)
-        event = LayerEvent(layer=index, old=old, new=old, target=target, hsv=hsv.tolist())
-        if self.mode == "none":
-            event.skipped = "mode none"
-        elif self.stopped:
-            event.skipped = "stopped after a rollback"
-        elif target >= self.gate * old:
-            event.skipped = f"gate: rank {target} is not below {self.gate:g} x {old}"
+        event = LayerEvent(layer=index, old=old, new=old, target=self.target_rank(hsv, old),
+                           hsv=hsv.tolist())
         event.seconds = time.perf_counter() - t0
         return event
+
+    def _why_skip(self, event: LayerEvent) -> str | None:
+        """Why a layer stays as it is (None: it is reduced to ``event.target``)."""
+        if self.mode == "none":
+            return "mode none"
+        if self.stopped:
+            return "stopped after a rollback"
+        if event.target >= self.gate * event.old:
+            return f"gate: rank {event.target} is not below {self.gate:g} x {event.old}"
+        return None
 
     def _apply(self, event: LayerEvent, layer: nn.Module, step: int) -> None:
         """Reduce one layer to ``event.target`` and record the outcome in ``event``."""

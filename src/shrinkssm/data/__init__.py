@@ -87,7 +87,7 @@ Sequence benchmarks (``L``: padded length; ``lengths``/mask where sequences diff
 * ``pathfinder`` (:mod:`~shrinkssm.data.pathfinder`): LRA Pathfinder PNG folders
   (``pathfinder32/<difficulty>/{imgs,metadata}``) or a prepared ``.npz``; ``(1024, 1) uint8``
   pixels, 2 classes, ``difficulty`` (default ``curv_contour_length_14``), carved test split.
-* ``ucr`` (:mod:`~shrinkssm.data.timeseries`): UCR/UEA ``.ts`` files, ``name=`` (default
+* ``ucr`` (:mod:`~shrinkssm.data.timeseries`): UCR/UEA ``.ts`` files, ``dataset=`` (default
   ``ArrowHead``; aeon's bundled sets are the default root when aeon is installed);
   ``(num, L, C) float32`` standardised per channel with training statistics, lengths when
   unequal (JapaneseVowels).

@@ -90,14 +90,6 @@ def text_to_tokens(data: bytes, max_len: int) -> np.ndarray:
     return tokens[:max_len]
 
 
-def _pad_tokens(rows: list[np.ndarray], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad byte rows (empty rows allowed, as all padding) to ``(n, seq_len) uint8``; also lengths."""
-    padded = np.zeros((len(rows), seq_len), dtype=np.uint8)
-    for i, row in enumerate(rows):
-        padded[i, : row.size] = row
-    return padded, np.fromiter((r.size for r in rows), dtype=np.int64, count=len(rows))
-
-
 # ------------------------------------------------------------------------------------ IMDB
 def imdb_dir(root: Path | None) -> Path:
     """The ``aclImdb`` directory: ``root`` or ``root/aclImdb`` (default ``$SHRINKSSM_DATA/aclImdb``)."""
@@ -337,9 +329,11 @@ def load_aan(
     doc_len = max(doc_len, 1)
     data, empty = {}, {}
     for split, (docs1, docs2, labels) in parts.items():
-        first, _ = _pad_tokens(docs1, doc_len)
-        second, _ = _pad_tokens(docs2, doc_len)
-        data[split] = SequenceData(np.concatenate([first, second], axis=1), labels)  # (num, 2 L)
+        pairs = np.zeros((len(labels), 2 * doc_len), dtype=np.uint8)  # (num, 2 L), 0 = padding
+        for i, (first, second) in enumerate(zip(docs1, docs2, strict=True)):
+            pairs[i, : first.size] = first
+            pairs[i, doc_len : doc_len + second.size] = second
+        data[split] = SequenceData(pairs, labels)
         empty[split] = sum(d.size == 0 for d in docs1) + sum(d.size == 0 for d in docs2)
     if official_val:
         train, val = data["train"], data["val"]

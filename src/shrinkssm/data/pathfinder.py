@@ -44,6 +44,7 @@ from .splits import DataSplits
 __all__ = [
     "DIFFICULTIES",
     "RESOLUTIONS",
+    "is_installed",
     "load_pathfinder",
     "npz_name",
     "pathfinder_dir",
@@ -207,7 +208,7 @@ def _read_npz(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
         raise DataFileError(f"corrupt Pathfinder cache {path}: {exc}") from exc
     n = x.shape[0] if x.ndim else 0
     pixels = resolution * resolution
-    if x.dtype != np.uint8 or x.ndim not in (2, 3, 4) or x[0].size != pixels:
+    if x.dtype != np.uint8 or x.ndim not in (2, 3, 4) or n == 0 or x[0].size != pixels:
         raise DataFileError(
             f"Pathfinder cache {path}: 'x' must be uint8 (n, {resolution}, {resolution}) or (n, {pixels}), "
             f"found {x.shape} {x.dtype}"
@@ -258,6 +259,13 @@ def prepare_pathfinder(
     np.savez_compressed(tmp, x=images, y=labels)
     os.replace(tmp, out)
     return out
+
+
+def is_installed() -> bool:
+    """Whether the default root holds the default images (32 x 32, hard): cache or PNG folder."""
+    root = data_home() / "pathfinder"
+    cache = root / npz_name(32, DEFAULT_DIFFICULTY)
+    return cache.is_file() or (pathfinder_dir(root, 32, DEFAULT_DIFFICULTY) / "metadata").is_dir()
 
 
 def load_pathfinder(

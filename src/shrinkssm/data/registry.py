@@ -279,16 +279,13 @@ register_dataset(
     pathfinder.load_pathfinder,
     description="LRA Pathfinder: 32x32 path images as pixel sequences (1024 x 1), 2 classes",
     how_to_install=pathfinder.INSTALL,
-    is_installed=lambda: (
-        (pathfinder.data_home() / "pathfinder" / pathfinder.npz_name(32, pathfinder.DEFAULT_DIFFICULTY)).is_file()
-        or (pathfinder.pathfinder_dir(None, 32, pathfinder.DEFAULT_DIFFICULTY) / "metadata").is_dir()
-    ),
-    default_root=lambda: pathfinder.data_home() / "pathfinder",
+    is_installed=pathfinder.is_installed,
+    default_root=lambda: images.data_home() / "pathfinder",
 )
 register_dataset(
     "ucr",
     timeseries.load_ucr,
-    description="UCR/UEA time-series classification from .ts files (name=ArrowHead, JapaneseVowels, ...)",
+    description="UCR/UEA time-series classification from .ts files (dataset=ArrowHead, JapaneseVowels, ...)",
     how_to_install=timeseries.INSTALL,
     is_installed=lambda: all(p.is_file() for p in timeseries.ucr_files(None, "ArrowHead").values()),
     default_root=timeseries._default_root,

@@ -51,7 +51,7 @@ _VAL_STREAM = 2
 INSTALL = (
     "pip install aeon (bundles ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels, "
     "OSULeaf, ACSF1, ...), or copy <Name>/<Name>_TRAIN.ts and <Name>_TEST.ts from the UCR/UEA "
-    "archives (timeseriesclassification.com) into a directory and pass root=DIR "
+    "archives (timeseriesclassification.com) into a directory and pass root=DIR, dataset=<Name> "
     "(default without aeon: $SHRINKSSM_DATA/ucr)"
 )
 
@@ -144,6 +144,8 @@ def read_ts(path: Path) -> TsFile:
                     )
                 class_index = {c: i for i, c in enumerate(classes[1:])}
                 if "dimensions" in header:
+                    if not header["dimensions"].isdigit() or int(header["dimensions"]) < 1:
+                        raise DataFileError(f"{path}: @dimensions must be a positive integer")
                     n_channels = int(header["dimensions"])
                 in_data = True
             else:
@@ -218,7 +220,7 @@ def load_ucr(
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
-    name: str = "ArrowHead",
+    dataset: str = "ArrowHead",
     normalize: str = "standard",
     missing: str = "error",
 ) -> DataSplits:
@@ -227,11 +229,11 @@ def load_ucr(
     Parameters
     ----------
     root : Path, optional
-        Directory holding ``<name>/<name>_TRAIN.ts`` (or the files directly); default aeon's
+        Directory holding ``<dataset>/<dataset>_TRAIN.ts`` (or the files directly); default aeon's
         bundled data, else ``$SHRINKSSM_DATA/ucr``.
     val_fraction, seed : float, int
         Validation carved from the official training cases, stratified.
-    name : str
+    dataset : str
         Data set name as in the archive, e.g. ``ArrowHead``, ``BasicMotions``, ``JapaneseVowels``.
     normalize : str
         ``"standard"`` (per channel, training statistics) or ``"none"``.
@@ -245,8 +247,9 @@ def load_ucr(
         Inputs ``(num, L, C) float32``; ``lengths`` when the series differ in length; targets
         ``(num,)``. Spec: classification, ``d_input = C``, ``n_classes`` from the header.
     """
+    name = dataset
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"name must be a data set name such as 'ArrowHead', got {name!r}")
+        raise ValueError(f"dataset must be a UCR/UEA data set name such as 'ArrowHead', got {name!r}")
     check_choice(normalize, "normalize", NORMALIZE)
     check_choice(missing, "missing", MISSING)
     paths = ucr_files(root, name)
@@ -277,6 +280,8 @@ def load_ucr(
     has_nan = any(bool(np.isnan(_valid_steps(d)).any()) for d in splits.values())
     if has_nan and missing == "error":
         raise ValueError(f"UCR data set {name!r} has missing values ('?'); pass missing='mean' to fill them")
+    if np.isnan(steps).all(axis=0).any():
+        raise DataFileError(f"UCR data set {name!r}: a channel has no value in the training split")
     mean = np.nanmean(steps, axis=0)
     std = np.nanstd(steps, axis=0)
     if normalize == "none":

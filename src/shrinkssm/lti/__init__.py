@@ -18,7 +18,9 @@ Conventions (written down once; every other docstring in the package refers back
     measures; its error bound also bounds the real output ``Re(C x)``.
   - ``"real"``: the exact real map ``u -> Re(C x)``, through the 2N conjugate realization
     ``A~ = diag(lam, conj(lam))``, ``B~ = [B; conj(B)]``, ``C~ = [C, conj(C)] / 2``. Its HSVs are
-    the true HSVs of the layer; there are 2N of them (the *real order*).
+    the true HSVs of the layer; there are 2N of them (the *real order*). Matrices computed in
+    this view (``gramians(sys, output="real")``, the reduction) use the equivalent real form with
+    state ``[Re x; Im x]`` (DESIGN §5, :func:`real_realization`), which has the same HSVs.
 * **Gramians** solve Stein (discrete Lyapunov) equations, conjugate transposes (``^H``)
   everywhere::
 

@@ -73,11 +73,6 @@ class _Numeric:
             return np.concatenate([lr * X1 - li * X2, li * X1 + lr * X2], axis=0)
         return self.A @ X
 
-    def dense_A(self) -> np.ndarray:
-        if self.kind == "dense":
-            return self.A
-        return self.apply_A(np.eye(self.n, dtype=self.B.dtype))
-
 
 _NUMPY_DTYPE = {torch.complex64: np.complex64, torch.complex128: np.complex128,
                 torch.float32: np.float32, torch.float64: np.float64}
@@ -106,16 +101,16 @@ def _D_numpy(sys) -> np.ndarray:
     return np.diag(D) if D.ndim == 1 else D
 
 
-def spectral_radius(sys: DiagonalSystem | DenseSystem) -> float:
+def _spectral_radius(sys: DiagonalSystem | DenseSystem) -> float:
     """max |eigenvalue| of the state matrix (O(N) for a diagonal system, one eigvals otherwise)."""
     if isinstance(sys, DiagonalSystem):
-        return float(sys.lam.detach().abs().max())
+        return float(np.abs(_to_numpy(sys.lam, True)).max())
     A = _to_numpy(sys.A, True)
     return float(np.abs(np.linalg.eigvals(A)).max())
 
 
 def _check_stable(sys, what: str = "this function") -> None:
-    rho = spectral_radius(sys)
+    rho = _spectral_radius(sys)
     if not rho < 1.0:
         raise ValueError(
             f"{what} needs a stable system (all |eigenvalues| < 1), but the spectral radius is {rho:.17g}"
@@ -369,6 +364,11 @@ def hankel_singular_values(sys: DiagonalSystem | DenseSystem, output: str = "com
         on the system's device. Values the computation cannot tell from zero (at or below
         ``n * eps * sigma_1``, or beyond the numerical rank of a Gramian) are returned as 0.
 
+    Raises
+    ------
+    ValueError
+        Unstable system, unknown ``output``.
+
     Notes
     -----
     Square-root method: ``svd(Lo^H Lc)`` with pivoted-Cholesky factors of the Gramians (module
@@ -379,6 +379,10 @@ def hankel_singular_values(sys: DiagonalSystem | DenseSystem, output: str = "com
     Gramians above; its H∞ error bound ``2 * sum(discarded sigma)`` holds for this package's
     undelayed output ``y[k] = Re(C x[k])`` as well, because the two transfer functions differ by
     a factor ``z``, of modulus 1 on the unit circle.
+
+    The factors and the SVD are cached on the system object (keyed on the in-place version of its
+    tensors), so that ``hsvd(sys)`` followed by ``balanced_truncation(sys, r)`` of the same object
+    does the O(N³) work once.
 
     Examples
     --------

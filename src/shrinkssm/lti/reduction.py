@@ -97,8 +97,9 @@ class ReductionInfo:
         ``2 * ||D_extra||_2`` for singular perturbation (see there); None where no HSV bound
         applies (modal, random; their ``notes`` give a triangle-inequality bound instead).
     kept_energy : float
-        ``sum(sigma of the reduced system) / sum(sigma)``; for balanced methods the kept
-        sigma's share of the energy; 1.0 if all sigma are zero.
+        Balanced methods: the kept sigma's share of the energy, ``sum(sigma[kept]) / sum(sigma)``.
+        Modal and random truncation (whose states are not balanced directions):
+        ``sum(HSVs of the reduced system) / sum(sigma)``. 1.0 if every sigma is zero.
     notes : tuple of str
         Anything the caller should know: no-op, capped rank, clamped or real eigenvalues,
         near-defective fallbacks.
@@ -288,9 +289,10 @@ def _noop(sys, sr: _SquareRoot, method: str, output: str, t0: float, max_cond: f
           dense_D: bool = False) -> tuple[DiagonalSystem, ReductionInfo]:
     """rank >= N: return the system unchanged (a DenseSystem is only diagonalised)."""
     N = sys.n_states
-    notes = [f"rank >= n_states = {N}: nothing to reduce, system returned unchanged"]
+    notes = [f"rank >= n_states = {N}: nothing to reduce"]
     D = sys.D_matrix if dense_D else sys.D
     if isinstance(sys, DiagonalSystem):
+        notes.append("system returned unchanged" + (" (D made dense)" if dense_D else ""))
         out = sys if not dense_D else DiagonalSystem(sys.lam, sys.B, sys.C, D)
     else:
         out = _diagonalize_dense(sys, D, max_cond, notes)
@@ -370,10 +372,18 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
         Unstable or non-finite system, rank < 1, unknown option, a reduced A that stays
         near-defective (module docstring).
 
+    Notes
+    -----
+    When the order has to be lowered (near-defective reduced A, or real eigenvalues in the
+    ``"real"`` view), the last kept direction (smallest sigma of the selection) goes first.
+
     Examples
     --------
-    >>> red, info = balanced_truncation(sys, 16)
-    >>> red.n_states, info.error_bound
+    >>> lam = torch.tensor([0.9, 0.5j, -0.2], dtype=torch.complex128)
+    >>> sys = DiagonalSystem(lam, torch.ones(3, 1), torch.ones(1, 3), torch.zeros(1))
+    >>> red, info = balanced_truncation(sys, 2)
+    >>> red.n_states, info.error_bound <= 2 * float(info.hsv[2])
+    (2, True)
     """
     t0 = time.perf_counter()
     rank = _check_rank(rank)
@@ -406,13 +416,15 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
 
 def _zero_system(sys, sr, method, output, t0, notes, D) -> tuple[DiagonalSystem, ReductionInfo]:
     """Every sigma is zero: the map is ``D`` alone. One silent state keeps the layer well-formed."""
-    lam0 = sys.lam if isinstance(sys, DiagonalSystem) else torch.linalg.eigvals(sys.A)
-    slowest = lam0[lam0.abs().argmax()].reshape(1)
+    lam0 = _to_numpy(sys.lam, True) if isinstance(sys, DiagonalSystem) else np.linalg.eigvals(_to_numpy(sys.A, True))
+    slowest = lam0[np.abs(lam0).argmax()]
     notes.append("every Hankel singular value is zero (the map is D alone): returned one state with "
                  "B = 0 and C = 0 at the slowest original eigenvalue")
-    out = DiagonalSystem(slowest.to(sys.dtype), torch.zeros(1, sys.n_inputs, dtype=sys.dtype, device=sys.device),
+    out = DiagonalSystem(_from_numpy(np.array([slowest]), sys.dtype, sys.device),
+                         torch.zeros(1, sys.n_inputs, dtype=sys.dtype, device=sys.device),
                          torch.zeros(sys.n_outputs, 1, dtype=sys.dtype, device=sys.device), D)
-    info = ReductionInfo(method, output, sys.n_states, 1, 1 if output == "complex" else 2, _hsv_tensor(sr),
+    order = 1 if output == "complex" or slowest.imag == 0 else 2
+    info = ReductionInfo(method, output, sys.n_states, 1, order, _hsv_tensor(sr),
                          0.0, 1.0, tuple(notes), time.perf_counter() - t0)
     return out, info
 

@@ -78,13 +78,13 @@ BACKENDS = ("auto", "ref", "chunked", "native")
 FUSED_MAX_WIDTH = 160
 """Largest ``H_in + H_out`` for which the native backend runs the fused LRU kernel; above it, torch
 GEMMs around the native scan kernel are faster. Measured with ``benchmarks/scan.py --crossover``
-(batch 32, length 1024, N 256, forward + backward): fused ahead up to H = 64 (2.0x at H = 8,
-1.25x at H = 64), GEMMs ahead from H = 96."""
+(batch 32, length 1024, N 256, forward + backward, H_in = H_out = H): fused 9x faster at H = 8,
+2x at H = 32, 1.25-1.4x at H = 64; even to 1.1x slower at H = 96; slower at H = 128."""
 
 CHUNKED_CPU_MAX_STATES = 2**23
 """Largest ``B * L * N`` for which "auto" picks "chunked" over "ref" on a CPU without the native
-kernels (measured with ``benchmarks/scan.py --crossover``: chunked 1.1-1.8x faster up to 4M
-states, 1.4x slower at 10M, where its full-size temporaries dominate)."""
+kernels (measured with ``benchmarks/scan.py --crossover``: chunked 1.1-2.6x faster up to 4 Mi
+states, 1.4-4x slower at 9.6 Mi, where its full-size temporaries dominate)."""
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _fallback_logged = False

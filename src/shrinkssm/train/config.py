@@ -68,6 +68,8 @@ class TrainConfig(_Section):
         "skip the step (at most 10 in a row)")
     progress: bool = True
     tensorboard: bool = False
+    dist_timeout: float = Field(600.0, gt=0.0, description="seconds a process waits for its "
+                                "peers in data-parallel runs before failing")
 
 
 class CompressConfig(_Section):

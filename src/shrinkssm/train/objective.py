@@ -15,7 +15,7 @@ regression          mean squared error (masked)     mse, mae, rmse
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from shrinkssm.data import IGNORE_INDEX, Batch, TaskSpec
 __all__ = ["Objective", "evaluate"]
 
 _LOWER_IS_BETTER = {"mse", "mae", "rmse", "perplexity", "bits_per_char"}
+_STAT_KEYS = {"classification": ("correct",), "lm": ("correct",), "regression": ("abs_sum",)}
 
 
 class Objective:
@@ -97,8 +98,13 @@ def _add(total: dict, stats: dict) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterator[Batch], objective: Objective,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Metrics of ``model`` over ``batches`` (eval mode during, previous mode restored after)."""
+             device: torch.device | str = "cpu",
+             combine: Callable[[dict], dict] | None = None) -> dict[str, float]:
+    """Metrics of ``model`` over ``batches`` (eval mode during, previous mode restored after).
+
+    ``combine`` merges the summed statistics of several processes (data-parallel evaluation,
+    each process over its shard) before the metrics are formed.
+    """
     was_training = model.training
     model.eval()
     total: dict[str, float] = {}
@@ -109,4 +115,7 @@ def evaluate(model: nn.Module, batches: Iterator[Batch], objective: Objective,
             _add(total, stats)
     finally:
         model.train(was_training)
+    if combine is not None:
+        keys = ("loss_sum", "n", *_STAT_KEYS[objective.kind])   # a rank may have seen no batch
+        total = combine({key: total.get(key, 0.0) for key in keys})
     return objective.summarize(total)

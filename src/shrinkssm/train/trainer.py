@@ -13,6 +13,12 @@ Run directory::
 Determinism: the batch order depends only on (seed, epoch) and the checkpoint records the epoch and
 the position in it, the RNG states, and optimizer, scheduler and compressor states, so a run that
 is interrupted and resumed ends where the uninterrupted run would (bit for bit on the CPU).
+
+Data parallel (``torchrun``, :mod:`shrinkssm.train.distributed`): every process holds the whole
+model, takes its share of each global batch, and ``DistributedDataParallel`` averages gradients.
+Reductions run on every rank with the target ranks taken from rank 0, the new shapes are checked to
+agree, and the DDP wrapper (and its gradient buckets) is rebuilt around the new parameters. Only
+rank 0 writes files; evaluation is sharded and its statistics summed over ranks.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from shrinkssm.nn import SSMModel
 from shrinkssm.plots import plot_run
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shrinkssm.train.config import ConfigError, RunConfig, build_config
+from shrinkssm.train.distributed import DistEnv, init_distributed
 from shrinkssm.train.metrics_log import MetricsLog, read_metrics
 from shrinkssm.train.objective import Objective, evaluate
 from shrinkssm.train.optim import build_optimizer, build_scheduler
@@ -69,7 +76,7 @@ def build_model(config: RunConfig, splits: DataSplits) -> SSMModel:
                     per_step=spec.per_step)
 
 
-def build_compressor(config: RunConfig, evaluate_fn=None) -> Compressor:
+def build_compressor(config: RunConfig, evaluate_fn=None, agree=None) -> Compressor:
     """The compressor of the ``compress`` section, scheduled over ``train.steps``."""
     c = config.compress
     if c.steps:
@@ -81,7 +88,7 @@ def build_compressor(config: RunConfig, evaluate_fn=None) -> Compressor:
     return Compressor(schedule, mode=c.mode, tol=c.tol, fraction=c.fraction, method=c.method,
                       output=c.output, selection=c.selection, gate=c.gate, min_rank=c.min_rank,
                       optimizer_state=c.optimizer_state, evaluate=evaluate_fn, margin=c.margin,
-                      seed=config.train.seed)
+                      seed=config.train.seed, agree=agree)
 
 
 @dataclass
@@ -111,11 +118,9 @@ class Trainer:
     def __init__(self, config: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
                  splits: DataSplits | None = None, stop_after: int | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.resume = resume
         self.stop_after = stop_after
-        checkpoint = None
-        if resume:
-            checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+        checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt") if resume else None
+        if checkpoint is not None:
             config = build_config(checkpoint["config"])
         elif config is None:
             raise ValueError("a new run needs a config")
@@ -123,12 +128,17 @@ class Trainer:
         cfg = config.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = torch.device("cuda" if cfg.device == "cuda" or (
-            cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.dist: DistEnv = init_distributed(cfg.device, cfg.dist_timeout)
+        if cfg.batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size ({cfg.batch_size}) must be a multiple of the "
+                              f"number of processes ({self.dist.world_size})")
+        self.device = self.dist.device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.splits = splits if splits is not None else _load_data(config)
         self.objective = Objective(self.splits.spec)
         self.model = build_model(config, self.splits).to(self.device)
+        if self.dist.rank:                       # dropout masks differ between ranks
+            torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         self.initial_dims = self.model.state_dims()
         self.step = 0
         self.position = _Position()
@@ -138,17 +148,29 @@ class Trainer:
             self._restore(checkpoint)
         else:
             self._build_optimization()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config.to_yaml())
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
-                                  resume_step=self.step if resume else None,
-                                  tensorboard_dir=self.run_dir / "tensorboard" if cfg.tensorboard else None)
+        self._wrap()
+        self.metrics = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config.to_yaml())
+            self.metrics = MetricsLog(
+                self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None,
+                tensorboard_dir=self.run_dir / "tensorboard" if cfg.tensorboard else None)
 
     # -- set-up -----------------------------------------------------------------------------------
     def _build_optimization(self) -> None:
         self.optimizer = build_optimizer(self.model, self.config.train)
         self.scheduler = build_scheduler(self.optimizer, self.config.train)
-        self.compressor = build_compressor(self.config, self._validation_score)
+        agree = self.dist.from_main if self.dist.enabled else None
+        self.compressor = build_compressor(self.config, self._validation_score, agree)
+
+    def _wrap(self) -> None:
+        """The module the loop trains: the model, or a fresh DDP wrapper around its parameters."""
+        if not self.dist.enabled:
+            self.net = self.model
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _restore(self, ckpt: dict) -> None:
         """Rebuild the reduced shapes, then load every state (all or nothing)."""
@@ -170,40 +192,45 @@ class Trainer:
         self.position = _Position(int(ckpt["epoch"]), int(ckpt["batch"]))
         self.initial_dims = list(ckpt["extra"]["initial_dims"])
         self.train_seconds = float(ckpt["extra"]["train_seconds"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+        states = ckpt["rng"]["torch_per_rank"]
+        if self.dist.rank < len(states):        # a rank new to the job keeps its own seed
+            torch.set_rng_state(states[self.dist.rank])
+        if self.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
     # -- data ---------------------------------------------------------------------------------------
     def _train_batches(self) -> Iterator[Batch]:
-        """Endless stream of training batches from the current position; keeps it up to date."""
+        """Endless stream of this rank's share of the training batches; keeps the position."""
         cfg = self.config.train
         data: SequenceData = self.splits.train
-        per_epoch = data.num_batches(cfg.batch_size, drop_last=True)
-        if per_epoch == 0:
-            raise ValueError(f"train.batch_size={cfg.batch_size} exceeds the training split "
-                             f"({len(data)} sequences)")
+        if data.num_batches(cfg.batch_size, drop_last=True) == 0:
+            raise ConfigError(f"train.batch_size={cfg.batch_size} exceeds the training split "
+                              f"({len(data)} sequences)")
         while True:
             for batch in data.iterate(cfg.batch_size, shuffle=True, seed=cfg.seed,
                                       epoch=self.position.epoch, start_batch=self.position.batch,
-                                      drop_last=True):
+                                      drop_last=True, rank=self.dist.rank,
+                                      world_size=self.dist.world_size):
                 self.position.batch += 1
                 yield batch
             self.position = _Position(self.position.epoch + 1, 0)
 
     def _eval_batches(self, data: SequenceData, cap: int | None) -> Iterator[Batch]:
         batches = data.iterate(self.config.train.batch_size, shuffle=False, seed=0, epoch=0,
-                               drop_last=False)
+                               drop_last=False, rank=self.dist.rank,
+                               world_size=self.dist.world_size)
         for i, batch in enumerate(batches):
             if cap is not None and i >= cap:
                 return
-            yield batch
+            if len(batch):                      # a rank's share of the last batch may be empty
+                yield batch
 
     def evaluate_split(self, split: str, cap: int | None = None) -> dict[str, float]:
-        """Metrics of the current model on "train", "val" or "test"."""
+        """Metrics of the current model on "train", "val" or "test" (summed over ranks)."""
         t0 = time.perf_counter()
         data = getattr(self.splits, split)
-        result = evaluate(self.model, self._eval_batches(data, cap), self.objective, self.device)
+        result = evaluate(self.model, self._eval_batches(data, cap), self.objective, self.device,
+                          combine=self.dist.sum_stats)
         self._eval_seconds += time.perf_counter() - t0
         return result
 
@@ -215,35 +242,40 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last.pt"
 
     def save(self) -> Path:
+        """Write ``checkpoints/last.pt`` (rank 0; every rank takes part in gathering RNG states)."""
         for name, param in self.model.named_parameters():
             if not torch.isfinite(param).all():
                 raise TrainingDiverged(f"parameter {name} is not finite at step {self.step}; "
                                        f"the last good checkpoint ({self.checkpoint_path()}) "
                                        "was kept")
-        save_checkpoint(self.checkpoint_path(), {
-            "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
-            "config": self.config.model_dump(mode="json"),
-            "model_io": {"d_input": self.model.d_input, "d_output": self.model.d_output,
-                         "task": self.model.task},
-            "layout": self.model.layout(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "compressor": self.compressor.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "extra": {"initial_dims": self.initial_dims, "train_seconds": self.train_seconds},
-        })
-        self.compressor.history.save(self.run_dir / "reductions.json")
+        rng_states = self.dist.gather(torch.get_rng_state())
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoint_path(), {
+                "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
+                "config": self.config.model_dump(mode="json"),
+                "model_io": {"d_input": self.model.d_input, "d_output": self.model.d_output,
+                             "task": self.model.task},
+                "layout": self.model.layout(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "compressor": self.compressor.state_dict(),
+                "rng": {"torch_per_rank": rng_states,
+                        "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+                "extra": {"initial_dims": self.initial_dims, "train_seconds": self.train_seconds,
+                          "world_size": self.dist.world_size},
+            })
+            self.compressor.history.save(self.run_dir / "reductions.json")
+        self.dist.barrier()
         return self.checkpoint_path()
 
     # -- the loop ---------------------------------------------------------------------------------
     def _train_step(self, batch: Batch) -> tuple[float, dict] | None:
-        """One optimizer step; None if the step was skipped for a non-finite loss."""
+        """One optimizer step; None if the step was skipped for a non-finite loss (on any rank)."""
         cfg = self.config.train
         batch = batch.to(self.device)
-        loss, stats = self.objective.loss(self.model(batch.x, batch.mask), batch)
-        if not torch.isfinite(loss):
+        loss, stats = self.objective.loss(self.net(batch.x, batch.mask), batch)
+        if not self.dist.all_true(bool(torch.isfinite(loss))):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         loss.backward()
@@ -270,10 +302,9 @@ class Trainer:
         cfg = self.config.train
         end = cfg.steps if self.stop_after is None else min(cfg.steps, self.stop_after)
         batches = self._train_batches()
-        window: dict = {}
-        window_loss, window_steps, window_time = 0.0, 0, 0.0
+        window = _Window()
         skipped = 0
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress,
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
                    desc="train", unit="step", dynamic_ncols=True)
         self.model.train()
         try:
@@ -286,46 +317,53 @@ class Trainer:
                     continue
                 skipped = 0
                 self.step += 1
-                loss, stats = result
                 self._eval_seconds = 0.0
                 event = self.compressor.step(self.step, self.model, self.optimizer)
                 elapsed = time.perf_counter() - t0 - self._eval_seconds
                 self.train_seconds += elapsed
-                window_loss += loss
-                window_steps += 1
-                window_time += elapsed
-                for key, value in stats.items():
-                    window[key] = window.get(key, 0) + value
+                window.add(*result, elapsed)
                 if event is not None:
                     self._on_reduction(event)
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    row = self._log_row(window_loss / window_steps, window, window_steps / window_time)
-                    window, window_loss, window_steps, window_time = {}, 0.0, 0, 0.0
-                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                        row.update({f"val_{k}": v for k, v in self.evaluate_split(
-                            "val", cfg.eval_batches).items()})
-                    self.metrics.write(row)
-                    bar.set_postfix(self._postfix(row), refresh=False)
-                elif self.step % cfg.eval_every == 0:
-                    self.metrics.write({"step": self.step, "wall_seconds": self.train_seconds,
-                                        **{f"val_{k}": v for k, v in self.evaluate_split(
-                                            "val", cfg.eval_batches).items()}})
+                self._log(window, bar, last=self.step == end)
                 if self.step % cfg.checkpoint_every == 0 or self.step == end:
                     self.save()
                 bar.update(1)
         finally:
             bar.close()
         if self.step < cfg.steps:
-            self.metrics.close()
+            self._close()
             return {"steps": self.step, "interrupted": True}
         return self._finish()
 
-    def _log_row(self, loss: float, stats: dict, steps_per_second: float) -> dict:
-        metrics = self.objective.summarize(stats)
+    def _log(self, window: "_Window", bar, last: bool) -> None:
+        """Write a metrics row when due (every rank joins the collectives, rank 0 writes)."""
+        cfg = self.config.train
+        row = None
+        if self.step % cfg.log_every == 0 or last:
+            row = self._log_row(window)
+            window.clear()
+        if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            val = self.evaluate_split("val", cfg.eval_batches)
+            row = row or {"step": self.step, "wall_seconds": round(self.train_seconds, 4)}
+            row.update({f"val_{k}": v for k, v in val.items()})
+        if row is not None:
+            self._write(row)
+            if "loss" in row:
+                bar.set_postfix(self._postfix(row), refresh=False)
+
+    def _write(self, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(row)
+
+    def _log_row(self, window: "_Window") -> dict:
+        totals = self.dist.sum_stats({**window.stats, "_loss": window.loss, "_steps": window.steps})
+        steps = totals.pop("_steps")
+        loss = totals.pop("_loss") / max(steps, 1)
+        metrics = self.objective.summarize(totals)
         row = {"step": self.step, "wall_seconds": round(self.train_seconds, 4), "loss": loss,
                "lr": max(self.scheduler.get_last_lr()),
                "state_dims": self.model.state_dims(),
-               "steps_per_second": steps_per_second}
+               "steps_per_second": window.steps / max(window.seconds, 1e-9)}
         row.update({f"train_{k}": v for k, v in metrics.items() if k != "loss"})
         return row
 
@@ -339,6 +377,12 @@ class Trainer:
 
     def _on_reduction(self, event: ReductionEvent) -> None:
         changed = [e for e in event.layers if e.new < e.old]
+        if changed or event.rolled_back:
+            dims = self.dist.gather(self.model.state_dims())
+            if any(d != dims[0] for d in dims):
+                raise RuntimeError(f"processes disagree on the reduced state sizes at step "
+                                   f"{event.step}: {dims}")
+            self._wrap()                        # new parameters: new DDP buckets
         if not changed:
             reasons = sorted({e.skipped for e in event.layers if e.skipped})
             log.info("step %d: reduction point, no layer reduced (%s)", event.step,
@@ -347,12 +391,13 @@ class Trainer:
             dims = ", ".join(f"layer {e.layer}: {e.old} -> {e.new}" for e in changed)
             extra = " -- rolled back: validation fell too far" if event.rolled_back else ""
             log.info("step %d: reduced %s%s", event.step, dims, extra)
-        self.metrics.write({"step": self.step, "wall_seconds": self.train_seconds,
-                            "reduction": True, "state_dims": self.model.state_dims(),
-                            "reduction_seconds": event.seconds,
-                            "val_score_before": event.metric_before,
-                            "val_score_after": event.metric_after})
-        self.compressor.history.save(self.run_dir / "reductions.json")
+        self._write({"step": self.step, "wall_seconds": self.train_seconds,
+                     "reduction": True, "state_dims": self.model.state_dims(),
+                     "reduction_seconds": event.seconds,
+                     "val_score_before": event.metric_before,
+                     "val_score_after": event.metric_after})
+        if self.dist.is_main:
+            self.compressor.history.save(self.run_dir / "reductions.json")
 
     def _finish(self) -> dict:
         test = self.evaluate_split("test")
@@ -367,19 +412,43 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "reductions": [{"step": e.step, "dims": e.state_dims_after,
                             "rolled_back": e.rolled_back} for e in self.compressor.history],
+            "processes": self.dist.world_size,
             "run_dir": str(self.run_dir),
         }
         if "accuracy" in test:
             summary.setdefault("test_accuracy", test["accuracy"])
             summary.setdefault("val_accuracy", val["accuracy"])
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.compressor.history.save(self.run_dir / "reductions.json")
-        self.plot()
-        self.metrics.close()
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.compressor.history.save(self.run_dir / "reductions.json")
+            self.plot()
+        self._close()
         return summary
+
+    def _close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
     def plot(self) -> list[Path]:
         """Write the run's plots into ``run_dir/plots``."""
         return plot_run(read_metrics(self.run_dir / "metrics.jsonl"), self.compressor.history,
                         self.initial_dims, self.config.train.steps, self.run_dir / "plots",
                         self.objective.metric)
+
+
+class _Window:
+    """Running sums over the steps since the last metrics row."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.loss, self.steps, self.seconds = 0.0, 0, 0.0
+        self.stats: dict[str, float] = {}
+
+    def add(self, loss: float, stats: dict, seconds: float) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.seconds += seconds
+        for key, value in stats.items():
+            self.stats[key] = self.stats.get(key, 0) + value
