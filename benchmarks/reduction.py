@@ -24,7 +24,12 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from shrinkssm.lti import DiagonalSystem, balanced_truncation, hankel_singular_values, rank_for_energy
+from shrinkssm.lti import (
+    DiagonalSystem,
+    balanced_truncation,
+    hankel_singular_values,
+    rank_for_energy,
+)
 
 
 def trained_looking(N: int, H: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -130,7 +135,7 @@ def main() -> None:
             ours(parts, rank)  # burn-in (imports, LAPACK workspaces)
             ref_repeats = args.repeats if N < 512 else args.reference_repeats
             (t_ours, (hsv, red, info)), (t_ref, (s_ref, *_)) = interleaved_best(
-                [lambda: ours(parts, rank), lambda: reference(parts, rank)], [args.repeats, ref_repeats])
+                [lambda p=parts, r=rank: ours(p, r), lambda p=parts, r=rank: reference(p, r)], [args.repeats, ref_repeats])
             diff = float(np.abs(hsv.numpy()[: s_ref.size] - s_ref).max() / s_ref[0])
             assert red.n_states == rank, info.notes
             print(f"{N:>6} {H:>5} {rank:>5} {t_ours:>12.4f} {t_ref:>12.4f} {t_ref / t_ours:>7.1f}  {diff:>20.2e}",

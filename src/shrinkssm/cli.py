@@ -7,6 +7,8 @@
     shrinkssm eval RUN [--split test]                                   a run's checkpoint on a split
     shrinkssm analyze RUN                                               reduction history and plots
     shrinkssm data list                                                 data sets, installed or not
+    shrinkssm data prepare NAME [--dest DIR] [KEY=VALUE ...]            generate / fetch data files
+    shrinkssm generate RUN [--prompt TEXT]                              sample from a language model
 
 Exit codes: 0 success, 1 training diverged or failed, 2 bad usage / config / checkpoint / data.
 """
@@ -57,6 +59,9 @@ def _print_summary(summary: dict) -> None:
           f"{summary[f'val_{metric}']:.4f})")
     print(f"  state size:     {_format_dims(summary['initial_state_dims'], summary['state_dims'])}"
           f"   (per layer)")
+    if "baseline_test" in summary:
+        base = summary["baseline_test"]
+        print(f"  baseline:       {base['name']} test {metric} {base[metric]:.4f}")
     print(f"  training time:  {summary['train_seconds']:.1f} s for {summary['steps']} steps")
     print(f"  run directory:  {summary['run_dir']}  (summary.json, metrics.jsonl, plots/)")
 
@@ -104,49 +109,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run(run: str):
-    """Config, checkpoint and data of a run directory."""
-    from shrinkssm.data import load_dataset
-    from shrinkssm.train.checkpoint import load_checkpoint
-    from shrinkssm.train.config import build_config
-
-    run_dir = Path(run)
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    config = build_config(ckpt["config"])
-    return run_dir, config, ckpt
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    from shrinkssm.train.loading import load_run
+    from shrinkssm.train.objective import Objective, evaluate
 
-    from shrinkssm.train.trainer import Trainer
-
-    _setup_logging(None, args.verbose)
-    run_dir = Path(args.run)
-    trainer = Trainer(None, run_dir, resume=True)
-    trainer.metrics.close()
-    result = trainer.evaluate_split(args.split)
-    result = {"split": args.split, "step": trainer.step, "state_dims": trainer.model.state_dims(),
-              **result}
-    print(json.dumps(result, indent=2))
-    del torch
+    run = load_run(args.run)
+    data = getattr(run.splits, args.split)
+    batches = data.iterate(run.config.train.batch_size, shuffle=False, seed=0, epoch=0,
+                           drop_last=False)
+    metrics = evaluate(run.model, batches, Objective(run.splits.spec))
+    print(json.dumps({"split": args.split, "step": run.step,
+                      "state_dims": run.model.state_dims(), **metrics}, indent=2))
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from shrinkssm.compress import ReductionHistory
     from shrinkssm.plots import plot_run
+    from shrinkssm.train.loading import load_run
     from shrinkssm.train.metrics_log import read_metrics
 
-    run_dir, config, ckpt = _load_run(args.run)
-    history = ReductionHistory.from_dict(ckpt["compressor"]["history"])
-    initial = ckpt["extra"]["initial_dims"]
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    run = load_run(args.run, with_model=False)
+    history = ReductionHistory.from_dict(run.checkpoint["compressor"]["history"])
+    initial = run.checkpoint["extra"]["initial_dims"]
+    rows = read_metrics(run.run_dir / "metrics.jsonl")
     metric = next((k[4:] for r in rows for k in r if k.startswith("val_") and k != "val_loss"
                    and not k.startswith("val_score")), "accuracy")
-    files = plot_run(rows, history, initial, config.train.steps, run_dir / "plots", metric)
-    print(f"run {run_dir}: step {ckpt['step']} of {config.train.steps}, "
-          f"mode {config.compress.mode}, method {config.compress.method}")
+    files = plot_run(rows, history, initial, run.config.train.steps, run.run_dir / "plots", metric)
+    print(f"run {run.run_dir}: step {run.step} of {run.config.train.steps}, "
+          f"mode {run.config.compress.mode}, method {run.config.compress.method}")
     print(f"{'step':>8}  {'layer':>5}  {'before':>6}  {'after':>6}  {'bound':>10}  "
           f"{'kept energy':>11}  {'seconds':>8}  note")
     for event in history:
@@ -160,6 +151,54 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print("  (no reduction points reached yet)")
     for path in files:
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from shrinkssm.train.generate import generate, tokens_per_second
+    from shrinkssm.train.loading import load_run
+    from shrinkssm.train.trainer import build_model
+
+    run = load_run(args.run)
+    vocab = run.splits.meta.get("vocab")
+    if run.model.task != "lm" or vocab is None:
+        raise _UsageError(f"{args.run} is not a character-level language model run "
+                          f"(task {run.model.task!r})")
+    index = {ch: i for i, ch in enumerate(vocab)}
+    prompt = torch.tensor([[index.get(ch, 0) for ch in args.prompt]], dtype=torch.long)
+    generator = torch.Generator().manual_seed(args.seed)
+    tokens = generate(run.model, prompt, args.length, temperature=args.temperature,
+                      top_k=args.top_k, generator=generator)
+    print("".join(vocab[i] if i else "?" for i in tokens[0].tolist()))
+    speed = tokens_per_second(run.model, n_tokens=args.speed_tokens)
+    initial = run.checkpoint["extra"]["initial_dims"]
+    print(f"\nrecurrent decoding: {speed:,.0f} tokens/s at state sizes {run.model.state_dims()}",
+          file=sys.stderr)
+    if initial != run.model.state_dims():
+        uncompressed = build_model(run.config, run.splits).eval()     # the initial sizes
+        base = tokens_per_second(uncompressed, n_tokens=args.speed_tokens)
+        print(f"                    {base:,.0f} tokens/s at the initial sizes {initial} "
+              f"-> {speed / base:.2f}x faster after compression", file=sys.stderr)
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from shrinkssm.data.prepare import prepare
+    from shrinkssm.train.config import parse_overrides
+
+    options = {}
+    for item in args.options:
+        key, sep, _ = item.partition("=")
+        if not sep or not key or "." in key:
+            raise _UsageError(f"option {item!r} is not of the form key=value")
+        options.update(parse_overrides([f"option.{item}"])["option"])
+    try:
+        path = prepare(args.name, args.dest, **options)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _UsageError(f"data prepare {args.name}: {exc}") from None
+    print(f"{args.name}: ready in {path}")
     return 0
 
 
@@ -210,7 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("list", help="what is available, installed, and how to install it")
     dl.set_defaults(func=cmd_data_list)
+    dp = data_sub.add_parser("prepare", help="build or fetch a data set's files (listops, "
+                             "shakespeare, pathfinder)")
+    dp.add_argument("name")
+    dp.add_argument("--dest", help="directory (default: where the loader looks)")
+    dp.add_argument("options", nargs="*", metavar="KEY=VALUE", help="preparer options")
+    dp.set_defaults(func=cmd_data_prepare)
+
+    gen = sub.add_parser("generate", help="sample text from a language-model run (recurrent mode)")
+    gen.add_argument("run", help="run directory")
+    gen.add_argument("--prompt", default="ROMEO:\n")
+    gen.add_argument("--length", type=int, default=400)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--speed-tokens", type=int, default=300,
+                     help="tokens per timing run of the decoding speed")
+    gen.set_defaults(func=cmd_generate)
     return parser
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     from shrinkssm.train.trainer import TrainingDiverged
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot take KEY=VALUE positionals after an option (`data prepare X --dest D k=v`)
+    listed = "overrides" if hasattr(args, "overrides") else "options" if hasattr(args, "options") else None
+    if extra and listed and all("=" in item and not item.startswith("-") for item in extra):
+        getattr(args, listed).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, DataNotFoundError, DataFileError, _UsageError) as exc:

@@ -53,7 +53,8 @@ def test_available_datasets_rows(tmp_path, monkeypatch):
 def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(
         ValueError,
-        match="unknown data set 'mnits'; valid names: cifar10, digits, fashion-mnist, mnist, mnist-idx",
+        match="unknown data set 'mnits'; valid names: aan, cifar10, digits, fashion-mnist, forecast, imdb, "
+        "listops, mnist, mnist-idx, pathfinder, shakespeare, ucr",
     ):
         load_dataset("mnits")
     with pytest.raises(ValueError, match="unknown data set"):

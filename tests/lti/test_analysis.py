@@ -8,9 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from lti_helpers import impulse_by_simulation, random_dense, random_lru, real_form
-from shrinkssm.lti import DiagonalSystem, frequency_response, h2_norm, hinf_norm, impulse_response
+
+from shrinkssm.lti import (
+    DiagonalSystem,
+    frequency_response,
+    h2_norm,
+    hinf_norm,
+    impulse_response,
+)
 
 try:
     import slycot

@@ -12,10 +12,18 @@ import scipy.linalg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lti_helpers import np_sys, random_dense, random_lru, real_form
-from shrinkssm.lti import (DenseSystem, DiagonalSystem, discrete_lyapunov, dlyap, gramians,
-                           hankel_singular_values, hsvd, rank_for_energy)
+
+from shrinkssm.lti import (
+    DenseSystem,
+    DiagonalSystem,
+    discrete_lyapunov,
+    dlyap,
+    gramians,
+    hankel_singular_values,
+    hsvd,
+    rank_for_energy,
+)
 
 try:
     import slycot

@@ -2,10 +2,9 @@
 
 Independent checks: the H∞ bound measured on a dense frequency grid (with points around every
 pole), impulse responses of the non-diagonal balanced model (plain matrix powers), slycot's
-ab09ad reduced model (same transfer function for balanced truncation), the HSVs of the reduced
-system (balanced truncation keeps sigma_1..sigma_r), exact DC gains, brute-force mode scores.
+ab09ad reduced model (same transfer function for balanced truncation), Gramians of the balanced
+coordinates from scipy (diag(sigma)), exact DC gains from the definition, brute-force mode scores.
 """
-import math
 
 import numpy as np
 import pytest
@@ -13,12 +12,36 @@ import scipy.linalg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lti_helpers import (
+    impulse_by_simulation,
+    max_error,
+    np_sys,
+    random_dense,
+    random_lru,
+    real_form,
+)
 
-from lti_helpers import impulse_by_simulation, max_error, np_sys, random_dense, random_lru, real_form
-from shrinkssm.lti import (DenseSystem, DiagonalSystem, ReductionInfo, balanced_singular_perturbation,
-                           balanced_truncation, balred, frequency_response, hsvd, impulse_response,
-                           modal_truncation, random_truncation, reduce_system)
-from shrinkssm.lti.reduction import MAX_COND_DROPS, MODULUS_MARGIN, _balanced_reduced_dense, _clamp_modulus, _modal_form
+from shrinkssm.lti import (
+    DenseSystem,
+    DiagonalSystem,
+    ReductionInfo,
+    balanced_singular_perturbation,
+    balanced_truncation,
+    balred,
+    frequency_response,
+    hsvd,
+    impulse_response,
+    modal_truncation,
+    random_truncation,
+    reduce_system,
+)
+from shrinkssm.lti.reduction import (
+    MAX_COND_DROPS,
+    MODULUS_MARGIN,
+    _balanced_reduced_dense,
+    _clamp_modulus,
+    _modal_form,
+)
 
 try:
     import slycot
@@ -349,7 +372,7 @@ def test_dense_input_is_reduced_and_diagonalised():
     red, info = balanced_truncation(sys, 4)
     assert isinstance(red, DiagonalSystem) and red.n_states == 4
     assert max_error(sys, red) <= info.error_bound * (1 + 1e-8)
-    same, info = balanced_truncation(sys, 10)  # no-op: diagonalised only
+    same, _ = balanced_truncation(sys, 10)  # no-op: diagonalised only
     np.testing.assert_allclose(impulse_response(same, 50).numpy(), impulse_by_simulation(sys, 50), atol=1e-9)
 
 
@@ -378,7 +401,9 @@ def test_singular_perturbation_differs_from_truncation():
     bt, _ = balanced_truncation(sys, 3)
     sp, _ = balanced_singular_perturbation(sys, 3)
     zero = torch.zeros(1, dtype=torch.float64)
-    assert abs(complex(frequency_response(bt, zero)[0, 0, 0] - frequency_response(sys, zero)[0, 0, 0])) > 1e-6
+    dc = complex(frequency_response(sys, zero)[0, 0, 0])
+    assert abs(complex(frequency_response(bt, zero)[0, 0, 0]) - dc) > 1e-6  # truncation misses DC ...
+    assert abs(complex(frequency_response(sp, zero)[0, 0, 0]) - dc) < 1e-10 * abs(dc)  # ... BSP does not
 
 
 # ------------------------------------------------------------------------- modal and random
@@ -406,12 +431,15 @@ def test_modal_truncation_of_a_dense_system():
     red, info = modal_truncation(sys, 3)
     eig = np.linalg.eigvals(sys.A.numpy())
     np.testing.assert_allclose(np.sort(np.abs(red.lam.numpy())), np.sort(np.abs(eig))[-3:], rtol=1e-10)
+    assert any("diagonalised" in n for n in info.notes)
+    bound = float(next(n for n in info.notes if "triangle" in n).split(":")[-1])
+    assert max_error(sys, red) <= bound * (1 + 1e-6)
 
 
 def test_random_truncation_is_reproducible():
     sys = random_lru(12, 2, seed=25)
     a, ia = random_truncation(sys, 5, generator=torch.Generator().manual_seed(3))
-    b, ib = random_truncation(sys, 5, generator=torch.Generator().manual_seed(3))
+    _, ib = random_truncation(sys, 5, generator=torch.Generator().manual_seed(3))
     assert ia.kept_states == ib.kept_states and len(set(ia.kept_states)) == 5
     torch.testing.assert_close(a.lam, sys.lam[list(ia.kept_states)])
     assert ia.error_bound is None

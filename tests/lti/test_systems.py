@@ -2,10 +2,15 @@
 import numpy as np
 import pytest
 import torch
-
 from lti_helpers import impulse_by_simulation, random_dense, random_lru, real_form
-from shrinkssm.lti import (DenseSystem, DiagonalSystem, conjugate_realization, real_realization,
-                           to_dense)
+
+from shrinkssm.lti import (
+    DenseSystem,
+    DiagonalSystem,
+    conjugate_realization,
+    real_realization,
+    to_dense,
+)
 
 
 def _parts(N=3, H=2):
@@ -55,7 +60,7 @@ def test_to_changes_dtype():
     ("B", "abc", "array-like"),
 ])
 def test_bad_shapes_and_dtypes(field, value, match):
-    parts = dict(zip("lam B C D".split(), _parts(3, 2)))
+    parts = dict(zip(["lam", "B", "C", "D"], _parts(3, 2)))
     parts[field] = value
     with pytest.raises(ValueError, match=match):
         DiagonalSystem(**parts)
@@ -64,7 +69,7 @@ def test_bad_shapes_and_dtypes(field, value, match):
 @pytest.mark.parametrize("field", ["lam", "B", "C", "D"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_rejected(field, bad):
-    parts = dict(zip("lam B C D".split(), _parts(3, 2)))
+    parts = dict(zip(["lam", "B", "C", "D"], _parts(3, 2)))
     t = parts[field].clone()
     t.view(-1)[0] = bad
     parts[field] = t
@@ -100,7 +105,7 @@ def test_real_realization_layout():
     """The matrices are exactly the blocks of DESIGN §5."""
     sys = random_lru(5, 2, 3, seed=1)
     rs = real_realization(sys)
-    A, B, C, D = real_form(sys)
+    A, B, C, _ = real_form(sys)
     assert rs.n_states == 10
     np.testing.assert_array_equal(rs.A.real.numpy(), A)
     np.testing.assert_array_equal(rs.B.real.numpy(), B)

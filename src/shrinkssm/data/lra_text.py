@@ -341,7 +341,7 @@ def load_aan(
         train, val = holdout(data["train"], val_fraction, seed=seed, stream=_VAL_STREAM)
     spec = TaskSpec(
         kind="classification", d_input=VOCAB_SIZE, seq_len=2 * doc_len, n_classes=2, tokens=True,
-        vocab_size=VOCAB_SIZE, metric="accuracy", variable_length=False, name="aan",
+        vocab_size=VOCAB_SIZE, metric="accuracy", variable_length=False, n_segments=2, name="aan",
     )  # fmt: skip
     meta = {
         "name": "aan",

@@ -52,6 +52,9 @@ class TaskSpec:
         ``"lm"``, False otherwise.
     variable_length : bool
         Sequences may be shorter than ``L``: batches then carry a ``mask``.
+    n_segments : int
+        Documents per example laid end to end at fixed offsets (AAN retrieval: 2 documents of
+        ``L / 2`` tokens each, padded with token 0), to be encoded separately and compared.
     name : str
         The data set's registry name.
     """
@@ -66,9 +69,13 @@ class TaskSpec:
     metric: str = "accuracy"
     per_step: bool | None = None
     variable_length: bool = False
+    n_segments: int = 1
     name: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.n_segments, int) or self.n_segments < 1 or self.seq_len % self.n_segments:
+            raise ValueError(f"n_segments must be a positive divisor of seq_len ({self.seq_len}), "
+                             f"got {self.n_segments!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.metric not in METRICS:

@@ -73,7 +73,13 @@ from .reduction import (
     random_truncation,
     reduce_system,
 )
-from .systems import DenseSystem, DiagonalSystem, conjugate_realization, real_realization, to_dense
+from .systems import (
+    DenseSystem,
+    DiagonalSystem,
+    conjugate_realization,
+    real_realization,
+    to_dense,
+)
 
 __all__ = [
     "DiagonalSystem",

@@ -16,9 +16,16 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from .gramians import (_check_output, _check_stable, _D_numpy, _from_numpy, _gramians_numeric, _numeric,
-                       _to_numpy)
-from .systems import DenseSystem, DiagonalSystem, _as_tensor, _check_system, _REAL_OF
+from .gramians import (
+    _check_output,
+    _check_stable,
+    _D_numpy,
+    _from_numpy,
+    _gramians_numeric,
+    _numeric,
+    _to_numpy,
+)
+from .systems import _REAL_OF, DenseSystem, DiagonalSystem, _as_tensor, _check_system
 
 __all__ = ["impulse_response", "frequency_response", "hinf_norm", "h2_norm"]
 

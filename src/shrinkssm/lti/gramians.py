@@ -27,7 +27,14 @@ import scipy.linalg
 import torch
 from scipy.linalg import lapack
 
-from .systems import DenseSystem, DiagonalSystem, _all_finite, _as_tensor, _check_system, _REAL_OF
+from .systems import (
+    _REAL_OF,
+    DenseSystem,
+    DiagonalSystem,
+    _all_finite,
+    _as_tensor,
+    _check_system,
+)
 
 __all__ = [
     "gramians",

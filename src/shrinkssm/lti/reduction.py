@@ -46,13 +46,22 @@ from __future__ import annotations
 import inspect
 import operator
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
-from .gramians import _balancing, _D_numpy, _from_numpy, _Numeric, _numeric, _square_root, _SquareRoot, _to_numpy
+from .gramians import (
+    _balancing,
+    _D_numpy,
+    _from_numpy,
+    _Numeric,
+    _numeric,
+    _square_root,
+    _SquareRoot,
+    _to_numpy,
+)
 from .systems import DenseSystem, DiagonalSystem, _check_system
 
 __all__ = [

@@ -191,7 +191,7 @@ class DiagonalSystem(_SystemMixin):
     D: torch.Tensor
 
     def __post_init__(self) -> None:
-        lam, B, C, D = (_as_tensor(v, k) for v, k in zip((self.lam, self.B, self.C, self.D), "lam B C D".split()))
+        lam, B, C, D = (_as_tensor(v, k) for v, k in zip((self.lam, self.B, self.C, self.D), ["lam", "B", "C", "D"]))
         _check_same_device({"lam": lam, "B": B, "C": C, "D": D})
         if lam.ndim != 1 or lam.shape[0] < 1:
             raise ValueError(f"lam must be 1-D with at least one state, got shape {tuple(lam.shape)}")
@@ -204,7 +204,7 @@ class DiagonalSystem(_SystemMixin):
         for name, t in (("lam", lam), ("B", B), ("C", C), ("D", D)):
             object.__setattr__(self, name, t)
 
-    def to(self, dtype: torch.dtype | None = None, device=None) -> "DiagonalSystem":
+    def to(self, dtype: torch.dtype | None = None, device=None) -> DiagonalSystem:
         """Copy to another complex ``dtype`` (``D`` follows with the real counterpart) / device."""
         return DiagonalSystem(*_move(self.lam, self.B, self.C, self.D, dtype=dtype, device=device))
 
@@ -237,7 +237,7 @@ class DenseSystem(_SystemMixin):
     D: torch.Tensor
 
     def __post_init__(self) -> None:
-        A, B, C, D = (_as_tensor(v, k) for v, k in zip((self.A, self.B, self.C, self.D), "A B C D".split()))
+        A, B, C, D = (_as_tensor(v, k) for v, k in zip((self.A, self.B, self.C, self.D), ["A", "B", "C", "D"]))
         _check_same_device({"A": A, "B": B, "C": C, "D": D})
         if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] < 1:
             raise ValueError(f"A must be square (N, N) with N >= 1, got shape {tuple(A.shape)}")
@@ -250,7 +250,7 @@ class DenseSystem(_SystemMixin):
         for name, t in (("A", A), ("B", B), ("C", C), ("D", D)):
             object.__setattr__(self, name, t)
 
-    def to(self, dtype: torch.dtype | None = None, device=None) -> "DenseSystem":
+    def to(self, dtype: torch.dtype | None = None, device=None) -> DenseSystem:
         """Copy to another complex ``dtype`` (``D`` follows with the real counterpart) / device."""
         return DenseSystem(*_move(self.A, self.B, self.C, self.D, dtype=dtype, device=device))
 

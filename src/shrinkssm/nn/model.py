@@ -119,6 +119,10 @@ class SSMModel(nn.Module):
     per_step : bool, optional
         An output at every position (no pooling). Defaults to False for classification and True
         otherwise; a sequence-level regression sets it False.
+    n_segments : int
+        Documents per example, laid end to end (``x: (B, n_segments * L)`` tokens, padded with
+        token 0), as in the LRA retrieval task: each is encoded by the same blocks and pooled over
+        its non-padding tokens, and the head sees ``[h1, h2, h1 * h2, h1 - h2]`` (two documents).
 
     Shapes: ``forward(x, mask)`` with ``x: (B, L, C)`` real or ``(B, L)`` int64 and
     ``mask: (B, L)`` bool (True = valid) returns ``(B, d_output)`` when pooled and
@@ -127,18 +131,22 @@ class SSMModel(nn.Module):
 
     def __init__(self, config: ModelConfig, *, d_input: int, d_output: int,
                  task: str = "classification", tokens: bool | None = None,
-                 per_step: bool | None = None) -> None:
+                 per_step: bool | None = None, n_segments: int = 1) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
         self.config, self.task = config, task
         self.tokens = task == "lm" if tokens is None else tokens
         self.per_step = task != "classification" if per_step is None else per_step
+        if n_segments not in (1, 2) or (n_segments == 2 and (self.per_step or not self.tokens)):
+            raise ValueError("n_segments=2 (document pairs) needs pooled outputs over tokens; "
+                             f"got n_segments={n_segments}")
+        self.n_segments = n_segments
         self.d_input, self.d_output = d_input, d_output
         h = config.d_model
         self.encoder = nn.Embedding(d_input, h) if self.tokens else nn.Linear(d_input, h)
         self.blocks = nn.ModuleList(SSMBlock(config) for _ in range(config.n_layers))
-        self.head = nn.Linear(h, d_output)
+        self.head = nn.Linear(4 * h if n_segments == 2 else h, d_output)
 
     # -- compression interface ----------------------------------------------------------------
     def ssm_layers(self) -> list[LRU]:
@@ -167,12 +175,27 @@ class SSMModel(nn.Module):
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """See the class docstring for shapes."""
-        h = self.encoder(x)                                                   # (B, L, H)
-        for block in self.blocks:
-            h = block(h, mask)
+        if self.n_segments == 2:
+            return self._forward_pair(x)
+        h = self.features(x, mask)                                            # (B, L, H)
         if self.per_step:
             return self.head(h)                                               # (B, L, d_output)
         return self.head(self.pool(h, mask))                                  # (B, d_output)
+
+    def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Encoder and blocks: ``(B, L, C)`` or ``(B, L)`` tokens -> ``(B, L, H)``."""
+        h = self.encoder(x)                                                   # (B, L, H)
+        for block in self.blocks:
+            h = block(h, mask)
+        return h
+
+    def _forward_pair(self, x: Tensor) -> Tensor:
+        b, total = x.shape
+        docs = x.reshape(2 * b, total // 2)                                   # (2B, L): doc 1s, doc 2s interleaved
+        mask = docs != 0
+        pooled = self.pool(self.features(docs, mask), mask).reshape(b, 2, -1)  # (B, 2, H)
+        h1, h2 = pooled[:, 0], pooled[:, 1]
+        return self.head(torch.cat([h1, h2, h1 * h2, h1 - h2], dim=-1))      # (B, d_output)
 
     def pool(self, h: Tensor, mask: Tensor | None) -> Tensor:
         """(B, L, H) -> (B, H): mean over valid positions, or the last valid position."""

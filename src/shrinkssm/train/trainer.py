@@ -73,7 +73,7 @@ def build_model(config: RunConfig, splits: DataSplits) -> SSMModel:
     spec = splits.spec
     return SSMModel(config.model, d_input=spec.vocab_size if spec.tokens else spec.d_input,
                     d_output=spec.output_dim, task=spec.kind, tokens=spec.tokens,
-                    per_step=spec.per_step)
+                    per_step=spec.per_step, n_segments=spec.n_segments)
 
 
 def build_compressor(config: RunConfig, evaluate_fn=None, agree=None) -> Compressor:
@@ -418,6 +418,10 @@ class Trainer:
         if "accuracy" in test:
             summary.setdefault("test_accuracy", test["accuracy"])
             summary.setdefault("val_accuracy", val["accuracy"])
+        baseline = self.splits.meta.get("baseline", {}).get("test")
+        if baseline is not None and metric in baseline:       # e.g. seasonal-naive forecasts
+            summary["baseline_test"] = {"name": f"seasonal naive (season {baseline.get('season')})",
+                                        **{k: v for k, v in baseline.items() if k != "season"}}
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             self.compressor.history.save(self.run_dir / "reductions.json")

@@ -1,0 +1,54 @@
+"""Open a finished (or interrupted) run for inspection, without touching its files.
+
+Used by ``shrinkssm eval``, ``analyze`` and ``generate``: the checkpoint, the config it was made
+with, the data it was trained on, and the model rebuilt in its reduced shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shrinkssm.data import DataSplits
+from shrinkssm.nn import SSMModel
+from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint
+from shrinkssm.train.config import RunConfig, build_config
+
+__all__ = ["LoadedRun", "load_run"]
+
+
+@dataclass
+class LoadedRun:
+    """A run directory's latest checkpoint, its config, its data and its model (eval mode)."""
+
+    run_dir: Path
+    config: RunConfig
+    checkpoint: dict
+    splits: DataSplits | None
+    model: SSMModel | None
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint["step"])
+
+
+def load_run(run_dir: str | Path, *, with_model: bool = True,
+             device: str | torch.device = "cpu") -> LoadedRun:
+    """Read ``run_dir/checkpoints/last.pt``; with ``with_model`` also load the data and model."""
+    from shrinkssm.train.trainer import _load_data, build_model
+
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+    config = build_config(ckpt["config"])
+    if not with_model:
+        return LoadedRun(run_dir, config, ckpt, None, None)
+    splits = _load_data(config)
+    model = build_model(config, splits)
+    try:
+        model.apply_layout_(ckpt["layout"])
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint does not fit its own config: {exc}") from None
+    return LoadedRun(run_dir, config, ckpt, splits, model.to(device).eval())
