@@ -55,6 +55,7 @@ Modules
 alternatives; the guards against sigma = 0, |mu| >= 1 and near-defective reduced matrices are
 listed in its docstring), :mod:`~shrinkssm.lti.analysis` (impulse / frequency responses, norms).
 """
+from ._blas import blas_threads, set_blas_threads
 from .analysis import frequency_response, h2_norm, hinf_norm, impulse_response
 from .gramians import (
     discrete_lyapunov,
@@ -104,4 +105,6 @@ __all__ = [
     "frequency_response",
     "hinf_norm",
     "h2_norm",
+    "set_blas_threads",
+    "blas_threads",
 ]

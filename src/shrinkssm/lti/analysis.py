@@ -16,6 +16,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
+from ._blas import limited_blas
 from .gramians import (
     _check_output,
     _check_stable,
@@ -36,6 +37,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return _to_numpy(t, True)
 
 
+@limited_blas
 def impulse_response(sys: DiagonalSystem | DenseSystem, length: int) -> torch.Tensor:
     """Impulse response of the real map ``u -> y``.
 
@@ -121,6 +123,7 @@ def _response_np(sys, w: np.ndarray, output: str) -> np.ndarray:
     return 0.5 * (both[:n] + both[n:].conj()) + D
 
 
+@limited_blas
 def frequency_response(sys: DiagonalSystem | DenseSystem, omega, output: str = "real") -> torch.Tensor:
     """Frequency response on the unit circle.
 
@@ -186,6 +189,7 @@ def _pole_frequencies(sys, output: str, n_poles: int) -> np.ndarray:
     return w
 
 
+@limited_blas
 def hinf_norm(sys: DiagonalSystem | DenseSystem, output: str = "real", n_grid: int = 2048,
               n_poles: int = 64) -> float:
     """H∞ norm: ``max_w sigma_max(G(e^{iw}))`` of :func:`frequency_response` (D included).
@@ -245,6 +249,7 @@ def hinf_norm(sys: DiagonalSystem | DenseSystem, output: str = "real", n_grid: i
     return best
 
 
+@limited_blas
 def h2_norm(sys: DiagonalSystem | DenseSystem, output: str = "real") -> float:
     """H2 norm ``sqrt(sum_k ||h[k]||_F^2)`` (D included at k = 0).
 

@@ -27,6 +27,7 @@ import scipy.linalg
 import torch
 from scipy.linalg import lapack
 
+from ._blas import limited_blas
 from .systems import (
     _REAL_OF,
     DenseSystem,
@@ -187,6 +188,7 @@ def _gramians_numeric(num: _Numeric) -> tuple[np.ndarray, np.ndarray]:
     return _hermitian_part(P), _hermitian_part(Q)
 
 
+@limited_blas
 def gramians(sys: DiagonalSystem | DenseSystem, output: str = "complex") -> tuple[torch.Tensor, torch.Tensor]:
     """Controllability and observability Gramians ``(P, Q)``.
 
@@ -230,6 +232,7 @@ def gramians(sys: DiagonalSystem | DenseSystem, output: str = "complex") -> tupl
     return _from_numpy(P, dtype, sys.device), _from_numpy(Q, dtype, sys.device)
 
 
+@limited_blas
 def discrete_lyapunov(A, Q) -> torch.Tensor:
     """Solve the Stein (discrete Lyapunov) equation ``X = A X A^H + Q``.
 
@@ -319,9 +322,10 @@ def _square_root(num: _Numeric) -> _SquareRoot:
         Vh = np.zeros((0, M.shape[1]), dtype=M.dtype)
     else:
         U, s, Vh = scipy.linalg.svd(M, full_matrices=False, overwrite_a=True, check_finite=False)
+    n_nonzero = _nonzero_count(s, num.n)
     hsv = np.zeros(num.n)
-    hsv[: s.size] = s
-    return _SquareRoot(Lc, Lo, U, s, Vh, hsv, _nonzero_count(s, num.n))
+    hsv[:n_nonzero] = s[:n_nonzero]  # the rest cannot be told from zero: reported as 0
+    return _SquareRoot(Lc, Lo, U, s, Vh, hsv, n_nonzero)
 
 
 def _state_tensors(sys) -> tuple[torch.Tensor, ...]:
@@ -353,6 +357,7 @@ def _balancing(sys: DiagonalSystem | DenseSystem, output: str, what: str) -> tup
     return num, sr
 
 
+@limited_blas
 def hankel_singular_values(sys: DiagonalSystem | DenseSystem, output: str = "complex") -> torch.Tensor:
     """Hankel singular values, in descending order.
 

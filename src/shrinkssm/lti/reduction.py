@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ._blas import limited_blas
 from .gramians import (
     _balancing,
     _D_numpy,
@@ -343,6 +344,7 @@ def _balanced_reduced_dense(sys, rank: int, output: str = "complex", selection: 
                        torch.from_numpy(num.D))
 
 
+@limited_blas
 def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: str = "complex",
                         selection: str = "largest", *, max_cond: float | None = None
                         ) -> tuple[DiagonalSystem, ReductionInfo]:
@@ -439,6 +441,7 @@ def _zero_system(sys, sr, method, output, t0, notes, D) -> tuple[DiagonalSystem,
 
 
 # -------------------------------------------------------------- balanced singular perturbation
+@limited_blas
 def balanced_singular_perturbation(sys: DiagonalSystem | DenseSystem, rank: int, output: str = "complex",
                                    *, max_cond: float | None = None
                                    ) -> tuple[DiagonalSystem, ReductionInfo]:
@@ -546,6 +549,7 @@ def _mode_hinf(sys: DiagonalSystem) -> torch.Tensor:
     return torch.from_numpy(np.linalg.norm(C, axis=0) * np.linalg.norm(B, axis=1) / (1.0 - np.abs(lam)))
 
 
+@limited_blas
 def modal_truncation(sys: DiagonalSystem | DenseSystem, rank: int, score: str = "magnitude",
                      selection: str = "largest", output: str = "complex", *,
                      max_cond: float | None = None) -> tuple[DiagonalSystem, ReductionInfo]:
@@ -589,6 +593,7 @@ def modal_truncation(sys: DiagonalSystem | DenseSystem, rank: int, score: str = 
     return _truncate_modes(sys, modes, order[:rank].to(modes.device), "modal", output, num, sr, t0, notes)
 
 
+@limited_blas
 def random_truncation(sys: DiagonalSystem | DenseSystem, rank: int, generator: torch.Generator | None = None,
                       output: str = "complex", *, max_cond: float | None = None
                       ) -> tuple[DiagonalSystem, ReductionInfo]:
@@ -633,6 +638,7 @@ _METHODS = {
 }
 
 
+@limited_blas
 def reduce_system(sys: DiagonalSystem | DenseSystem, rank: int, method: str = "balanced",
                   **kwargs) -> tuple[DiagonalSystem, ReductionInfo]:
     """Reduce ``sys`` to ``rank`` LRU states with the named method (what layers call).

@@ -277,11 +277,23 @@ class LRU(nn.Module):
     @torch.no_grad()
     def system(self) -> lti.DiagonalSystem:
         """The layer as a detached :class:`shrinkssm.lti.DiagonalSystem` (exactly the map of
-        :meth:`forward`): ``lam (N,)``, ``B = gamma * B (N, H)``, ``C (H, N)``, ``D (H,) or (H, H)``."""
-        return lti.DiagonalSystem(
+        :meth:`forward`): ``lam (N,)``, ``B = gamma * B (N, H)``, ``C (H, N)``, ``D (H,) or (H, H)``.
+
+        While the parameters are unchanged the same object is returned, so that ``lti``'s cached
+        factorisations serve both the HSVs a compressor measures and the reduction that follows.
+        """
+        tensors = (self.nu_log, self.theta_log, self.gamma_log, self.B_re, self.B_im, self.C_re,
+                   self.C_im, self.D)
+        key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+        cached = getattr(self, "_system_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        sys = lti.DiagonalSystem(
             self.eigenvalues().detach(), self.input_matrix().detach(),
             self.output_matrix().detach(), self.D.detach(),
         )
+        self._system_cache = (key, sys)
+        return sys
 
     @torch.no_grad()
     def reduce_(
