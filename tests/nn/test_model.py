@@ -97,3 +97,12 @@ def test_unknown_task_and_config_key():
         SSMModel(ModelConfig(), d_input=1, d_output=2, task="segmentation")
     with pytest.raises(ValueError, match="d_stat"):
         ModelConfig(d_stat=3)
+
+
+def test_per_block_state_sizes():
+    cfg = ModelConfig(n_layers=3, d_model=4, d_state=[8, 5, 3], scan="ref")
+    assert SSMModel(cfg, d_input=1, d_output=2).state_dims() == [8, 5, 3]
+    with pytest.raises(ValueError, match="3 blocks"):
+        ModelConfig(n_layers=3, d_state=[8, 5])
+    with pytest.raises(ValueError, match=">= 1"):
+        ModelConfig(d_state=0)

@@ -79,3 +79,22 @@ def test_a_dying_process_brings_the_job_down_and_keeps_the_checkpoint(tmp_path):
     assert "exitcode" in result.stderr or "ChildFailedError" in result.stderr
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["step"] == 30
+
+
+@pytest.mark.parametrize("reduction", ["per_channel", "shared"])
+def test_selective_layers_reduce_identically_on_every_process(tmp_path, reduction):
+    run = tmp_path / "ddp"
+    settings = [s for s in SETTINGS if not s.startswith(("model.d_state", "compress.tol"))]
+    settings += ["model.layer=selective", "model.d_state=8", f"model.selective_reduction={reduction}",
+                 "compress.mode=fixed", "compress.fraction=0.5", "train.steps=30"]
+    result = _torchrun(2, run, *settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for step in (10, 20, 30):
+        a, b = _params(run, 0, step), _params(run, 1, step)
+        assert a.keys() == b.keys()
+        for key in a:
+            if step == 30 and ".sur_" in key:
+                continue     # surrogate statistics of each process's own last batch; synced at reductions
+            assert torch.equal(a[key], b[key]), (step, key)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["state_dims"][0] < 8

@@ -114,3 +114,15 @@ def test_pragmatic_mode_runs_in_the_trainer(tiny_config, tmp_path):
     history = json.loads((tmp_path / "reductions.json").read_text())["events"]
     assert all(e["metric_before"] is not None and e["metric_after"] is not None for e in history)
     assert summary["state_dims"][0] in (24, 12, 6)
+
+
+def test_tensorboard_option(tiny_config, tmp_path):
+    cfg = apply_overrides(tiny_config, ["train.tensorboard=true", "train.steps=20"])
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"pip install 'shrinkssm\[tensorboard\]'"):
+            Trainer(cfg, tmp_path)
+        return
+    Trainer(cfg, tmp_path).fit()
+    assert any((tmp_path / "tensorboard").iterdir())

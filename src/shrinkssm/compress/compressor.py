@@ -6,6 +6,15 @@ reduction (``layer.reduce_``) and fixes up the optimizer (:func:`swap_parameters
 loop simply goes on. It knows *when* and *how much*; *how* is the layers' and ``shrinkssm.lti``'s
 business. Follows CompreSSM (arXiv 2510.02823), ``DESIGN.md`` §6.
 
+Two kinds of layer (see :func:`reducible_layers`):
+
+* :class:`ReducibleLayer` (the LRU): one LTI system per layer (``system()``), measured here, one
+  rank per layer.
+* :class:`SelfPlanningLayer` (selective SSMs, ``DESIGN.md`` §7): the layer measures itself
+  (per-channel surrogate HSVs) and applies the compressor's rank rule
+  (:meth:`Compressor.channel_rank`) where it needs to, e.g. per channel; the compressor gates on
+  the plan's total state count and passes the plan back to ``reduce_``.
+
 Usage::
 
     compressor = Compressor(ReductionSchedule.equidistant(total_steps), mode="tolerance", tol=0.01)
@@ -29,7 +38,7 @@ from shrinkssm.compress.history import LayerEvent, ReductionEvent, ReductionHist
 from shrinkssm.compress.optim_state import STATE_POLICIES, swap_parameters
 from shrinkssm.compress.schedule import ReductionSchedule
 
-__all__ = ["Compressor", "ReducibleLayer", "reducible_layers", "MODES", "METHODS"]
+__all__ = ["Compressor", "ReducibleLayer", "SelfPlanningLayer", "reducible_layers", "MODES", "METHODS"]
 
 MODES = ("tolerance", "fixed", "pragmatic", "none")
 METHODS = ("balanced", "singular_perturbation", "modal", "random")
@@ -51,10 +60,35 @@ class ReducibleLayer(Protocol):
     def resize_(self, d_state: int, dense_skip: bool = ...) -> None: ...
 
 
+@runtime_checkable
+class SelfPlanningLayer(Protocol):
+    """A layer that measures itself and proposes its own (e.g. per-channel) ranks.
+
+    ``plan_reduction(rank_rule, method=..., output=...)`` returns a plan with ``hsv`` (1-D float64
+    tensor, for the record), ``old``/``target`` (in the units of ``d_state``), ``old_size``/
+    ``target_size`` (what the gate compares), ``skipped`` (None, or why nothing can be planned)
+    and ``agree_(fn)`` (pass its ranks through the compressor's ``agree`` hook);
+    ``rank_rule(hsv, size) -> int`` is :meth:`Compressor.channel_rank`. ``reduce_(plan,
+    method=..., output=..., **options)`` applies it and returns a report like the LRU's.
+    ``layout()`` / ``apply_layout_()`` describe and restore the layer's shapes (pragmatic rollback).
+    """
+
+    d_state: int
+    last_replaced: dict
+
+    def plan_reduction(self, rank_rule, *, method: str = ..., output: str = ...): ...
+
+    def reduce_(self, rank, method: str = ..., output: str = ..., **options): ...
+
+    def layout(self) -> dict: ...
+
+    def apply_layout_(self, layout: dict) -> None: ...
+
+
 def reducible_layers(model: nn.Module) -> list[nn.Module]:
-    """Every reducible layer of ``model``, in ``model.modules()`` order (a DDP wrapper is walked
-    into like any other module)."""
-    return [m for m in model.modules() if isinstance(m, ReducibleLayer)]
+    """Every reducible layer of ``model`` (:class:`ReducibleLayer` or :class:`SelfPlanningLayer`),
+    in ``model.modules()`` order (a DDP wrapper is walked into like any other module)."""
+    return [m for m in model.modules() if isinstance(m, (ReducibleLayer, SelfPlanningLayer))]
 
 
 def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
@@ -118,7 +152,7 @@ class Compressor:
         selection: str = "largest",
         gate: float = 0.95,
         min_rank: int = 1,
-        optimizer_state: str = "reset",
+        optimizer_state: str = "restart",
         evaluate: Callable[[nn.Module], float] | None = None,
         margin: float = 0.02,
         seed: int = 0,
@@ -173,6 +207,17 @@ class Compressor:
             rank = d_state
         return max(self.min_rank, min(rank, d_state))
 
+    def channel_rank(self, hsv: torch.Tensor, size: int) -> int:
+        """The rank rule handed to self-planning layers: like :meth:`target_rank` for one real
+        system of order ``size`` (``hsv`` descending), without the LRU's real-to-complex halving."""
+        if self.mode == "tolerance":
+            rank = lti.rank_for_energy(hsv, self.tol)
+        elif self.mode in ("fixed", "pragmatic"):
+            rank = int(size * (1.0 - self.fraction))
+        else:
+            rank = size
+        return max(self.min_rank, min(rank, size))
+
     def reduce(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
                ) -> ReductionEvent:
         """Reduce now (whatever the schedule says) and record the event.
@@ -183,14 +228,19 @@ class Compressor:
         start = time.perf_counter()
         layers = reducible_layers(model)
         if not layers:
-            raise ValueError("the model has no reducible SSM layers (nothing with system() and "
-                             "reduce_())")
-        events = [self._measure_layer(index, layer) for index, layer in enumerate(layers)]
+            raise ValueError("the model has no reducible SSM layers (nothing with system() or "
+                             "plan_reduction(), and reduce_())")
+        plans: dict[int, object] = {}
+        events = [self._measure_layer(index, layer, plans) for index, layer in enumerate(layers)]
         if self.agree is not None:
             for layer_event, target in zip(events, self.agree([e.target for e in events])):
                 layer_event.target = int(target)
+            for index, plan in plans.items():
+                if plan.skipped is None:
+                    plan.agree_(self.agree)
+                    events[index].target = plan.target
         for layer_event in events:
-            layer_event.skipped = self._why_skip(layer_event)
+            layer_event.skipped = self._why_skip(layer_event, plans.get(layer_event.layer))
         acting = [e for e in events if e.skipped is None]
         event = ReductionEvent(step=step, mode=self.mode, method=self.method, output=self.output,
                                layers=events)
@@ -201,9 +251,8 @@ class Compressor:
             replaced = []
             for layer_event in acting:
                 layer = layers[layer_event.layer]
-                self._apply(layer_event, layer, step)
-                if layer_event.new < layer_event.old:
-                    replaced.extend(layer.last_replaced.values())
+                self._apply(layer_event, layer, step, plans.get(layer_event.layer))
+                replaced.extend(layer.last_replaced.values())   # empty when nothing changed
             if optimizer is not None and replaced:
                 swap_parameters(optimizer, replaced, self.optimizer_state)
             if self.evaluate is not None:
@@ -215,9 +264,17 @@ class Compressor:
         self.history.append(event)
         return event
 
-    def _measure_layer(self, index: int, layer: nn.Module) -> LayerEvent:
-        """A layer's HSVs and the rank the mode asks for."""
+    def _measure_layer(self, index: int, layer: nn.Module, plans: dict) -> LayerEvent:
+        """A layer's HSVs and the rank the mode asks for (a self-planning layer's plan goes into
+        ``plans[index]``)."""
         t0 = time.perf_counter()
+        if isinstance(layer, SelfPlanningLayer):
+            plan = layer.plan_reduction(self.channel_rank, method=self.method, output=self.output)
+            plans[index] = plan
+            event = LayerEvent(layer=index, old=plan.old, new=plan.old, target=plan.target,
+                               hsv=plan.hsv.double().cpu().tolist())
+            event.seconds = time.perf_counter() - t0
+            return event
         old = layer.d_state
         hsv = lti.hankel_singular_values(layer.system(), output=self.output).double().cpu()
         event = LayerEvent(layer=index, old=old, new=old, target=self.target_rank(hsv, old),
@@ -225,44 +282,60 @@ class Compressor:
         event.seconds = time.perf_counter() - t0
         return event
 
-    def _why_skip(self, event: LayerEvent) -> str | None:
-        """Why a layer stays as it is (None: it is reduced to ``event.target``)."""
+    def _why_skip(self, event: LayerEvent, plan=None) -> str | None:
+        """Why a layer stays as it is (None: it is reduced to ``event.target`` or its ``plan``)."""
         if self.mode == "none":
             return "mode none"
         if self.stopped:
             return "stopped after a rollback"
+        if plan is not None:
+            if plan.skipped is not None:
+                return plan.skipped
+            if plan.target_size >= self.gate * plan.old_size:
+                return f"gate: {plan.target_size} states are not below {self.gate:g} x {plan.old_size}"
+            return None
         if event.target >= self.gate * event.old:
             return f"gate: rank {event.target} is not below {self.gate:g} x {event.old}"
         return None
 
-    def _apply(self, event: LayerEvent, layer: nn.Module, step: int) -> None:
-        """Reduce one layer to ``event.target`` and record the outcome in ``event``."""
+    def _apply(self, event: LayerEvent, layer: nn.Module, step: int, plan=None) -> None:
+        """Reduce one layer to ``event.target`` (or its ``plan``) and record the outcome in ``event``."""
         t0 = time.perf_counter()
         options = {"selection": self.selection} if self.selection != "largest" else {}
         if self.method == "random":
             options["generator"] = torch.Generator().manual_seed(
                 self.seed * 1_000_003 + step * 1_009 + event.layer)
-        report = layer.reduce_(event.target, method=self.method, output=self.output, **options)
+        report = layer.reduce_(event.target if plan is None else plan, method=self.method,
+                               output=self.output, **options)
         event.new, event.error_bound = report.new_d_state, report.error_bound
         event.kept_energy, event.notes = report.kept_energy, list(report.notes)
         event.seconds += time.perf_counter() - t0
 
     # -- pragmatic mode: snapshot and rollback --------------------------------------------------
     @staticmethod
-    def _snapshot(layers: list[nn.Module], optimizer) -> dict:
+    def _shape(layer: nn.Module):
+        """What must be restored before a layer's state dict loads: its layout, or (size, skip)."""
+        if isinstance(layer, SelfPlanningLayer):
+            return ("layout", layer.layout())
+        return ("resize", layer.d_state, getattr(layer, "dense_skip", False))
+
+    @classmethod
+    def _snapshot(cls, layers: list[nn.Module], optimizer) -> dict:
         return {
-            "layers": [(layer.d_state, getattr(layer, "dense_skip", False),
-                        copy.deepcopy(layer.state_dict())) for layer in layers],
+            "layers": [(cls._shape(layer), copy.deepcopy(layer.state_dict())) for layer in layers],
             "optimizer": copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None,
         }
 
     def _restore(self, layers: list[nn.Module], optimizer, snapshot: dict) -> None:
         replaced = []
-        for layer, (n, dense, state) in zip(layers, snapshot["layers"]):
-            if layer.d_state == n:
+        for layer, (shape, state) in zip(layers, snapshot["layers"]):
+            if self._shape(layer) == shape:
                 continue
             current = dict(layer.named_parameters(recurse=False))
-            layer.resize_(n, dense)
+            if shape[0] == "layout":
+                layer.apply_layout_(shape[1])
+            else:
+                layer.resize_(shape[1], shape[2])
             layer.load_state_dict(state)
             restored = dict(layer.named_parameters(recurse=False))
             replaced.extend((current[name], restored[name]) for name in current)

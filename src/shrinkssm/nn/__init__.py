@@ -2,10 +2,18 @@
 
 * :class:`LRU` -- the Linear Recurrent Unit; ``system()`` describes it as an
   :class:`shrinkssm.lti.DiagonalSystem`, ``reduce_()`` replaces it by a smaller one.
-* :class:`SSMModel` -- encoder, blocks of (norm -> LRU -> GELU -> GLU -> residual), pooling, head.
+* :class:`SelectiveSSM` -- a Mamba-1 style selective SSM block; its mean LTI surrogate ranks states
+  for ``plan_reduction()`` / ``reduce_()`` (per-channel balanced truncation or a shared subset).
+* :class:`SSMModel` -- encoder, blocks of (norm -> mixer -> GELU -> GLU -> residual), pooling, head.
 """
 
 from shrinkssm.nn.lru import LRU as LRU, LayerReduction as LayerReduction, SSM_LR_GROUP as SSM_LR_GROUP
+from shrinkssm.nn.selective import (
+    SelectiveReduction as SelectiveReduction,
+    SelectiveReductionPlan as SelectiveReductionPlan,
+    SelectiveSSM as SelectiveSSM,
+    calibrate_surrogates as calibrate_surrogates,
+)
 from shrinkssm.nn.model import (
     MaskedBatchNorm as MaskedBatchNorm,
     ModelConfig as ModelConfig,
@@ -14,4 +22,5 @@ from shrinkssm.nn.model import (
 )
 
 __all__ = ["LRU", "LayerReduction", "SSM_LR_GROUP", "ModelConfig", "SSMModel", "SSMBlock",
-           "MaskedBatchNorm"]
+           "MaskedBatchNorm", "SelectiveSSM", "SelectiveReduction", "SelectiveReductionPlan",
+           "calibrate_surrogates"]

@@ -1,12 +1,15 @@
-"""The deep SSM: an encoder, a stack of LRU blocks, pooling and a task head.
+"""The deep SSM: an encoder, a stack of SSM blocks, pooling and a task head.
 
 One block (as in the LRU paper and the CompreSSM code)::
 
-    x -> norm -> LRU -> GELU -> dropout -> GLU -> dropout -> + x
+    x -> norm -> mixer -> GELU -> dropout -> GLU -> dropout -> + x
 
-The same model serves classification (pool over time, then a linear head), per-step regression
-(a linear head at every position) and language modelling (token embedding in, next-token logits
-out). :meth:`SSMModel.ssm_layers` exposes the LRU layers so that compression can walk them.
+The mixer is an :class:`~shrinkssm.nn.lru.LRU` (``layer="lru"``, the default) or a Mamba-style
+:class:`~shrinkssm.nn.selective.SelectiveSSM` (``layer="selective"``; it has its own gate and output
+projection, the GELU/GLU after it are kept so that both kinds of model share one block). The same
+model serves classification (pool over time, then a linear head), per-step regression (a linear
+head at every position) and language modelling (token embedding in, next-token logits out).
+:meth:`SSMModel.ssm_layers` exposes the mixers so that compression can walk them.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from shrinkssm.nn.lru import LRU
+from shrinkssm.nn.selective import SelectiveSSM
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
 
@@ -33,7 +37,11 @@ class ModelConfig(BaseModel):
 
     n_layers: int = Field(1, ge=1, description="number of blocks")
     d_model: int = Field(8, ge=1, description="width H of every block")
-    d_state: int = Field(256, ge=1, description="initial complex state size N of every LRU")
+    layer: Literal["lru", "selective"] = Field(
+        "lru", description="the mixer of every block: LRU, or a Mamba-style selective SSM")
+    d_state: int | list[int] = Field(
+        256, description="initial state size N of every mixer, or one per block (LRU: complex "
+        "states; selective: real states per channel, 16 in Mamba)")
     norm: Literal["batch", "layer"] = Field("batch", description="the published block uses batch")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     pooling: Literal["mean", "last"] = Field("mean", description="classification only")
@@ -41,7 +49,41 @@ class ModelConfig(BaseModel):
     r_max: float = Field(0.999, gt=0.0, lt=1.0, description="largest initial |lambda|")
     max_phase: float = Field(2 * math.pi, gt=0.0, le=2 * math.pi)
     train_gamma: bool = True
-    scan: Literal["auto", "native", "chunked", "ref"] = "auto"
+    scan: Literal["auto", "native", "chunked", "ref"] = Field(
+        "auto", description="scan backend (the selective scan has auto, native and ref)")
+    # selective layers only (layer="selective"; ignored by the LRU)
+    expand: int = Field(2, ge=1, description="selective: channels E = expand * d_model")
+    d_conv: int = Field(4, ge=1, description="selective: causal depthwise convolution kernel")
+    dt_rank: int | None = Field(None, ge=1, description="selective: rank of the step-size "
+                                "projection, null = ceil(d_model / 16)")
+    dt_min: float = Field(0.001, gt=0.0, description="selective: smallest initial step size")
+    dt_max: float = Field(0.1, gt=0.0, description="selective: largest initial step size")
+    selective_reduction: Literal["per_channel", "shared"] = Field(
+        "per_channel", description="selective: per-channel balanced truncation (the paper) or one "
+        "shared subset of state indices per layer")
+    selective_surrogate: Literal["second_moment", "mean"] = Field(
+        "second_moment", description="selective: Gramians of the LTI surrogate from the second "
+        "moments of delta B(x), C(x) or from their means (the paper's literal construction)")
+    surrogate_momentum: float | None = Field(
+        0.1, gt=0.0, le=1.0, description="selective: weight of a batch in the surrogate's moving "
+        "averages, null = plain average")
+
+    def state_size(self, block: int) -> int:
+        """Initial state size of block ``block``."""
+        return self.d_state[block] if isinstance(self.d_state, list) else self.d_state
+
+    @model_validator(mode="after")
+    def _selective_settings(self) -> "ModelConfig":
+        sizes = self.d_state if isinstance(self.d_state, list) else [self.d_state]
+        if any(n < 1 for n in sizes):
+            raise ValueError(f"d_state must be >= 1, got {self.d_state}")
+        if isinstance(self.d_state, list) and len(self.d_state) != self.n_layers:
+            raise ValueError(f"d_state lists {len(self.d_state)} sizes for {self.n_layers} blocks")
+        if self.dt_min >= self.dt_max:
+            raise ValueError(f"dt_min ({self.dt_min}) must be below dt_max ({self.dt_max})")
+        if self.layer == "selective" and self.scan == "chunked":
+            raise ValueError("the selective scan has the backends auto, native and ref (not chunked)")
+        return self
 
 
 class MaskedBatchNorm(nn.Module):
@@ -74,16 +116,32 @@ class MaskedBatchNorm(nn.Module):
 
 
 class SSMBlock(nn.Module):
-    """norm -> LRU -> GELU -> dropout -> GLU -> dropout -> residual, on (B, L, H)."""
+    """norm -> mixer -> GELU -> dropout -> GLU -> dropout -> residual, on (B, L, H).
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    The mixer is ``self.lru`` (:class:`LRU`) or ``self.selective`` (:class:`SelectiveSSM`), after
+    ``cfg.layer``; :attr:`mixer` returns whichever it is.
+    """
+
+    def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
         super().__init__()
         h = cfg.d_model
         self.norm = MaskedBatchNorm(h) if cfg.norm == "batch" else nn.LayerNorm(h)
-        self.lru = LRU(h, cfg.d_state, r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
-                       train_gamma=cfg.train_gamma, scan=cfg.scan)
+        if cfg.layer == "selective":
+            self.selective = SelectiveSSM(
+                h, cfg.state_size(index), expand=cfg.expand, d_conv=cfg.d_conv, dt_rank=cfg.dt_rank,
+                dt_min=cfg.dt_min, dt_max=cfg.dt_max, reduction=cfg.selective_reduction,
+                surrogate=cfg.selective_surrogate, surrogate_momentum=cfg.surrogate_momentum,
+                scan=cfg.scan)
+        else:
+            self.lru = LRU(h, cfg.state_size(index), r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
+                           train_gamma=cfg.train_gamma, scan=cfg.scan)
         self.glu = nn.Linear(h, 2 * h)
         self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def mixer(self) -> LRU | SelectiveSSM:
+        """The block's SSM layer."""
+        return self.selective if hasattr(self, "selective") else self.lru
 
     def _norm(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return self.norm(x, mask) if isinstance(self.norm, MaskedBatchNorm) else self.norm(x)
@@ -94,11 +152,12 @@ class SSMBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, L, H) -> (B, L, H); mask: (B, L) bool, True at valid positions."""
-        return x + self._mix(self.lru(self._norm(x, mask), mask))
+        return x + self._mix(self.mixer(self._norm(x, mask), mask))
 
-    def step(self, x_k: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """x_k: (B, H), state: (B, N) complex -> ((B, H), (B, N)); needs eval mode for batch norm."""
-        y_k, state = self.lru.step(self._norm(x_k, None), state)
+    def step(self, x_k: Tensor, state):
+        """x_k: (B, H) and the mixer's state (LRU: (B, N) complex; selective: the tuple of
+        :meth:`SelectiveSSM.initial_state`) -> ((B, H), new state); needs eval mode for batch norm."""
+        y_k, state = self.mixer.step(self._norm(x_k, None), state)
         return x_k + self._mix(y_k), state
 
 
@@ -145,22 +204,31 @@ class SSMModel(nn.Module):
         self.d_input, self.d_output = d_input, d_output
         h = config.d_model
         self.encoder = nn.Embedding(d_input, h) if self.tokens else nn.Linear(d_input, h)
-        self.blocks = nn.ModuleList(SSMBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(SSMBlock(config, i) for i in range(config.n_layers))
         self.head = nn.Linear(4 * h if n_segments == 2 else h, d_output)
 
     # -- compression interface ----------------------------------------------------------------
-    def ssm_layers(self) -> list[LRU]:
-        """The LRU layers, first block first."""
-        return [block.lru for block in self.blocks]
+    def ssm_layers(self) -> list[LRU | SelectiveSSM]:
+        """The SSM layers (LRU or selective), first block first."""
+        return [block.mixer for block in self.blocks]
 
     def state_dims(self) -> list[int]:
-        """Current complex state size of every LRU layer."""
+        """Current state size of every SSM layer: complex states of an LRU; mean real states per
+        channel (rounded up) of a selective layer."""
         return [layer.d_state for layer in self.ssm_layers()]
 
     def layout(self) -> dict:
-        """Per-layer shapes that differ from the config after reductions (for checkpoints)."""
-        return {"state_dims": self.state_dims(),
-                "dense_skip": [layer.dense_skip for layer in self.ssm_layers()]}
+        """Per-layer shapes that differ from the config after reductions (for checkpoints).
+
+        LRU models: ``{"state_dims", "dense_skip"}``. Selective models add ``"selective"``: each
+        layer's :meth:`SelectiveSSM.layout` (per-channel ranks live in its buffers).
+        """
+        layers = self.ssm_layers()
+        out = {"state_dims": self.state_dims(),
+               "dense_skip": [getattr(layer, "dense_skip", False) for layer in layers]}
+        if any(isinstance(layer, SelectiveSSM) for layer in layers):
+            out["selective"] = [layer.layout() for layer in layers]
+        return out
 
     def apply_layout_(self, layout: dict) -> None:
         """Reshape the layers to a :meth:`layout` (placeholder values) before loading weights."""
@@ -168,6 +236,16 @@ class SSMModel(nn.Module):
         layers = self.ssm_layers()
         if len(dims) != len(layers) or len(dense) != len(layers):
             raise ValueError(f"layout describes {len(dims)} layers, the model has {len(layers)}")
+        selective = layout.get("selective")
+        if any(isinstance(layer, SelectiveSSM) for layer in layers) != (selective is not None):
+            raise ValueError("the layout and the model disagree on the kind of layer (lru / selective)")
+        if selective is not None:
+            if len(selective) != len(layers):
+                raise ValueError(f"layout describes {len(selective)} layers, the model has {len(layers)}")
+            for layer, shapes in zip(layers, selective):
+                if layer.layout() != shapes:
+                    layer.apply_layout_(shapes)
+            return
         for layer, n, d in zip(layers, dims, dense):
             if layer.d_state != n or layer.dense_skip != d:
                 layer.resize_(int(n), bool(d))
@@ -211,8 +289,9 @@ class SSMModel(nn.Module):
         return h[torch.arange(h.shape[0], device=h.device), last]
 
     # -- recurrent inference ------------------------------------------------------------------
-    def init_states(self, batch_size: int) -> list[Tensor]:
-        """Zero states of every layer: a list of (B, N_i) complex tensors."""
+    def init_states(self, batch_size: int) -> list:
+        """Zero states of every layer: (B, N_i) complex tensors for LRUs, the tuples of
+        :meth:`SelectiveSSM.initial_state` for selective layers."""
         return [layer.initial_state(batch_size) for layer in self.ssm_layers()]
 
     @torch.no_grad()

@@ -86,7 +86,9 @@ class CompressConfig(_Section):
     selection: Literal["largest", "smallest"] = "largest"
     gate: float = Field(0.95, gt=0.0, le=1.0)
     min_rank: int = Field(1, ge=1)
-    optimizer_state: Literal["reset", "slice", "restart"] = "reset"
+    optimizer_state: Literal["reset", "slice", "restart"] = Field(
+        "restart", description="Adam state of replaced parameters; restart measured best "
+        "(experiments/optimizer_state.py)")
     margin: float = Field(0.02, ge=0.0, description="pragmatic: tolerated validation drop")
 
 

@@ -80,6 +80,12 @@ class DistEnv:
         dist.all_gather_object(out, value)
         return out
 
+    def broadcast_(self, tensors) -> None:
+        """Overwrite every tensor in ``tensors`` with rank 0's values, in place."""
+        if self.enabled:
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -170,7 +170,11 @@ class Trainer:
             self.net = self.model
             return
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # a selective layer keeps empty placeholders for the state form it is not using; they
+        # never see a gradient, which DDP must be told to expect
+        unused = any(p.numel() == 0 for p in self.model.parameters())
+        self.net = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=ids, find_unused_parameters=unused)
 
     def _restore(self, ckpt: dict) -> None:
         """Rebuild the reduced shapes, then load every state (all or nothing)."""
@@ -318,6 +322,10 @@ class Trainer:
                 skipped = 0
                 self.step += 1
                 self._eval_seconds = 0.0
+                if self.compressor.schedule.is_due(self.step):
+                    # buffers that each process updated from its own batches (batch-norm
+                    # statistics, selective surrogates) must agree before a reduction is planned
+                    self.dist.broadcast_(list(self.model.buffers()))
                 event = self.compressor.step(self.step, self.model, self.optimizer)
                 elapsed = time.perf_counter() - t0 - self._eval_seconds
                 self.train_seconds += elapsed

@@ -7,6 +7,8 @@
  *           of every chunk of T steps; the backward recomputes each chunk's states from that
  *           checkpoint and runs the adjoint recurrence in reverse.
  *   scan_*  the plain scan h[k] = lam h[k-1] + b[k] over interleaved complex (B, L, N) arrays.
+ * The selective (Mamba-style) scan lives in selective.c; its entry points are registered in the
+ * method table at the end of this file.
  *
  * No torch headers: Python passes the data pointers of contiguous tensors as integers (the
  * wrapper in shrinkssm/ops/_native_backend.py checks shapes, dtypes and contiguity). Calls
@@ -597,11 +599,23 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args)
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The selective scan (selective.c)                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+PyObject *shrinkssm_sel_forward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_sel_backward(PyObject *self, PyObject *args);
+
+/* The instruction set in use (0 base, 1 avx2, 2 avx512), so that selective.c follows set_isa. */
+int shrinkssm_native_isa_index(void) { return cur_isa; }
+
 static PyMethodDef methods[] = {
     {"lru_forward", py_lru_forward, METH_VARARGS, "Fused LRU recurrence, forward (pointers as ints)."},
     {"lru_backward", py_lru_backward, METH_VARARGS, "Fused LRU recurrence, backward (pointers as ints)."},
     {"scan_forward", py_scan_forward, METH_VARARGS, "Scan h[k] = lam h[k-1] + b[k], forward."},
     {"scan_backward", py_scan_backward, METH_VARARGS, "Scan, backward."},
+    {"sel_forward", shrinkssm_sel_forward, METH_VARARGS, "Selective scan, forward (pointers as ints)."},
+    {"sel_backward", shrinkssm_sel_backward, METH_VARARGS, "Selective scan, backward (pointers as ints)."},
     {"isa", py_isa, METH_NOARGS, "Instruction set in use."},
     {"threading", py_threading, METH_NOARGS, "'openmp' or 'pthreads'."},
     {"available_isas", py_available_isas, METH_NOARGS, "Instruction sets this CPU can run."},

@@ -172,7 +172,8 @@ static inline ALWAYS_INLINE void RN(vsincos)(RN(vec) x, RN(vec) *s_out, RN(vec) 
     cp = cp * r2 + (REAL)1;
     const RN(ivec) qi = __builtin_convertvector(q, RN(ivec));
     const RN(ivec) odd = -(qi & 1);                       /* swap sin and cos */
-    const RN(ivec) sign = (RN(ivec))RN(splat)((REAL)-0.0);
+    const RN(ivec) zero = {0};
+    const RN(ivec) sign = zero + (ITYPE)((uint64_t)1 << (8 * sizeof(REAL) - 1)); /* sign bit */
     const RN(ivec) sneg = -((qi >> 1) & 1) & sign;        /* q mod 4 in {2, 3} */
     const RN(ivec) cneg = -(((qi + 1) >> 1) & 1) & sign;  /* q mod 4 in {1, 2} */
     const RN(vec) sv = RN(sel)(odd, cp, sp), cv = RN(sel)(odd, sp, cp);
@@ -284,6 +285,7 @@ static inline ALWAYS_INLINE void KN(sel_fwd_row)(const KN(sel_args) *a, idx b, R
     const idx S = (1 + CPLX) * R;
     REAL *hr = ws, *hi = ws + R;      /* state (hi: complex only) */
     REAL *dsr = ws + S, *dsi = dsr + R;
+    (void)hi, (void)dsi;
     for (idx i = 0; i < 2 * S; i++) ws[i] = 0;
     for (idx t = 0; t < L; t++) {
         if (a->ck && t % T == 0)
@@ -345,7 +347,8 @@ static inline ALWAYS_INLINE void KN(sel_bwd_row)(const KN(sel_args) *a, idx b, R
     REAL *hcur = ws + 2 * S;              /* scratch state while recomputing a chunk */
     REAL *As = ws + 3 * S;                /* T x S: decay factors of the chunk */
     REAL *Hs = As + T * S;                /* T x S: states entering each step of the chunk */
-    REAL *kacc = Hs + T * S;              /* shared mode: K x {B, C} x W lane sums (re only) */
+    REAL *kacc = Hs + T * S;              /* shared mode: K x {B, C} x W lane sums */
+    (void)gi, (void)ali_acc;
     for (idx i = 0; i < 2 * S; i++) ws[i] = 0;
     const idx rows0 = b * L;
     memset(a->gu + rows0 * E, 0, (size_t)(L * E) * sizeof(REAL));

@@ -1,0 +1,178 @@
+"""Benchmark of the selective (Mamba-style) SSM layer: time against state size, full and reduced.
+
+What is timed (``shrinkssm.nn.SelectiveSSM``, float32, batch 32, length 784, d_model 32, so
+E = 64 channels; the layer's statistics come from two training-mode passes over the same data):
+
+* ``full N``: unreduced layers with N = 4 ... 64 states per channel. A shared-subset reduction
+  (``reduction="shared"``) gives exactly such a layer, so these rows are also its cost.
+* ``per-channel r``: a layer of N = 64 reduced per channel (balanced truncation of the surrogate)
+  to ``r`` real states per channel: every channel the same ``r`` (``"uniform"``), and the ragged
+  ranks that ``tau`` gives (``"tau"``; mean rank shown).
+
+For each: the layer's forward (no grad), forward + backward (a training step of the layer), the
+scan alone (forward + backward of :func:`shrinkssm.ops.selective_scan.selective_scan` on the
+layer's own inputs), and the recurrent ``step()`` for one position (generation). Reported as
+absolute milliseconds and as ratios to the full N = 64 layer measured in the same run, next to
+the ratio of states; plus the native kernel against the sequential reference (``fast/ref``).
+
+Candidates are timed round-robin (one call each per round, after a burn-in) and the median over
+rounds is reported; the load average is printed, since other processes on the shared cores
+distort every absolute figure (ratios measured in the same run much less).
+
+Usage::
+
+    python benchmarks/selective.py                  # default: 1 thread, 7 rounds
+    python benchmarks/selective.py --quick          # 3 rounds, shorter sequences
+    python benchmarks/selective.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from shrinkssm.nn.selective import SelectiveSSM
+from shrinkssm.ops import native_available
+
+FULL_N = (4, 8, 16, 32, 64)
+REDUCED_R = (4, 8, 16, 32)
+
+
+def time_round_robin(fns: dict[str, Callable[[], object]], rounds: int, burn_in: int = 1) -> dict[str, float]:
+    """Median seconds per call of every candidate, timed in interleaved rounds."""
+    for fn in fns.values():
+        for _ in range(burn_in):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def device_name() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} torch thread(s)"
+
+
+def with_statistics(layer: SelectiveSSM, u: torch.Tensor) -> SelectiveSSM:
+    layer.train()
+    with torch.no_grad():
+        layer(u)
+        layer(u)
+    return layer
+
+
+def candidates(layer: SelectiveSSM, u: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """forward, forward + backward, scan forward + backward, one recurrent step."""
+    layer.eval()   # no statistics tracking while timing
+    params = [p for p in layer.parameters() if p.numel()]
+    x_in = u.detach().clone().requires_grad_()
+    with torch.no_grad():
+        x, _, delta, Bx, Cx = layer._branch(u, None)
+    scan_in = [t.detach().clone().requires_grad_() for t in (x, delta, Bx, Cx)]
+    state = layer.initial_state(u.shape[0])
+    u0 = u[:, 0]
+
+    def fwd():
+        with torch.no_grad():
+            return layer(u)
+
+    def fwd_bwd():
+        y = layer(x_in)
+        return torch.autograd.grad(y.square().sum(), [x_in, *params])
+
+    def scan():
+        y = layer._ssm(*scan_in)
+        return torch.autograd.grad(y.square().sum(), scan_in + params, allow_unused=True)
+
+    def step():
+        with torch.no_grad():
+            return layer.step(u0, state)
+
+    return {"fwd": fwd, "fwd+bwd": fwd_bwd, "scan f+b": scan, "step": step}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="3 rounds, length 256")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: robust on a shared machine, see the README)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=784)
+    parser.add_argument("--d-model", type=int, default=32)
+    parser.add_argument("--tau", type=float, default=0.02, help="tolerance of the ragged per-channel row")
+    args = parser.parse_args(argv)
+    rounds, length = (3, 256) if args.quick else (args.rounds, args.length)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"device: {device_name()}; native kernel: {native_available()}; "
+          f"load average: {os.getloadavg()[0]:.2f}")
+    print(f"shape: batch {args.batch}, length {length}, d_model {args.d_model} "
+          f"(E = {2 * args.d_model} channels), float32; median of {rounds} rounds\n")
+    u = torch.randn(args.batch, length, args.d_model)
+
+    layers: dict[str, SelectiveSSM] = {}
+    for N in FULL_N:
+        torch.manual_seed(0)
+        layers[f"full N={N}"] = SelectiveSSM(args.d_model, N)
+    big = with_statistics(copy.deepcopy(layers[f"full N={max(FULL_N)}"]), u)
+    for r in REDUCED_R:
+        reduced = copy.deepcopy(big)
+        reduced.reduce_(r)
+        layers[f"per-channel r={r}"] = reduced
+    ragged = copy.deepcopy(big)
+    from shrinkssm import lti
+    ragged.reduce_(ragged.plan_reduction(lambda hsv, n: lti.rank_for_energy(hsv, args.tau)))
+    layers[f"per-channel tau={args.tau:g}"] = ragged
+
+    results = {}
+    for name, layer in layers.items():
+        results[name] = time_round_robin(candidates(layer, u), rounds)
+    ref_layer = copy.deepcopy(layers["full N=16"])
+    ref_layer.scan = "ref"
+    ref = time_round_robin({"scan f+b": candidates(ref_layer, u)["scan f+b"]}, max(1, rounds // 2))
+
+    base = results[f"full N={max(FULL_N)}"]
+    base_states = layers[f"full N={max(FULL_N)}"].state_size
+    cols = ["fwd", "fwd+bwd", "scan f+b", "step"]
+    print(f"{'layer':24s} {'states/ch':>9s} {'states':>7s} {'params':>8s} " +
+          " ".join(f"{c + ' ms':>12s}" for c in cols))
+    for name, layer in layers.items():
+        r = results[name]
+        per_channel = layer.state_size / layer.d_inner
+        n_params = sum(p.numel() for p in layer.parameters())
+        print(f"{name:24s} {per_channel:9.1f} {layer.state_size:7d} {n_params:8d} " +
+              " ".join(f"{1e3 * r[c]:12.2f}" for c in cols))
+    print(f"\nratios to full N={max(FULL_N)} (time / time of full N={max(FULL_N)}; states likewise)")
+    print(f"{'layer':24s} {'states':>7s} " + " ".join(f"{c:>10s}" for c in cols))
+    for name, layer in layers.items():
+        r = results[name]
+        print(f"{name:24s} {layer.state_size / base_states:7.3f} " +
+              " ".join(f"{r[c] / base[c]:10.3f}" for c in cols))
+    print(f"\nnative vs sequential reference (scan f+b, full N=16): ref {1e3 * ref['scan f+b']:.1f} ms, "
+          f"native {1e3 * results['full N=16']['scan f+b']:.1f} ms, "
+          f"fast/ref speed-up {ref['scan f+b'] / results['full N=16']['scan f+b']:.1f}x")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Write experiments/REPORT.md (and its PNG figures) from the run directories of the studies.
+
+Reads ``experiments/runs/<study>/<name>-seed<k>/`` (summary.json, metrics.jsonl, reductions.json)
+as written by the study scripts, groups runs by name over seeds, and writes tables (mean +- std
+over seeds), the published numbers beside ours, plots, and a plain verdict on each claim. Nothing
+here trains; it can be re-run at any time.
+
+    python experiments/report.py
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).parent
+RUNS = HERE / "runs"
+FIGURES = HERE / "figures"
+
+
+def load_runs(study: str) -> dict[str, list[dict]]:
+    """``{group name: [run, ...]}``; a run is its summary plus ``rows`` and ``history``."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for summary_path in sorted((RUNS / study).glob("*/summary.json")):
+        run_dir = summary_path.parent
+        match = re.fullmatch(r"(.+)-seed(\d+)", run_dir.name)
+        if not match:
+            continue
+        run = json.loads(summary_path.read_text())
+        run["seed"] = int(match.group(2))
+        run["rows"] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                       if line.strip()]
+        history = run_dir / "reductions.json"
+        run["history"] = json.loads(history.read_text())["events"] if history.exists() else []
+        groups[match.group(1)].append(run)
+    return dict(groups)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    m, s = mean_std([v * scale for v in values])
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def group_order(name: str) -> tuple:
+    if name == "baseline":
+        return (0, 0.0)
+    if name.startswith("tau"):
+        return (1, float(name[3:].split("-")[0]))
+    if name.startswith("direct"):
+        return (2, -float(re.sub(r"\D", "", name) or 0))
+    return (3, name)
+
+
+def results_table(groups: dict[str, list[dict]]) -> tuple[str, dict]:
+    base = groups.get("baseline")
+    base_time = statistics.mean(r["train_seconds"] for r in base) if base else None
+    lines = ["| run | seeds | test accuracy (%) | final state (total) | train seconds | speed-up vs baseline |",
+             "|---|---|---|---|---|---|"]
+    stats = {}
+    for name in sorted(groups, key=group_order):
+        runs = groups[name]
+        acc = [r["test_accuracy"] for r in runs]
+        dims = [sum(r["state_dims"]) for r in runs]
+        secs = [r["train_seconds"] for r in runs]
+        speed = f"{base_time / statistics.mean(secs):.2f}x" if base_time else "-"
+        dim_text = f"{statistics.mean(dims):.0f}" + (f" ({min(dims)}-{max(dims)})" if min(dims) != max(dims) else "")
+        lines.append(f"| {name} | {len(runs)} | {fmt(acc)} | {dim_text} | "
+                     f"{statistics.mean(secs):.0f} | {speed} |")
+        stats[name] = {"acc": mean_std(acc), "dims": statistics.mean(dims), "secs": statistics.mean(secs),
+                       "n": len(runs)}
+    return "\n".join(lines), stats
+
+
+def verdicts(stats: dict) -> list[str]:
+    """Claim 1: tau-run beats the direct run of its final size; claim 2: tau-run is faster."""
+    out = []
+    directs = {round(v["dims"]): k for k, v in stats.items() if k.startswith("direct")}
+    base = stats.get("baseline")
+    for name, s in stats.items():
+        if not name.startswith("tau"):
+            continue
+        direct = directs.get(round(s["dims"]))
+        if direct:
+            (ma, sa), (md, sd) = s["acc"], stats[direct]["acc"]
+            gap = 100 * (ma - md)
+            noise = 100 * max(sa, sd)
+            word = ("beats" if gap > noise else "is level with (within one std)" if gap > -noise
+                    else "falls short of")
+            out.append(f"- **{name}** {word} **{direct}** at the same final size: "
+                       f"{100 * ma:.1f}% vs {100 * md:.1f}% (difference {gap:+.1f} points, "
+                       f"largest std {noise:.1f}).")
+        if base:
+            out.append(f"- **{name}** trains {base['secs'] / s['secs']:.2f}x as fast as the "
+                       f"baseline and keeps {100 * s['acc'][0]:.1f}% against the baseline's "
+                       f"{100 * base['acc'][0]:.1f}%.")
+    return out
+
+
+def plot_accuracy_vs_time(groups: dict[str, list[dict]], title: str, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, name in enumerate(sorted(groups, key=group_order)):
+        color = f"C{i}"
+        for j, run in enumerate(sorted(groups[name], key=lambda r: r["seed"])):
+            val = [r for r in run["rows"] if "val_accuracy" in r]
+            label = name if j == 0 else None
+            axes[0].plot([r["wall_seconds"] for r in val], [100 * r["val_accuracy"] for r in val],
+                         color=color, alpha=0.8, lw=1, label=label)
+            axes[1].plot([r["step"] for r in val], [100 * r["val_accuracy"] for r in val],
+                         color=color, alpha=0.8, lw=1, label=label)
+    axes[0].set_xlabel("training wall-clock seconds")
+    axes[1].set_xlabel("step")
+    for ax in axes:
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_spectra(run: dict, title: str, path: Path) -> Path | None:
+    events = run["history"]
+    if not events:
+        return None
+    n_layers = len(events[0]["layers"])
+    cols = min(n_layers, 4)
+    rows = -(-n_layers // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    colors = plt.cm.viridis([i / max(1, len(events) - 1) for i in range(len(events))])
+    for event, color in zip(events, colors):
+        for le in event["layers"]:
+            ax = axes[le["layer"] // cols][le["layer"] % cols]
+            top = le["hsv"][0] or 1.0
+            ax.semilogy(range(1, len(le["hsv"]) + 1), [max(h / top, 1e-12) for h in le["hsv"]],
+                        color=color, lw=1, label=f"step {event['step']}: {le['old']}→{le['new']}")
+            if le["new"] < le["old"]:
+                ax.axvline(le["new"] + 0.5, color=color, ls="--", lw=0.7)
+            ax.set_title(f"layer {le['layer']}")
+            ax.legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def paper_rows() -> str:
+    path = HERE / "paper_results.csv"
+    lines = ["| task | blocks | d_model | N start | tau | accuracy (%) | final state | source |",
+             "|---|---|---|---|---|---|---|---|"]
+    with open(path) as handle:
+        for row in csv.DictReader(handle):
+            lines.append(f"| {row['task']} | {row['blocks']} | {row['d_model']} | {row['d_state_start']} | "
+                         f"{row['tau']} | {row['accuracy_pct']} | {row['final_state_dim']} | {row['source']} |")
+    return "\n".join(lines)
+
+
+def section(study: str, title: str, intro: str) -> list[str]:
+    groups = load_runs(study)
+    if not groups:
+        return [f"## {title}", "", f"_No finished runs under `experiments/runs/{study}` yet._", ""]
+    table, stats = results_table(groups)
+    out = [f"## {title}", "", intro, "", table, ""]
+    out += verdicts(stats) + [""]
+    fig = plot_accuracy_vs_time(groups, title, FIGURES / f"{study}-accuracy.png")
+    out += [f"![validation accuracy against wall-clock time and steps](figures/{fig.name})", ""]
+    for name in sorted(groups, key=group_order):
+        if name.startswith("tau") or name == "baseline":
+            run = min(groups[name], key=lambda r: r["seed"])
+            spec = plot_spectra(run, f"{study} {name} (seed {run['seed']})",
+                                FIGURES / f"{study}-{name}-hsv.png")
+            if spec is not None:
+                out += [f"HSV spectra over training, {name}, seed {run['seed']}:", "",
+                        f"![HSV spectra]({'figures/' + spec.name})", ""]
+    return out
