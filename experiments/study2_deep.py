@@ -19,10 +19,10 @@ import statistics
 from _grid import run_point
 
 TAU = 0.05
-STEPS = 2000
+STEPS = 1500
 COMMON = ["data.name=fashion-mnist", "model.n_layers=4", "model.d_model=32", "model.d_state=128",
           f"train.steps={STEPS}", "train.eval_every=250", "train.eval_batches=40",
-          f"train.checkpoint_every={STEPS}", "train.lr=0.003"]
+          f"train.checkpoint_every={STEPS}", "train.lr=0.003", "train.threads=1"]
 
 
 def main() -> None:

@@ -240,3 +240,22 @@ def test_compressed_run_ends_smaller_and_near_the_uncompressed_accuracy(digits):
         results[name] = (_accuracy(model, digits.val), model.state_dims()[0])
     assert results["compressed"][1] < 64
     assert results["compressed"][0] >= results["full"][0] - 0.05
+
+
+def test_a_layer_whose_reduction_fails_is_kept_and_training_goes_on(digits, monkeypatch):
+    model = _model(n_layers=2, d_state=20)
+    opt = _optimizer(model)
+    failing = model.ssm_layers()[0]
+    original = type(failing).reduce_
+
+    def reduce_or_fail(self, *args, **kwargs):
+        if self is failing:
+            raise ValueError("reduced A is too close to defective")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(failing), "reduce_", reduce_or_fail)
+    event = Compressor([1], mode="fixed", fraction=0.5).step(1, model, opt)
+    assert event.layers[0].skipped.startswith("reduction failed") and event.layers[0].new == 20
+    assert model.state_dims() == [20, 10]
+    losses = _train(model, opt, digits, 5, start=1)
+    assert all(l == l for l in losses)            # finite, the optimizer holds every parameter

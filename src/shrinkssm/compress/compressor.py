@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
@@ -39,6 +40,8 @@ from shrinkssm.compress.optim_state import STATE_POLICIES, swap_parameters
 from shrinkssm.compress.schedule import ReductionSchedule
 
 __all__ = ["Compressor", "ReducibleLayer", "SelfPlanningLayer", "reducible_layers", "MODES", "METHODS"]
+
+log = logging.getLogger("shrinkssm")
 
 MODES = ("tolerance", "fixed", "pragmatic", "none")
 METHODS = ("balanced", "singular_perturbation", "modal", "random")
@@ -305,8 +308,14 @@ class Compressor:
         if self.method == "random":
             options["generator"] = torch.Generator().manual_seed(
                 self.seed * 1_000_003 + step * 1_009 + event.layer)
-        report = layer.reduce_(event.target if plan is None else plan, method=self.method,
-                               output=self.output, **options)
+        try:
+            report = layer.reduce_(event.target if plan is None else plan, method=self.method,
+                                   output=self.output, **options)
+        except ValueError as exc:      # e.g. a reduced system too close to defective to diagonalise
+            event.skipped = f"reduction failed, layer kept as it was: {exc}"
+            log.warning("step %d, layer %d: %s", step, event.layer, event.skipped)
+            event.seconds += time.perf_counter() - t0
+            return
         event.new, event.error_bound = report.new_d_state, report.error_bound
         event.kept_energy, event.notes = report.kept_energy, list(report.notes)
         event.seconds += time.perf_counter() - t0
