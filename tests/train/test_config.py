@@ -94,3 +94,10 @@ def test_shipped_configs_are_valid_and_documented(path):
 def test_quick_config_is_the_default_run():
     quick = Path(__file__).parents[2] / "configs" / "quick.yaml"
     assert load_config(quick) == RunConfig()
+
+
+def test_reduction_points_must_fit_the_window():
+    with pytest.raises(ConfigError, match="do not fit into the first 2 steps"):
+        apply_overrides(RunConfig(), ["train.steps=20", "compress.n_points=4"])
+    cfg = apply_overrides(RunConfig(), ["train.steps=20", "compress.n_points=0"])
+    assert cfg.compress.n_points == 0

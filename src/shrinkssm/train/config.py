@@ -105,6 +105,12 @@ class RunConfig(_Section):
         if self.model.r_min >= self.model.r_max:
             raise ValueError(f"model.r_min ({self.model.r_min}) must be below model.r_max "
                              f"({self.model.r_max})")
+        window = self.compress.window * self.train.steps
+        if not self.compress.steps and self.compress.n_points > window:
+            raise ValueError(f"compress.n_points ({self.compress.n_points}) reduction points do "
+                             f"not fit into the first {window:g} steps (compress.window x "
+                             "train.steps); lengthen training, widen the window or set "
+                             "compress.steps")
         if self.compress.steps and max(self.compress.steps) > self.train.steps:
             raise ValueError(f"compress.steps {self.compress.steps} go beyond train.steps "
                              f"({self.train.steps})")

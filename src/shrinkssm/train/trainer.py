@@ -81,8 +81,6 @@ def build_compressor(config: RunConfig, evaluate_fn=None, agree=None) -> Compres
     c = config.compress
     if c.steps:
         schedule = ReductionSchedule.at(c.steps)
-    elif c.mode == "none" and c.n_points == 0:
-        schedule = ReductionSchedule(())
     else:
         schedule = ReductionSchedule.equidistant(config.train.steps, c.n_points, c.window)
     return Compressor(schedule, mode=c.mode, tol=c.tol, fraction=c.fraction, method=c.method,
