@@ -110,24 +110,48 @@ def verdicts(stats: dict) -> list[str]:
     return out
 
 
+def _mean_curve(runs: list[dict]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Steps, mean wall seconds, mean and std of validation accuracy (%) over seeds."""
+    per_step: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for run in runs:
+        for r in run["rows"]:
+            if "val_accuracy" in r:
+                per_step[r["step"]].append((r["wall_seconds"], 100 * r["val_accuracy"]))
+    steps = sorted(s for s, v in per_step.items() if len(v) == len(runs))
+    secs = [statistics.mean(t for t, _ in per_step[s]) for s in steps]
+    accs = [[a for _, a in per_step[s]] for s in steps]
+    return steps, secs, [statistics.mean(a) for a in accs], [statistics.pstdev(a) for a in accs]
+
+
 def plot_accuracy_vs_time(groups: dict[str, list[dict]], title: str, path: Path) -> Path:
+    """Mean validation accuracy over seeds (band: one std) against wall-clock time and steps.
+
+    A compressed run and the run trained directly at its final size share a colour (solid and
+    dashed); the uncompressed baseline is black.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, name in enumerate(sorted(groups, key=group_order)):
-        color = f"C{i}"
-        for j, run in enumerate(sorted(groups[name], key=lambda r: r["seed"])):
-            val = [r for r in run["rows"] if "val_accuracy" in r]
-            label = name if j == 0 else None
-            axes[0].plot([r["wall_seconds"] for r in val], [100 * r["val_accuracy"] for r in val],
-                         color=color, alpha=0.8, lw=1, label=label)
-            axes[1].plot([r["step"] for r in val], [100 * r["val_accuracy"] for r in val],
-                         color=color, alpha=0.8, lw=1, label=label)
-    axes[0].set_xlabel("training wall-clock seconds")
+    taus = [n for n in sorted(groups, key=group_order) if n.startswith("tau")]
+    directs = [n for n in sorted(groups, key=group_order) if n.startswith("direct")]
+    styles = {"baseline": ("k", "-")}
+    for i, name in enumerate(taus):
+        styles[name] = (f"C{i}", "-")
+    for i, name in enumerate(directs):
+        styles[name] = (f"C{i}", "--")
+    for name in sorted(groups, key=group_order):
+        color, ls = styles.get(name, ("grey", ":"))
+        steps, secs, mean, std = _mean_curve(groups[name])
+        label = f"{name} ({len(groups[name])} seeds)"
+        for ax, x in ((axes[0], secs), (axes[1], steps)):
+            ax.plot(x, mean, color=color, ls=ls, lw=1.5, label=label)
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.08)
+    axes[0].set_xlabel("training wall-clock seconds (mean over seeds)")
     axes[1].set_xlabel("step")
     for ax in axes:
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title + " (solid: compressed, dashed: trained at its final size)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
