@@ -266,10 +266,29 @@ class LRU(nn.Module):
         """
         if state is None:
             state = self.initial_state(u_k.shape[0])
-        lam, b, c = self.eigenvalues(), self.input_matrix(), self.output_matrix()
-        state = lam * state + u_k.to(b.dtype) @ b.T                       # (B, N)
-        y_k = (state @ c.T).real + self._skip(u_k)                          # (B, H)
+        lam, b_t, c_t = self._step_matrices()
+        state = lam * state + u_k.to(b_t.dtype) @ b_t                       # (B, N)
+        y_k = (state @ c_t).real + self._skip(u_k)                           # (B, H)
         return y_k, state
+
+    def _parameter_key(self) -> tuple:
+        """Identity and in-place version of every parameter: changes whenever any of them does."""
+        tensors = (self.nu_log, self.theta_log, self.gamma_log, self.B_re, self.B_im, self.C_re,
+                   self.C_im, self.D)
+        return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+
+    def _step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """lam (N,), (gamma B)^T (H, N) and C^T (N, H) for :meth:`step`; when no gradient is being
+        recorded (generation) they are computed once and reused while the parameters stay put."""
+        if torch.is_grad_enabled():
+            return self.eigenvalues(), self.input_matrix().T, self.output_matrix().T
+        key = self._parameter_key()
+        cached = getattr(self, "_step_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, (self.eigenvalues(), self.input_matrix().T.contiguous(),
+                            self.output_matrix().T.contiguous()))
+            self._step_cache = cached
+        return cached[1]
 
     # ----------------------------------------------------------------------------------------
     # the bridge to shrinkssm.lti
@@ -282,9 +301,7 @@ class LRU(nn.Module):
         While the parameters are unchanged the same object is returned, so that ``lti``'s cached
         factorisations serve both the HSVs a compressor measures and the reduction that follows.
         """
-        tensors = (self.nu_log, self.theta_log, self.gamma_log, self.B_re, self.B_im, self.C_re,
-                   self.C_im, self.D)
-        key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+        key = self._parameter_key()
         cached = getattr(self, "_system_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
