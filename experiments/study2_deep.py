@@ -4,7 +4,8 @@
 N 256 to fit this 2-core machine; see the report) on full sequential Fashion-MNIST, 2 seeds:
 
 * ``baseline``      -- uncompressed (HSV spectra recorded at the reduction points);
-* ``tau0.05``       -- compressed, optimizer state ``reset`` (the default);
+* ``tau0.05``       -- compressed, optimizer state ``restart`` (the default);
+* ``tau0.05-reset`` -- compressed, ``reset`` (fresh moments for the replaced parameters only);
 * ``tau0.05-slice`` -- compressed, ``slice`` (the published code's moment slicing);
 * ``direct-...``    -- trained from the start at the per-layer sizes ``tau0.05`` reached.
 
@@ -36,6 +37,8 @@ def main() -> None:
     for seed in args.seeds:
         finals.append(run_point(study, f"tau{TAU}-seed{seed}",
                                 COMMON + [f"compress.tol={TAU}", f"train.seed={seed}"])["state_dims"])
+        run_point(study, f"tau{TAU}-reset-seed{seed}",
+                  COMMON + [f"compress.tol={TAU}", "compress.optimizer_state=reset", f"train.seed={seed}"])
         run_point(study, f"tau{TAU}-slice-seed{seed}",
                   COMMON + [f"compress.tol={TAU}", "compress.optimizer_state=slice", f"train.seed={seed}"])
     dims = [round(statistics.mean(layer)) for layer in zip(*finals)]

@@ -1,6 +1,7 @@
 """Tests of shrinkssm.compress.compressor on models and real data (sklearn digits)."""
 
 import copy
+import time
 
 import pytest
 import torch
@@ -171,9 +172,16 @@ def test_pragmatic_rolls_back_and_stops(digits):
 def test_pragmatic_keeps_a_reduction_that_does_not_hurt(digits):
     model = _model(d_state=32)
     opt = _optimizer(model)
-    comp = Compressor([1], mode="pragmatic", fraction=0.5, evaluate=lambda m: 0.8)
+
+    def slow_score(m):
+        time.sleep(0.05)
+        return 0.8
+
+    comp = Compressor([1], mode="pragmatic", fraction=0.5, evaluate=slow_score)
     event = comp.step(1, model, opt)
     assert not event.rolled_back and model.state_dims() == [16]
+    # The two evaluations are timed apart from the reduction itself.
+    assert 0.1 <= event.eval_seconds < event.seconds
 
 
 def test_mode_none_records_spectra_only(digits):

