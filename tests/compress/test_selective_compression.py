@@ -17,14 +17,7 @@ from shrinkssm.nn import ModelConfig, SSMModel
 from shrinkssm.nn.selective import SelectiveSSM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, oversubscribed machine every OpenMP parallel region can wait a
-    whole scheduler time slice for its second thread (measured here: 50x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,7 @@ from shrinkssm.ops import native_available
 SCANS = ["ref", pytest.param("native", marks=pytest.mark.skipif(not native_available(), reason="no native"))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, oversubscribed machine every OpenMP parallel region can wait a
-    whole scheduler time slice for its second thread (measured here: 50x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
 
 
 def make_layer(N=6, H=5, seed=0, dtype=torch.float64, **kw):

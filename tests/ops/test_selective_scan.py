@@ -21,14 +21,7 @@ BACKENDS = ["ref", pytest.param("native", marks=needs_native)]
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, oversubscribed machine every OpenMP parallel region can wait a
-    whole scheduler time slice for its second thread (measured here: 50x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
 
 
 def make_case(kind, dtype=torch.float64, nb=2, L=37, E=11, K=5, n_states=29, seed=0):
