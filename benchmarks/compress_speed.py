@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from shrinkssm.nn import ModelConfig, SSMModel
 from shrinkssm.ops import native_available
 from shrinkssm.train import Trainer, apply_overrides
+from shrinkssm.train.allocator import keep_freed_memory
 from shrinkssm.train.config import RunConfig
 from shrinkssm.train.metrics_log import read_metrics
 
@@ -98,6 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()          # as the trainer does (train.keep_freed_memory), for both parts
     print(device_name())
 
     print("\n1. One training step of the sMNIST model (batch 50, length 784, d_model 8)")

@@ -63,6 +63,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(500, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads, null = torch default")
+    keep_freed_memory: bool = Field(True, description="glibc: reuse freed memory instead of "
+                                    "page-faulting it in again every step (see train/allocator.py)")
     nan_policy: Literal["stop", "skip"] = Field(
         "stop", description="stop at a non-finite loss (keeping the last good checkpoint), or "
         "skip the step (at most 10 in a row)")

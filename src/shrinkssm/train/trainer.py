@@ -38,6 +38,7 @@ from shrinkssm.compress import Compressor, ReductionEvent, ReductionSchedule
 from shrinkssm.data import Batch, DataFileError, DataSplits, SequenceData, load_dataset
 from shrinkssm.nn import SSMModel
 from shrinkssm.plots import plot_run
+from shrinkssm.train.allocator import keep_freed_memory
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shrinkssm.train.config import ConfigError, RunConfig, build_config
 from shrinkssm.train.distributed import DistEnv, init_distributed
@@ -126,6 +127,8 @@ class Trainer:
         cfg = config.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.keep_freed_memory:
+            keep_freed_memory()
         self.dist: DistEnv = init_distributed(cfg.device, cfg.dist_timeout)
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size ({cfg.batch_size}) must be a multiple of the "
