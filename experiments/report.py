@@ -330,7 +330,7 @@ def main() -> None:
                     "1 block, d_model 8, N = 256; 6,000 steps; `python experiments/study1_sequential_images.py --only fashion-mnist`.")
     body += section("study2-deep", "Study 2: 4 blocks on sequential Fashion-MNIST",
                     "4 blocks, d_model 32, N = 128 per block (the issue's example, d_model 64 and "
-                    "N = 256, takes about 4x longer per step than this machine allows for the grid); "
+                    "N = 256, is about 4x the arithmetic per step, more than the grid's two-hour budget allows); "
                     "1,500 steps; tau = 0.05 with the default optimizer-state policy (`restart`), "
                     "with `reset` and with the published `slice`; `python experiments/study2_deep.py`.")
     groups = load_runs("study2-deep")
