@@ -26,26 +26,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# About one launch in ten right after another test's job, a worker aborted in C++ before training
+# began ("terminate called without an active exception", SIGABRT; not reproduced in 20 launches
+# outside pytest). Such a launch, which wrote no checkpoint, is retried once on a fresh port.
+_STARTUP_ABORT = "terminate called without an active exception"
+
+
 def _torchrun(nproc: int, run_dir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER),
-               str(run_dir), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    for attempt in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                   "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER),
+                   str(run_dir), *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        started = (run_dir / "checkpoints" / "last.pt").exists() or "--resume" in args
+        if result.returncode == 0 or _STARTUP_ABORT not in result.stderr or started or attempt:
+            return result
+        time.sleep(1.0)
+    return result
 
 
 def _params(run_dir: Path, rank: int, step: int) -> dict:
     return torch.load(run_dir / f"params-rank{rank}-step{step}.pt", weights_only=True)
 
 
+def _assert_ranks_agree(run, steps, skip=lambda step, key: False):
+    """Both processes saved identical parameters and buffers at every one of ``steps``."""
+    for step in steps:
+        a, b = _params(run, 0, step), _params(run, 1, step)
+        assert a.keys() == b.keys()
+        for key in a:
+            if not skip(step, key):
+                assert torch.equal(a[key], b[key]), (step, key)
+
+
 def test_two_processes_agree_after_every_reduction_and_match_one_process(tmp_path):
     run = tmp_path / "ddp"
     result = _torchrun(2, run, *SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
-    for step in (10, 20, 60):
-        a, b = _params(run, 0, step), _params(run, 1, step)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), (step, key)
+    _assert_ranks_agree(run, (10, 20, 60))
     history = json.loads((run / "reductions.json").read_text())["events"]
     assert [e["step"] for e in history] == [10, 20]
     assert history[-1]["layers"][0]["new"] < 24
@@ -89,12 +107,7 @@ def test_selective_layers_reduce_identically_on_every_process(tmp_path, reductio
                  "compress.mode=fixed", "compress.fraction=0.5", "train.steps=30"]
     result = _torchrun(2, run, *settings)
     assert result.returncode == 0, result.stderr[-3000:]
-    for step in (10, 20, 30):
-        a, b = _params(run, 0, step), _params(run, 1, step)
-        assert a.keys() == b.keys()
-        for key in a:
-            if step == 30 and ".sur_" in key:
-                continue     # surrogate statistics of each process's own last batch; synced at reductions
-            assert torch.equal(a[key], b[key]), (step, key)
+    # surrogate statistics of each process's own last batch differ at the end; synced at reductions
+    _assert_ranks_agree(run, (10, 20, 30), skip=lambda step, key: step == 30 and ".sur_" in key)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["state_dims"][0] < 8

@@ -212,6 +212,29 @@ static int sel_check(const char *name, int dbl, int cplx, int shared, idx nb, id
     return 0;
 }
 
+/* Run the forward (dir 0) or backward (dir 1) kernel of one variant over the batch rows, each
+ * thread with its own workspace; threads only pay off above ~1e5 state updates. */
+static PyObject *sel_launch(int variant, int dir, const void *argp, idx nb, idx L, idx R, idx T, idx K,
+                            int dbl, int n_threads)
+{
+    idx ws_len;
+    switch (variant) {
+        case SEL_F32R: ws_len = sel_ws_f32r(R, T, K); break;
+        case SEL_F32C: ws_len = sel_ws_f32c(R, T, K); break;
+        case SEL_F64R: ws_len = sel_ws_f64r(R, T, K); break;
+        default: ws_len = sel_ws_f64c(R, T, K);
+    }
+    sel_job j = {sel_table[shrinkssm_native_isa_index()][variant][dir], argp, nb,
+                 (size_t)ws_len * (dbl ? sizeof(double) : sizeof(float)), 0, 0};
+    const int nt = (double)nb * L * R < 1e5 ? 1 : n_threads;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sel_run(&j, nt);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 PyObject *shrinkssm_sel_forward(PyObject *self, PyObject *args)
 {
     int dbl, cplx, shared, n_threads;
@@ -228,7 +251,6 @@ PyObject *shrinkssm_sel_forward(PyObject *self, PyObject *args)
     memset(&a32r, 0, sizeof a32r); memset(&a32c, 0, sizeof a32c);
     memset(&a64r, 0, sizeof a64r); memset(&a64c, 0, sizeof a64c);
     const void *argp;
-    idx ws_len;
 #define SEL_FWD_CASE(V, a, TY)                                                                  \
     case V:                                                                                     \
         FILL_SEL_ARGS(a, TY)                                                                    \
@@ -241,22 +263,7 @@ PyObject *shrinkssm_sel_forward(PyObject *self, PyObject *args)
         SEL_FWD_CASE(SEL_F64R, a64r, double)
         default: SEL_FWD_CASE(SEL_F64C, a64c, double)
     }
-    switch (variant) {
-        case SEL_F32R: ws_len = sel_ws_f32r(R, T, K); break;
-        case SEL_F32C: ws_len = sel_ws_f32c(R, T, K); break;
-        case SEL_F64R: ws_len = sel_ws_f64r(R, T, K); break;
-        default: ws_len = sel_ws_f64c(R, T, K);
-    }
-    sel_job j = {sel_table[shrinkssm_native_isa_index()][variant][0], argp, nb,
-                 (size_t)ws_len * (dbl ? sizeof(double) : sizeof(float)), 0, 0};
-    /* threads only pay off above ~1e5 state updates */
-    const int nt = (double)nb * L * R < 1e5 ? 1 : n_threads;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = sel_run(&j, nt);
-    Py_END_ALLOW_THREADS
-    if (rc) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return sel_launch(variant, 0, argp, nb, L, R, T, K, dbl, n_threads);
 }
 
 PyObject *shrinkssm_sel_backward(PyObject *self, PyObject *args)
@@ -280,7 +287,6 @@ PyObject *shrinkssm_sel_backward(PyObject *self, PyObject *args)
     memset(&a32r, 0, sizeof a32r); memset(&a32c, 0, sizeof a32c);
     memset(&a64r, 0, sizeof a64r); memset(&a64c, 0, sizeof a64c);
     const void *argp;
-    idx ws_len;
 #define SEL_BWD_CASE(V, a, TY)                                                                  \
     case V:                                                                                     \
         FILL_SEL_ARGS(a, TY)                                                                    \
@@ -295,19 +301,5 @@ PyObject *shrinkssm_sel_backward(PyObject *self, PyObject *args)
         SEL_BWD_CASE(SEL_F64R, a64r, double)
         default: SEL_BWD_CASE(SEL_F64C, a64c, double)
     }
-    switch (variant) {
-        case SEL_F32R: ws_len = sel_ws_f32r(R, T, K); break;
-        case SEL_F32C: ws_len = sel_ws_f32c(R, T, K); break;
-        case SEL_F64R: ws_len = sel_ws_f64r(R, T, K); break;
-        default: ws_len = sel_ws_f64c(R, T, K);
-    }
-    sel_job j = {sel_table[shrinkssm_native_isa_index()][variant][1], argp, nb,
-                 (size_t)ws_len * (dbl ? sizeof(double) : sizeof(float)), 0, 0};
-    const int nt = (double)nb * L * R < 1e5 ? 1 : n_threads;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = sel_run(&j, nt);
-    Py_END_ALLOW_THREADS
-    if (rc) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return sel_launch(variant, 1, argp, nb, L, R, T, K, dbl, n_threads);
 }
