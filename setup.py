@@ -23,7 +23,7 @@ _HEADERS = sorted(str(p) for p in _NATIVE.glob("*.h"))  # listed so that sdists 
 # and, when it reaches the link step, older GCCs make a shared library flip the process-wide
 # flush-to-zero mode on load. AVX2 / AVX-512 variants are selected at run time inside the module
 # (target attributes), so the baseline flags stay portable.
-_CFLAGS = ["-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-pthread", "-Wall", "-Wno-psabi"]
+_CFLAGS = ["-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-pthread", "-Wall", "-Wno-psabi", "-Werror=implicit-function-declaration"]
 _OPENMP = ["-fopenmp"]
 
 

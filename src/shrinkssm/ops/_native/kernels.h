@@ -1,14 +1,20 @@
-/* Kernel bodies of the native scan, instantiated once per real type by scan_module.c.
+/* Kernel bodies of the native scan, instantiated by scan_module.c once per real type and
+ * instruction set.
  *
  * Before including this file, define:
  *   REAL  the real type (float or double)
- *   W     lanes per 64-byte vector (16 for float, 8 for double)
- *   SFX   name suffix (f32 or f64)
+ *   VW    lanes of one native vector register of the target: 64 bytes on AVX-512, 32 on AVX2,
+ *         16 on SSE2 and NEON (so 16 / 8 / 4 floats, 8 / 4 / 2 doubles)
+ *   RS    suffix of the real type: f32 or f64
+ *   SFX   name suffix of the kernels, e.g. f32_avx2
+ * Included once per real type with KERNEL_ARGS defined, for the argument structs, then once per
+ * real type and instruction set, compiled for the target (scan_module.c wraps it in `#pragma GCC target`).
  *
- * Everything here is `static inline` and always inlined into the per-ISA worker functions that
- * scan_module.c generates, so the same source is compiled for AVX-512, AVX2+FMA and the baseline
- * instruction set. Vectors are GCC/clang vector extensions of one 64-byte register's width; on
- * targets without 512-bit registers the compiler splits them.
+ * Vectors are GCC/clang vector extensions exactly one register wide, so the compiler keeps them
+ * in registers on every target (a vector wider than the registers is split and, in loops like
+ * these, spilled to the stack and reloaded, which made the AVX2 path slower than plain PyTorch).
+ * State sizes are padded by the Python side to a multiple of 64 bytes (16 floats, 8 doubles),
+ * a multiple of every VW; work items split the states in units of 64 bytes.
  *
  * Notation (see shrinkssm.ops.scan for the maths):
  *   x[k] = lam * x[k-1] + B u[k],  y[k] = Re(C x[k])          (fused LRU recurrence)
@@ -21,65 +27,10 @@
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
-#define NAME(x) CAT(x, SFX)
 
-typedef REAL NAME(vec) __attribute__((vector_size(64)));
-#define VEC NAME(vec)
-#define HW (W / 2) /* complex numbers per vector in interleaved layout */
-
-static inline ALWAYS_INLINE VEC NAME(ld)(const REAL *p)
-{
-    VEC v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline ALWAYS_INLINE void NAME(st)(REAL *p, VEC v) { memcpy(p, &v, sizeof v); }
-
-static inline ALWAYS_INLINE VEC NAME(splat)(REAL s)
-{
-    VEC v = {0};
-    return v + s;
-}
-
-/* Sum of the lanes, as a halving tree. */
-static inline ALWAYS_INLINE REAL NAME(hsum)(VEC v)
-{
-    REAL buf[W];
-    memcpy(buf, &v, sizeof buf);
-    for (int w = W / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) buf[i] += buf[i + w];
-    return buf[0];
-}
-
-typedef REAL NAME(vec8) __attribute__((vector_size(8 * sizeof(REAL))));
-typedef REAL NAME(vec4) __attribute__((vector_size(4 * sizeof(REAL))));
-
-/* out[q] = sum of the lanes of s_q, q = 0..3: a shuffle tree shared by the four sums (about half
- * the instructions of four separate reductions). */
-static inline ALWAYS_INLINE void NAME(hsum4)(VEC s0, VEC s1, VEC s2, VEC s3, REAL out[4])
-{
-    typedef NAME(vec8) V8;
-    typedef NAME(vec4) V4;
-#if W == 16
-    const V8 a0 = __builtin_shufflevector(s0, s0, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s0, s0, 8, 9, 10, 11, 12, 13, 14, 15);
-    const V8 a1 = __builtin_shufflevector(s1, s1, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s1, s1, 8, 9, 10, 11, 12, 13, 14, 15);
-    const V8 a2 = __builtin_shufflevector(s2, s2, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s2, s2, 8, 9, 10, 11, 12, 13, 14, 15);
-    const V8 a3 = __builtin_shufflevector(s3, s3, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s3, s3, 8, 9, 10, 11, 12, 13, 14, 15);
-#else
-    const V8 a0 = s0, a1 = s1, a2 = s2, a3 = s3;
-#endif
-    /* [s0 x4 | s1 x4] and [s2 x4 | s3 x4] */
-    const V8 b01 = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a0, a1, 4, 5, 6, 7, 12, 13, 14, 15);
-    const V8 b23 = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a2, a3, 4, 5, 6, 7, 12, 13, 14, 15);
-    /* [s0 x2 | s2 x2 | s1 x2 | s3 x2] */
-    const V8 c = __builtin_shufflevector(b01, b23, 0, 1, 8, 9, 4, 5, 12, 13) + __builtin_shufflevector(b01, b23, 2, 3, 10, 11, 6, 7, 14, 15);
-    const V4 d = __builtin_shufflevector(c, c, 0, 4, 2, 6) + __builtin_shufflevector(c, c, 1, 5, 3, 7);
-    memcpy(out, &d, sizeof d);
-}
-
+#ifdef KERNEL_ARGS
 /* ------------------------------------------------------------------------------------------ */
-/* Fused LRU recurrence                                                                       */
+/* Arguments of the kernels: one struct per real type, shared by every instruction set.       */
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -100,265 +51,7 @@ typedef struct {
     REAL *gCr, *gCi;        /* (Ho, Np) */
     REAL *glr, *gli;        /* (Np,) */
     REAL *gh0r, *gh0i;      /* (nb, Np) or NULL */
-} NAME(lru_args);
-
-/* Forward of one work item: batch row b, state vectors [j0, j1) (units of W states).
- * ydst receives y (overwritten when acc == 0, added to when acc == 1). ws: 2 * Np reals. */
-static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const NAME(lru_args) *a, idx b, idx j0, idx j1,
-                                                    REAL *ydst, int acc, REAL *ws)
-{
-    const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T;
-    REAL *xr = ws, *xi = ws + Np;
-    for (idx j = j0; j < j1; j++) {
-        VEC zr = NAME(splat)(0), zi = zr;
-        if (a->h0r) {
-            zr = NAME(ld)(a->h0r + b * Np + j * W);
-            zi = NAME(ld)(a->h0i + b * Np + j * W);
-        }
-        NAME(st)(xr + j * W, zr);
-        NAME(st)(xi + j * W, zi);
-    }
-    const REAL *u = a->u + b * L * Hi;
-    REAL *y = ydst + b * L * Ho;
-    for (idx k = 0; k < L; k++) {
-        if (a->ckr && k % T == 0) {
-            REAL *cr = a->ckr + (b * a->n_chunks + k / T) * Np, *ci = a->cki + (b * a->n_chunks + k / T) * Np;
-            for (idx j = j0; j < j1; j++) {
-                NAME(st)(cr + j * W, NAME(ld)(xr + j * W));
-                NAME(st)(ci + j * W, NAME(ld)(xi + j * W));
-            }
-        }
-        const REAL *uk = u + k * Hi;
-        /* 1. state update: x = lam * x + B u[k] */
-        for (idx j = j0; j < j1; j++) {
-            VEC br = NAME(splat)(0), bi = br;
-            for (idx h = 0; h < Hi; h++) {
-                const REAL uh = uk[h];
-                br += NAME(ld)(a->Br + h * Np + j * W) * uh;
-                bi += NAME(ld)(a->Bi + h * Np + j * W) * uh;
-            }
-            const VEC lr = NAME(ld)(a->lr + j * W), li = NAME(ld)(a->li + j * W);
-            const VEC pr = NAME(ld)(xr + j * W), pi = NAME(ld)(xi + j * W);
-            NAME(st)(xr + j * W, lr * pr - li * pi + br);
-            NAME(st)(xi + j * W, lr * pi + li * pr + bi);
-        }
-        /* 2. output: y[k, o] = sum_n Cr[o, n] xr[n] - Ci[o, n] xi[n] */
-        REAL *yk = y + k * Ho;
-        idx o = 0;
-        for (; o + 4 <= Ho; o += 4) {
-            VEC s0 = NAME(splat)(0), s1 = s0, s2 = s0, s3 = s0;
-            const REAL *cr = a->Cr + o * Np, *ci = a->Ci + o * Np;
-            for (idx j = j0; j < j1; j++) {
-                const VEC vr = NAME(ld)(xr + j * W), vi = NAME(ld)(xi + j * W);
-                s0 += NAME(ld)(cr + j * W) * vr - NAME(ld)(ci + j * W) * vi;
-                s1 += NAME(ld)(cr + Np + j * W) * vr - NAME(ld)(ci + Np + j * W) * vi;
-                s2 += NAME(ld)(cr + 2 * Np + j * W) * vr - NAME(ld)(ci + 2 * Np + j * W) * vi;
-                s3 += NAME(ld)(cr + 3 * Np + j * W) * vr - NAME(ld)(ci + 3 * Np + j * W) * vi;
-            }
-            REAL r[4];
-            NAME(hsum4)(s0, s1, s2, s3, r);
-            for (int q = 0; q < 4; q++) yk[o + q] = acc ? yk[o + q] + r[q] : r[q];
-        }
-        for (; o < Ho; o++) {
-            VEC s0 = NAME(splat)(0);
-            const REAL *cr = a->Cr + o * Np, *ci = a->Ci + o * Np;
-            for (idx j = j0; j < j1; j++)
-                s0 += NAME(ld)(cr + j * W) * NAME(ld)(xr + j * W) - NAME(ld)(ci + j * W) * NAME(ld)(xi + j * W);
-            if (acc) yk[o] += NAME(hsum)(s0); else yk[o] = NAME(hsum)(s0);
-        }
-    }
-    for (idx j = j0; j < j1; j++) {
-        NAME(st)(a->hlr + b * Np + j * W, NAME(ld)(xr + j * W));
-        NAME(st)(a->hli + b * Np + j * W, NAME(ld)(xi + j * W));
-    }
-}
-
-/* Workspace (in reals) that one thread needs for the backward. */
-static inline idx NAME(lru_bwd_ws)(idx Np, idx T) { return 2 * Np + 2 * (T + 1) * Np + 2 * T * Np; }
-
-/* Backward of one work item. gudst receives du (overwritten / added as for the forward). The
- * parameter gradients are ADDED to the thread's accumulators in tacc:
- *   gBr, gBi (Hi, Np) | gCr, gCi (Ho, Np) | glr, gli (Np)  -- laid out consecutively. */
-static inline ALWAYS_INLINE void NAME(lru_bwd_item)(const NAME(lru_args) *a, idx b, idx j0, idx j1,
-                                                    REAL *gudst, int acc, REAL *ws, REAL *tacc)
-{
-    const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T;
-    REAL *gr = ws, *gi = ws + Np;                 /* adjoint state */
-    REAL *xb = ws + 2 * Np;                        /* (T + 1) x {re, im} x Np : x[k0 - 1 .. k1 - 1] */
-    REAL *gb = xb + 2 * (T + 1) * Np;              /* T x {re, im} x Np : g[k0 .. k1 - 1] */
-    REAL *tBr = tacc, *tBi = tBr + Hi * Np, *tCr = tBi + Hi * Np, *tCi = tCr + Ho * Np;
-    REAL *tlr = tCi + Ho * Np, *tli = tlr + Np;
-    const REAL *u = a->u + b * L * Hi;
-    const REAL *gy = a->gy + b * L * Ho;
-    REAL *gu = gudst + b * L * Hi;
-
-    for (idx j = j0; j < j1; j++) {
-        VEC zr = NAME(splat)(0), zi = zr;
-        if (a->ghlr) {
-            zr = NAME(ld)(a->ghlr + b * Np + j * W);
-            zi = NAME(ld)(a->ghli + b * Np + j * W);
-        }
-        NAME(st)(gr + j * W, zr);
-        NAME(st)(gi + j * W, zi);
-    }
-    for (idx c = a->n_chunks - 1; c >= 0; c--) {
-        const idx k0 = c * T, k1 = (k0 + T < L) ? k0 + T : L, n = k1 - k0;
-        /* 1. recompute the states of the chunk from its checkpoint */
-        const REAL *cr = a->ckr + (b * a->n_chunks + c) * Np, *ci = a->cki + (b * a->n_chunks + c) * Np;
-        for (idx j = j0; j < j1; j++) {
-            NAME(st)(xb + j * W, NAME(ld)(cr + j * W));
-            NAME(st)(xb + Np + j * W, NAME(ld)(ci + j * W));
-        }
-        for (idx t = 0; t < n; t++) {
-            const REAL *uk = u + (k0 + t) * Hi;
-            const REAL *pr_ = xb + 2 * t * Np, *pi_ = pr_ + Np;
-            REAL *nr_ = xb + 2 * (t + 1) * Np, *ni_ = nr_ + Np;
-            for (idx j = j0; j < j1; j++) {
-                VEC br = NAME(splat)(0), bi = br;
-                for (idx h = 0; h < Hi; h++) {
-                    const REAL uh = uk[h];
-                    br += NAME(ld)(a->Br + h * Np + j * W) * uh;
-                    bi += NAME(ld)(a->Bi + h * Np + j * W) * uh;
-                }
-                const VEC lr = NAME(ld)(a->lr + j * W), li = NAME(ld)(a->li + j * W);
-                const VEC pr = NAME(ld)(pr_ + j * W), pi = NAME(ld)(pi_ + j * W);
-                NAME(st)(nr_ + j * W, lr * pr - li * pi + br);
-                NAME(st)(ni_ + j * W, lr * pi + li * pr + bi);
-            }
-        }
-        /* 2. adjoint recurrence, backwards: g[k] = conj(lam) g[k+1] + C^H gy[k] */
-        for (idx t = n - 1; t >= 0; t--) {
-            const idx k = k0 + t;
-            const REAL *gyk = gy + k * Ho;
-            REAL *sr = gb + 2 * t * Np, *si = sr + Np;
-            for (idx j = j0; j < j1; j++) {
-                VEC vr = NAME(ld)(gr + j * W), vi = NAME(ld)(gi + j * W);
-                if (k < L - 1) {
-                    const VEC lr = NAME(ld)(a->lr + j * W), li = NAME(ld)(a->li + j * W);
-                    const VEC tr = lr * vr + li * vi;
-                    vi = lr * vi - li * vr;
-                    vr = tr;
-                }
-                for (idx o = 0; o < Ho; o++) {
-                    const REAL g = gyk[o];
-                    vr += NAME(ld)(a->Cr + o * Np + j * W) * g;
-                    vi -= NAME(ld)(a->Ci + o * Np + j * W) * g;
-                }
-                NAME(st)(gr + j * W, vr);
-                NAME(st)(gi + j * W, vi);
-                NAME(st)(sr + j * W, vr);
-                NAME(st)(si + j * W, vi);
-            }
-            /* du[k, h] = sum_n Br[h, n] gr[n] + Bi[h, n] gi[n] */
-            REAL *guk = gu + k * Hi;
-            idx h = 0;
-            for (; h + 4 <= Hi; h += 4) {
-                VEC s0 = NAME(splat)(0), s1 = s0, s2 = s0, s3 = s0;
-                const REAL *br = a->Br + h * Np, *bi = a->Bi + h * Np;
-                for (idx j = j0; j < j1; j++) {
-                    const VEC vr = NAME(ld)(gr + j * W), vi = NAME(ld)(gi + j * W);
-                    s0 += NAME(ld)(br + j * W) * vr + NAME(ld)(bi + j * W) * vi;
-                    s1 += NAME(ld)(br + Np + j * W) * vr + NAME(ld)(bi + Np + j * W) * vi;
-                    s2 += NAME(ld)(br + 2 * Np + j * W) * vr + NAME(ld)(bi + 2 * Np + j * W) * vi;
-                    s3 += NAME(ld)(br + 3 * Np + j * W) * vr + NAME(ld)(bi + 3 * Np + j * W) * vi;
-                }
-                REAL r[4];
-                NAME(hsum4)(s0, s1, s2, s3, r);
-                for (int q = 0; q < 4; q++) guk[h + q] = acc ? guk[h + q] + r[q] : r[q];
-            }
-            for (; h < Hi; h++) {
-                VEC s0 = NAME(splat)(0);
-                const REAL *br = a->Br + h * Np, *bi = a->Bi + h * Np;
-                for (idx j = j0; j < j1; j++)
-                    s0 += NAME(ld)(br + j * W) * NAME(ld)(gr + j * W) + NAME(ld)(bi + j * W) * NAME(ld)(gi + j * W);
-                if (acc) guk[h] += NAME(hsum)(s0); else guk[h] = NAME(hsum)(s0);
-            }
-        }
-        /* 3. parameter gradients of the chunk, as small register-blocked products over t */
-        const REAL *uc = u + k0 * Hi, *gyc = gy + k0 * Ho;
-        for (idx j = j0; j < j1; j++) {
-            /* dB[h, n] += sum_t g[t, n] u[t, h] */
-            idx h = 0;
-            for (; h + 4 <= Hi; h += 4) {
-                VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const VEC vr = NAME(ld)(gb + 2 * t * Np + j * W), vi = NAME(ld)(gb + (2 * t + 1) * Np + j * W);
-                    const REAL *ut = uc + t * Hi + h;
-                    r0 += vr * ut[0]; i0 += vi * ut[0];
-                    r1 += vr * ut[1]; i1 += vi * ut[1];
-                    r2 += vr * ut[2]; i2 += vi * ut[2];
-                    r3 += vr * ut[3]; i3 += vi * ut[3];
-                }
-                REAL *dr = tBr + h * Np + j * W, *di = tBi + h * Np + j * W;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-                NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
-                NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
-                NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
-            }
-            for (; h < Hi; h++) {
-                VEC r0 = NAME(splat)(0), i0 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const REAL ut = uc[t * Hi + h];
-                    r0 += NAME(ld)(gb + 2 * t * Np + j * W) * ut;
-                    i0 += NAME(ld)(gb + (2 * t + 1) * Np + j * W) * ut;
-                }
-                REAL *dr = tBr + h * Np + j * W, *di = tBi + h * Np + j * W;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-            }
-            /* dC[o, n] += sum_t gy[t, o] conj(x[t, n]) */
-            idx o = 0;
-            for (; o + 4 <= Ho; o += 4) {
-                VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const VEC vr = NAME(ld)(xb + 2 * (t + 1) * Np + j * W), vi = NAME(ld)(xb + (2 * t + 3) * Np + j * W);
-                    const REAL *g = gyc + t * Ho + o;
-                    r0 += vr * g[0]; i0 -= vi * g[0];
-                    r1 += vr * g[1]; i1 -= vi * g[1];
-                    r2 += vr * g[2]; i2 -= vi * g[2];
-                    r3 += vr * g[3]; i3 -= vi * g[3];
-                }
-                REAL *dr = tCr + o * Np + j * W, *di = tCi + o * Np + j * W;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-                NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
-                NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
-                NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
-            }
-            for (; o < Ho; o++) {
-                VEC r0 = NAME(splat)(0), i0 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const REAL g = gyc[t * Ho + o];
-                    r0 += NAME(ld)(xb + 2 * (t + 1) * Np + j * W) * g;
-                    i0 -= NAME(ld)(xb + (2 * t + 3) * Np + j * W) * g;
-                }
-                REAL *dr = tCr + o * Np + j * W, *di = tCi + o * Np + j * W;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-            }
-            /* dlam[n] += sum_t g[t, n] conj(x[t - 1, n]) */
-            VEC lr_ = NAME(splat)(0), li_ = lr_;
-            for (idx t = 0; t < n; t++) {
-                const VEC vr = NAME(ld)(gb + 2 * t * Np + j * W), vi = NAME(ld)(gb + (2 * t + 1) * Np + j * W);
-                const VEC pr = NAME(ld)(xb + 2 * t * Np + j * W), pi = NAME(ld)(xb + (2 * t + 1) * Np + j * W);
-                lr_ += vr * pr + vi * pi;
-                li_ += vi * pr - vr * pi;
-            }
-            NAME(st)(tlr + j * W, NAME(ld)(tlr + j * W) + lr_);
-            NAME(st)(tli + j * W, NAME(ld)(tli + j * W) + li_);
-        }
-    }
-    /* dh0 = conj(lam) g[0] */
-    if (a->gh0r) {
-        for (idx j = j0; j < j1; j++) {
-            const VEC lr = NAME(ld)(a->lr + j * W), li = NAME(ld)(a->li + j * W);
-            const VEC vr = NAME(ld)(gr + j * W), vi = NAME(ld)(gi + j * W);
-            NAME(st)(a->gh0r + b * Np + j * W, lr * vr + li * vi);
-            NAME(st)(a->gh0i + b * Np + j * W, lr * vi - li * vr);
-        }
-    }
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Scan only, interleaved complex (B, L, N)                                                   */
-/* ------------------------------------------------------------------------------------------ */
+} CAT(lru_args, RS);
 
 typedef struct {
     idx nb, L, N, n_split;
@@ -371,15 +64,370 @@ typedef struct {
     REAL *gb;               /* (nb, L, N, 2) */
     REAL *gh0;              /* (nb, N, 2) or NULL */
     REAL *glam;             /* (N, 2) */
-} NAME(scan_args);
+} CAT(scan_args, RS);
+
+/* Workspace (in reals) that one thread needs for the backward. */
+static inline idx CAT(lru_bwd_ws, RS)(idx Np, idx T) { return 2 * Np + 2 * (T + 1) * Np + 2 * T * Np; }
+
+/* Workspace (in reals) of one scan work item. */
+static inline idx CAT(scan_ws, RS)(idx N) { return 10 * N + 2 * 64 / (idx)sizeof(REAL); }
+
+#else /* !KERNEL_ARGS: the kernels of one real type and one instruction set */
+#define NAME(x) CAT(x, SFX)
+
+typedef REAL NAME(vec) __attribute__((vector_size(VW * sizeof(REAL))));
+#define VEC NAME(vec)
+#define HW (VW / 2) /* complex numbers per vector in interleaved layout */
+#define VPU (64 / (VW * (int)sizeof(REAL))) /* vectors per 64-byte unit of states */
+
+#if VW != 2 && VW != 4 && VW != 8 && VW != 16
+#error "kernels.h: VW must be 2, 4, 8 or 16 lanes"
+#endif
+
+static inline ALWAYS_INLINE VEC NAME(ld)(const REAL *p)
+{
+    VEC v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline ALWAYS_INLINE void NAME(st)(REAL *p, VEC v) { memcpy(p, &v, sizeof v); }
+
+static inline ALWAYS_INLINE VEC NAME(splat)(REAL s)
+{
+    VEC v = {0};
+    return v + s;
+}
+
+typedef REAL NAME(v8) __attribute__((vector_size(8 * sizeof(REAL))));
+typedef REAL NAME(v4) __attribute__((vector_size(4 * sizeof(REAL))));
+typedef REAL NAME(v2) __attribute__((vector_size(2 * sizeof(REAL))));
+
+/* The vector folded to at most 4 lanes by adding its halves (lane sums are kept). */
+#if VW == 16
+#define NAME_FOLD4_T NAME(v4)
+static inline ALWAYS_INLINE NAME(v4) NAME(fold4)(VEC v)
+{
+    const NAME(v8) h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                       __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    return __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+}
+#elif VW == 8
+static inline ALWAYS_INLINE NAME(v4) NAME(fold4)(VEC v)
+{
+    return __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+}
+#elif VW == 4
+static inline ALWAYS_INLINE NAME(v4) NAME(fold4)(VEC v) { return v; }
+#endif
+
+/* Sum of the lanes. */
+static inline ALWAYS_INLINE REAL NAME(hsum)(VEC v)
+{
+#if VW >= 4
+    const NAME(v4) f = NAME(fold4)(v);
+    const NAME(v2) h = __builtin_shufflevector(f, f, 0, 1) + __builtin_shufflevector(f, f, 2, 3);
+    return h[0] + h[1];
+#else
+    return v[0] + v[1];
+#endif
+}
+
+/* out[q] = sum of the lanes of s_q, q = 0..3: one transpose-and-add tree shared by the four sums
+ * (about half the instructions of four separate reductions). */
+static inline ALWAYS_INLINE void NAME(hsum4)(VEC s0, VEC s1, VEC s2, VEC s3, REAL out[4])
+{
+#if VW >= 4
+    typedef NAME(v4) V4;
+    const V4 a0 = NAME(fold4)(s0), a1 = NAME(fold4)(s1), a2 = NAME(fold4)(s2), a3 = NAME(fold4)(s3);
+    /* [a0_0+a0_2, a1_0+a1_2, a0_1+a0_3, a1_1+a1_3] and the same for a2, a3 */
+    const V4 b01 = __builtin_shufflevector(a0, a1, 0, 4, 1, 5) + __builtin_shufflevector(a0, a1, 2, 6, 3, 7);
+    const V4 b23 = __builtin_shufflevector(a2, a3, 0, 4, 1, 5) + __builtin_shufflevector(a2, a3, 2, 6, 3, 7);
+    const V4 d = __builtin_shufflevector(b01, b23, 0, 1, 4, 5) + __builtin_shufflevector(b01, b23, 2, 3, 6, 7);
+    memcpy(out, &d, sizeof d);
+#else
+    const VEC d01 = __builtin_shufflevector(s0, s1, 0, 2) + __builtin_shufflevector(s0, s1, 1, 3);
+    const VEC d23 = __builtin_shufflevector(s2, s3, 0, 2) + __builtin_shufflevector(s2, s3, 1, 3);
+    memcpy(out, &d01, sizeof d01);
+    memcpy(out + 2, &d23, sizeof d23);
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fused LRU recurrence                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+
+/* Forward of one work item: batch row b, states [64 u0, 64 u1) bytes.
+ * ydst receives y (overwritten when acc == 0, added to when acc == 1). ws: 2 * Np reals. */
+static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, idx b, idx u0, idx u1,
+                                                    REAL *ydst, int acc, REAL *ws)
+{
+    const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T;
+    const idx j0 = u0 * VPU, j1 = u1 * VPU; /* vectors */
+    REAL *xr = ws, *xi = ws + Np;
+    for (idx j = j0; j < j1; j++) {
+        VEC zr = NAME(splat)(0), zi = zr;
+        if (a->h0r) {
+            zr = NAME(ld)(a->h0r + b * Np + j * VW);
+            zi = NAME(ld)(a->h0i + b * Np + j * VW);
+        }
+        NAME(st)(xr + j * VW, zr);
+        NAME(st)(xi + j * VW, zi);
+    }
+    const REAL *u = a->u + b * L * Hi;
+    REAL *y = ydst + b * L * Ho;
+    for (idx k = 0; k < L; k++) {
+        if (a->ckr && k % T == 0) {
+            REAL *cr = a->ckr + (b * a->n_chunks + k / T) * Np, *ci = a->cki + (b * a->n_chunks + k / T) * Np;
+            for (idx j = j0; j < j1; j++) {
+                NAME(st)(cr + j * VW, NAME(ld)(xr + j * VW));
+                NAME(st)(ci + j * VW, NAME(ld)(xi + j * VW));
+            }
+        }
+        const REAL *uk = u + k * Hi;
+        /* 1. state update: x = lam * x + B u[k] */
+        for (idx j = j0; j < j1; j++) {
+            VEC br = NAME(splat)(0), bi = br;
+            for (idx h = 0; h < Hi; h++) {
+                const REAL uh = uk[h];
+                br += NAME(ld)(a->Br + h * Np + j * VW) * uh;
+                bi += NAME(ld)(a->Bi + h * Np + j * VW) * uh;
+            }
+            const VEC lr = NAME(ld)(a->lr + j * VW), li = NAME(ld)(a->li + j * VW);
+            const VEC pr = NAME(ld)(xr + j * VW), pi = NAME(ld)(xi + j * VW);
+            NAME(st)(xr + j * VW, lr * pr - li * pi + br);
+            NAME(st)(xi + j * VW, lr * pi + li * pr + bi);
+        }
+        /* 2. output: y[k, o] = sum_n Cr[o, n] xr[n] - Ci[o, n] xi[n] */
+        REAL *yk = y + k * Ho;
+        idx o = 0;
+        for (; o + 4 <= Ho; o += 4) {
+            VEC s0 = NAME(splat)(0), s1 = s0, s2 = s0, s3 = s0;
+            const REAL *cr = a->Cr + o * Np, *ci = a->Ci + o * Np;
+            for (idx j = j0; j < j1; j++) {
+                const VEC vr = NAME(ld)(xr + j * VW), vi = NAME(ld)(xi + j * VW);
+                s0 += NAME(ld)(cr + j * VW) * vr - NAME(ld)(ci + j * VW) * vi;
+                s1 += NAME(ld)(cr + Np + j * VW) * vr - NAME(ld)(ci + Np + j * VW) * vi;
+                s2 += NAME(ld)(cr + 2 * Np + j * VW) * vr - NAME(ld)(ci + 2 * Np + j * VW) * vi;
+                s3 += NAME(ld)(cr + 3 * Np + j * VW) * vr - NAME(ld)(ci + 3 * Np + j * VW) * vi;
+            }
+            REAL r[4];
+            NAME(hsum4)(s0, s1, s2, s3, r);
+            for (int q = 0; q < 4; q++) yk[o + q] = acc ? yk[o + q] + r[q] : r[q];
+        }
+        for (; o < Ho; o++) {
+            VEC s0 = NAME(splat)(0);
+            const REAL *cr = a->Cr + o * Np, *ci = a->Ci + o * Np;
+            for (idx j = j0; j < j1; j++)
+                s0 += NAME(ld)(cr + j * VW) * NAME(ld)(xr + j * VW) - NAME(ld)(ci + j * VW) * NAME(ld)(xi + j * VW);
+            if (acc) yk[o] += NAME(hsum)(s0); else yk[o] = NAME(hsum)(s0);
+        }
+    }
+    for (idx j = j0; j < j1; j++) {
+        NAME(st)(a->hlr + b * Np + j * VW, NAME(ld)(xr + j * VW));
+        NAME(st)(a->hli + b * Np + j * VW, NAME(ld)(xi + j * VW));
+    }
+}
+
+
+/* Backward of one work item. gudst receives du (overwritten / added as for the forward). The
+ * parameter gradients are ADDED to the thread's accumulators in tacc:
+ *   gBr, gBi (Hi, Np) | gCr, gCi (Ho, Np) | glr, gli (Np)  -- laid out consecutively. */
+static inline ALWAYS_INLINE void NAME(lru_bwd_item)(const CAT(lru_args, RS) *a, idx b, idx u0, idx u1,
+                                                    REAL *gudst, int acc, REAL *ws, REAL *tacc)
+{
+    const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T;
+    const idx j0 = u0 * VPU, j1 = u1 * VPU; /* vectors */
+    REAL *gr = ws, *gi = ws + Np;                 /* adjoint state */
+    REAL *xb = ws + 2 * Np;                        /* (T + 1) x {re, im} x Np : x[k0 - 1 .. k1 - 1] */
+    REAL *gb = xb + 2 * (T + 1) * Np;              /* T x {re, im} x Np : g[k0 .. k1 - 1] */
+    REAL *tBr = tacc, *tBi = tBr + Hi * Np, *tCr = tBi + Hi * Np, *tCi = tCr + Ho * Np;
+    REAL *tlr = tCi + Ho * Np, *tli = tlr + Np;
+    const REAL *u = a->u + b * L * Hi;
+    const REAL *gy = a->gy + b * L * Ho;
+    REAL *gu = gudst + b * L * Hi;
+
+    for (idx j = j0; j < j1; j++) {
+        VEC zr = NAME(splat)(0), zi = zr;
+        if (a->ghlr) {
+            zr = NAME(ld)(a->ghlr + b * Np + j * VW);
+            zi = NAME(ld)(a->ghli + b * Np + j * VW);
+        }
+        NAME(st)(gr + j * VW, zr);
+        NAME(st)(gi + j * VW, zi);
+    }
+    for (idx c = a->n_chunks - 1; c >= 0; c--) {
+        const idx k0 = c * T, k1 = (k0 + T < L) ? k0 + T : L, n = k1 - k0;
+        /* 1. recompute the states of the chunk from its checkpoint */
+        const REAL *cr = a->ckr + (b * a->n_chunks + c) * Np, *ci = a->cki + (b * a->n_chunks + c) * Np;
+        for (idx j = j0; j < j1; j++) {
+            NAME(st)(xb + j * VW, NAME(ld)(cr + j * VW));
+            NAME(st)(xb + Np + j * VW, NAME(ld)(ci + j * VW));
+        }
+        for (idx t = 0; t < n; t++) {
+            const REAL *uk = u + (k0 + t) * Hi;
+            const REAL *pr_ = xb + 2 * t * Np, *pi_ = pr_ + Np;
+            REAL *nr_ = xb + 2 * (t + 1) * Np, *ni_ = nr_ + Np;
+            for (idx j = j0; j < j1; j++) {
+                VEC br = NAME(splat)(0), bi = br;
+                for (idx h = 0; h < Hi; h++) {
+                    const REAL uh = uk[h];
+                    br += NAME(ld)(a->Br + h * Np + j * VW) * uh;
+                    bi += NAME(ld)(a->Bi + h * Np + j * VW) * uh;
+                }
+                const VEC lr = NAME(ld)(a->lr + j * VW), li = NAME(ld)(a->li + j * VW);
+                const VEC pr = NAME(ld)(pr_ + j * VW), pi = NAME(ld)(pi_ + j * VW);
+                NAME(st)(nr_ + j * VW, lr * pr - li * pi + br);
+                NAME(st)(ni_ + j * VW, lr * pi + li * pr + bi);
+            }
+        }
+        /* 2. adjoint recurrence, backwards: g[k] = conj(lam) g[k+1] + C^H gy[k] */
+        for (idx t = n - 1; t >= 0; t--) {
+            const idx k = k0 + t;
+            const REAL *gyk = gy + k * Ho;
+            REAL *sr = gb + 2 * t * Np, *si = sr + Np;
+            for (idx j = j0; j < j1; j++) {
+                VEC vr = NAME(ld)(gr + j * VW), vi = NAME(ld)(gi + j * VW);
+                if (k < L - 1) {
+                    const VEC lr = NAME(ld)(a->lr + j * VW), li = NAME(ld)(a->li + j * VW);
+                    const VEC tr = lr * vr + li * vi;
+                    vi = lr * vi - li * vr;
+                    vr = tr;
+                }
+                for (idx o = 0; o < Ho; o++) {
+                    const REAL g = gyk[o];
+                    vr += NAME(ld)(a->Cr + o * Np + j * VW) * g;
+                    vi -= NAME(ld)(a->Ci + o * Np + j * VW) * g;
+                }
+                NAME(st)(gr + j * VW, vr);
+                NAME(st)(gi + j * VW, vi);
+                NAME(st)(sr + j * VW, vr);
+                NAME(st)(si + j * VW, vi);
+            }
+            /* du[k, h] = sum_n Br[h, n] gr[n] + Bi[h, n] gi[n] */
+            REAL *guk = gu + k * Hi;
+            idx h = 0;
+            for (; h + 4 <= Hi; h += 4) {
+                VEC s0 = NAME(splat)(0), s1 = s0, s2 = s0, s3 = s0;
+                const REAL *br = a->Br + h * Np, *bi = a->Bi + h * Np;
+                for (idx j = j0; j < j1; j++) {
+                    const VEC vr = NAME(ld)(gr + j * VW), vi = NAME(ld)(gi + j * VW);
+                    s0 += NAME(ld)(br + j * VW) * vr + NAME(ld)(bi + j * VW) * vi;
+                    s1 += NAME(ld)(br + Np + j * VW) * vr + NAME(ld)(bi + Np + j * VW) * vi;
+                    s2 += NAME(ld)(br + 2 * Np + j * VW) * vr + NAME(ld)(bi + 2 * Np + j * VW) * vi;
+                    s3 += NAME(ld)(br + 3 * Np + j * VW) * vr + NAME(ld)(bi + 3 * Np + j * VW) * vi;
+                }
+                REAL r[4];
+                NAME(hsum4)(s0, s1, s2, s3, r);
+                for (int q = 0; q < 4; q++) guk[h + q] = acc ? guk[h + q] + r[q] : r[q];
+            }
+            for (; h < Hi; h++) {
+                VEC s0 = NAME(splat)(0);
+                const REAL *br = a->Br + h * Np, *bi = a->Bi + h * Np;
+                for (idx j = j0; j < j1; j++)
+                    s0 += NAME(ld)(br + j * VW) * NAME(ld)(gr + j * VW) + NAME(ld)(bi + j * VW) * NAME(ld)(gi + j * VW);
+                if (acc) guk[h] += NAME(hsum)(s0); else guk[h] = NAME(hsum)(s0);
+            }
+        }
+        /* 3. parameter gradients of the chunk, as small register-blocked products over t */
+        const REAL *uc = u + k0 * Hi, *gyc = gy + k0 * Ho;
+        for (idx j = j0; j < j1; j++) {
+            /* dB[h, n] += sum_t g[t, n] u[t, h] */
+            idx h = 0;
+            for (; h + 4 <= Hi; h += 4) {
+                VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
+                for (idx t = 0; t < n; t++) {
+                    const VEC vr = NAME(ld)(gb + 2 * t * Np + j * VW), vi = NAME(ld)(gb + (2 * t + 1) * Np + j * VW);
+                    const REAL *ut = uc + t * Hi + h;
+                    r0 += vr * ut[0]; i0 += vi * ut[0];
+                    r1 += vr * ut[1]; i1 += vi * ut[1];
+                    r2 += vr * ut[2]; i2 += vi * ut[2];
+                    r3 += vr * ut[3]; i3 += vi * ut[3];
+                }
+                REAL *dr = tBr + h * Np + j * VW, *di = tBi + h * Np + j * VW;
+                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+                NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
+                NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
+                NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
+            }
+            for (; h < Hi; h++) {
+                VEC r0 = NAME(splat)(0), i0 = r0;
+                for (idx t = 0; t < n; t++) {
+                    const REAL ut = uc[t * Hi + h];
+                    r0 += NAME(ld)(gb + 2 * t * Np + j * VW) * ut;
+                    i0 += NAME(ld)(gb + (2 * t + 1) * Np + j * VW) * ut;
+                }
+                REAL *dr = tBr + h * Np + j * VW, *di = tBi + h * Np + j * VW;
+                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+            }
+            /* dC[o, n] += sum_t gy[t, o] conj(x[t, n]) */
+            idx o = 0;
+            for (; o + 4 <= Ho; o += 4) {
+                VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
+                for (idx t = 0; t < n; t++) {
+                    const VEC vr = NAME(ld)(xb + 2 * (t + 1) * Np + j * VW), vi = NAME(ld)(xb + (2 * t + 3) * Np + j * VW);
+                    const REAL *g = gyc + t * Ho + o;
+                    r0 += vr * g[0]; i0 -= vi * g[0];
+                    r1 += vr * g[1]; i1 -= vi * g[1];
+                    r2 += vr * g[2]; i2 -= vi * g[2];
+                    r3 += vr * g[3]; i3 -= vi * g[3];
+                }
+                REAL *dr = tCr + o * Np + j * VW, *di = tCi + o * Np + j * VW;
+                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+                NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
+                NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
+                NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
+            }
+            for (; o < Ho; o++) {
+                VEC r0 = NAME(splat)(0), i0 = r0;
+                for (idx t = 0; t < n; t++) {
+                    const REAL g = gyc[t * Ho + o];
+                    r0 += NAME(ld)(xb + 2 * (t + 1) * Np + j * VW) * g;
+                    i0 -= NAME(ld)(xb + (2 * t + 3) * Np + j * VW) * g;
+                }
+                REAL *dr = tCr + o * Np + j * VW, *di = tCi + o * Np + j * VW;
+                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+            }
+            /* dlam[n] += sum_t g[t, n] conj(x[t - 1, n]) */
+            VEC lr_ = NAME(splat)(0), li_ = lr_;
+            for (idx t = 0; t < n; t++) {
+                const VEC vr = NAME(ld)(gb + 2 * t * Np + j * VW), vi = NAME(ld)(gb + (2 * t + 1) * Np + j * VW);
+                const VEC pr = NAME(ld)(xb + 2 * t * Np + j * VW), pi = NAME(ld)(xb + (2 * t + 1) * Np + j * VW);
+                lr_ += vr * pr + vi * pi;
+                li_ += vi * pr - vr * pi;
+            }
+            NAME(st)(tlr + j * VW, NAME(ld)(tlr + j * VW) + lr_);
+            NAME(st)(tli + j * VW, NAME(ld)(tli + j * VW) + li_);
+        }
+    }
+    /* dh0 = conj(lam) g[0] */
+    if (a->gh0r) {
+        for (idx j = j0; j < j1; j++) {
+            const VEC lr = NAME(ld)(a->lr + j * VW), li = NAME(ld)(a->li + j * VW);
+            const VEC vr = NAME(ld)(gr + j * VW), vi = NAME(ld)(gi + j * VW);
+            NAME(st)(a->gh0r + b * Np + j * VW, lr * vr + li * vi);
+            NAME(st)(a->gh0i + b * Np + j * VW, lr * vi - li * vr);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Scan only, interleaved complex (B, L, N)                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
 
 /* [a0, a1, a2, a3, ...] -> [a1, a0, a3, a2, ...] */
 static inline ALWAYS_INLINE VEC NAME(swap_pairs)(VEC v)
 {
-#if W == 16
+#if VW == 16
     return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-#else
+#elif VW == 8
     return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+#elif VW == 4
+    return __builtin_shufflevector(v, v, 1, 0, 3, 2);
+#else
+    return __builtin_shufflevector(v, v, 1, 0);
 #endif
 }
 
@@ -395,11 +443,9 @@ static inline ALWAYS_INLINE void NAME(lam_pairs)(const REAL *lam, idx n0, idx n1
     }
 }
 
-/* Workspace (in reals) of one scan work item. */
-static inline idx NAME(scan_ws)(idx N) { return 10 * N + 2 * W; }
 
 /* Forward of one work item: batch row b, complex states [n0, n1). */
-static inline ALWAYS_INLINE void NAME(scan_fwd_item)(const NAME(scan_args) *a, idx b, idx n0, idx n1, REAL *ws)
+static inline ALWAYS_INLINE void NAME(scan_fwd_item)(const CAT(scan_args, RS) *a, idx b, idx n0, idx n1, REAL *ws)
 {
     const idx L = a->L, N = a->N;
     const idx nv = n0 + (n1 - n0) / HW * HW;  /* end of the vector part */
@@ -433,7 +479,7 @@ static inline ALWAYS_INLINE void NAME(scan_fwd_item)(const NAME(scan_args) *a, i
 
 /* Backward of one work item: g[k] = gh[k] + conj(lam) g[k+1], db[k] = g[k],
  * dlam += g[k] conj(h[k-1]), dh0 = conj(lam) g[0]. dlam is ADDED to tacc (N, 2). */
-static inline ALWAYS_INLINE void NAME(scan_bwd_item)(const NAME(scan_args) *a, idx b, idx n0, idx n1,
+static inline ALWAYS_INLINE void NAME(scan_bwd_item)(const CAT(scan_args, RS) *a, idx b, idx n0, idx n1,
                                                      REAL *ws, REAL *tacc)
 {
     const idx L = a->L, N = a->N;
@@ -491,6 +537,9 @@ static inline ALWAYS_INLINE void NAME(scan_bwd_item)(const NAME(scan_args) *a, i
 
 #undef VEC
 #undef HW
+#undef VPU
 #undef NAME
+#endif /* KERNEL_ARGS */
+
 #undef CAT
 #undef CAT_

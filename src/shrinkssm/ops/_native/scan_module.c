@@ -13,8 +13,10 @@
  * No torch headers: Python passes the data pointers of contiguous tensors as integers (the
  * wrapper in shrinkssm/ops/_native_backend.py checks shapes, dtypes and contiguity). Calls
  * release the GIL and split the work over batch rows (and state blocks when the batch is smaller
- * than the thread count) on plain pthreads. Each kernel is compiled for AVX-512, AVX2+FMA and the
- * baseline instruction set; the best one the CPU supports is picked when the module loads.
+ * than the thread count) on the OpenMP pool or plain pthreads. Each kernel is compiled for
+ * AVX-512, AVX2+FMA and the baseline instruction set (SSE2 on x86-64, NEON on aarch64), each with
+ * vectors exactly as wide as that target's registers; the best one the CPU supports is picked
+ * when the module loads, and set_isa() switches (for tests and benchmarks).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -38,21 +40,95 @@ typedef Py_ssize_t idx;
 #error "the native scan needs __builtin_shufflevector (GCC >= 12 or clang)"
 #endif
 
+/* Compile what follows for one instruction set (GCC and clang spell it differently). */
+#define TARGET_STR(x) #x
+#if defined(__clang__)
+#define TARGET_BEGIN(t) _Pragma(TARGET_STR(clang attribute push(__attribute__((target(t))), apply_to = function)))
+#define TARGET_END _Pragma("clang attribute pop")
+#else
+#define TARGET_BEGIN(t) _Pragma("GCC push_options") _Pragma(TARGET_STR(GCC target(t)))
+#define TARGET_END _Pragma("GCC pop_options")
+#endif
+
+/* Argument structs, one per real type. */
+#define KERNEL_ARGS
 #define REAL float
-#define W 16
-#define SFX f32
+#define RS f32
 #include "kernels.h"
 #undef REAL
-#undef W
+#undef RS
+#define REAL double
+#define RS f64
+#include "kernels.h"
+#undef REAL
+#undef RS
+#undef KERNEL_ARGS
+
+/* The kernels of one real type for one instruction set: VW lanes per native vector. */
+/* Baseline: 16-byte vectors (SSE2 on x86-64, NEON on aarch64, whatever the compiler makes of
+ * them elsewhere). */
+#define REAL float
+#define RS f32
+#define VW 4
+#define SFX f32_base
+#include "kernels.h"
+#undef REAL
+#undef RS
+#undef VW
+#undef SFX
+#define REAL double
+#define RS f64
+#define VW 2
+#define SFX f64_base
+#include "kernels.h"
+#undef REAL
+#undef RS
+#undef VW
 #undef SFX
 
-#define REAL double
-#define W 8
-#define SFX f64
+#if defined(__x86_64__) || defined(__i386__)
+#define HAVE_X86_VARIANTS 1
+TARGET_BEGIN("avx2,fma")
+#define REAL float
+#define RS f32
+#define VW 8
+#define SFX f32_avx2
 #include "kernels.h"
 #undef REAL
-#undef W
+#undef RS
+#undef VW
 #undef SFX
+#define REAL double
+#define RS f64
+#define VW 4
+#define SFX f64_avx2
+#include "kernels.h"
+#undef REAL
+#undef RS
+#undef VW
+#undef SFX
+TARGET_END
+TARGET_BEGIN("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
+#define REAL float
+#define RS f32
+#define VW 16
+#define SFX f32_avx512
+#include "kernels.h"
+#undef REAL
+#undef RS
+#undef VW
+#undef SFX
+#define REAL double
+#define RS f64
+#define VW 8
+#define SFX f64_avx512
+#include "kernels.h"
+#undef REAL
+#undef RS
+#undef VW
+#undef SFX
+TARGET_END
+#endif
 
 #define MAX_THREADS 256
 
@@ -166,7 +242,7 @@ static inline item_t item_of(const job_t *j, idx i)
         for (idx i = claim(j); i < j->n_items; i = claim(j)) {                                  \
             const item_t it = item_of(j, i);                                                    \
             for (idx b = it.r0; b < it.r1; b++)                                                 \
-                lru_fwd_item_##SFXv(a, b, it.p0, it.p1,                                         \
+                lru_fwd_item_##SFXv##_##ISA(a, b, it.p0, it.p1,                                         \
                                     j->tout ? (SFXv##_t *)j->tout[it.s] : a->y, j->tout != NULL,\
                                     (SFXv##_t *)j->tws[tid]);                                   \
         }                                                                                       \
@@ -177,7 +253,7 @@ static inline item_t item_of(const job_t *j, idx i)
         for (idx i = claim(j); i < j->n_items; i = claim(j)) {                                  \
             const item_t it = item_of(j, i);                                                    \
             for (idx b = it.r0; b < it.r1; b++)                                                 \
-                lru_bwd_item_##SFXv(a, b, it.p0, it.p1,                                         \
+                lru_bwd_item_##SFXv##_##ISA(a, b, it.p0, it.p1,                                         \
                                     j->tout ? (SFXv##_t *)j->tout[it.s] : a->gu,                \
                                     j->tout != NULL, (SFXv##_t *)j->tws[tid],                   \
                                     (SFXv##_t *)j->tacc[it.g]);                                 \
@@ -192,7 +268,7 @@ static inline item_t item_of(const job_t *j, idx i)
             const idx n0 = it.p0 * hw < a->N ? it.p0 * hw : a->N;                               \
             const idx n1 = it.p1 * hw < a->N ? it.p1 * hw : a->N;                               \
             for (idx b = it.r0; b < it.r1; b++)                                                 \
-                scan_fwd_item_##SFXv(a, b, n0, n1, (SFXv##_t *)j->tws[tid]);                    \
+                scan_fwd_item_##SFXv##_##ISA(a, b, n0, n1, (SFXv##_t *)j->tws[tid]);                    \
         }                                                                                       \
     }                                                                                           \
     ATTR static void scan_bwd_run_##SFXv##_##ISA(job_t *j, int tid)                             \
@@ -204,7 +280,7 @@ static inline item_t item_of(const job_t *j, idx i)
             const idx n0 = it.p0 * hw < a->N ? it.p0 * hw : a->N;                               \
             const idx n1 = it.p1 * hw < a->N ? it.p1 * hw : a->N;                               \
             for (idx b = it.r0; b < it.r1; b++)                                                 \
-                scan_bwd_item_##SFXv(a, b, n0, n1, (SFXv##_t *)j->tws[tid],                     \
+                scan_bwd_item_##SFXv##_##ISA(a, b, n0, n1, (SFXv##_t *)j->tws[tid],                     \
                                      (SFXv##_t *)j->tacc[it.g]);                                \
         }                                                                                       \
     }
@@ -212,14 +288,13 @@ static inline item_t item_of(const job_t *j, idx i)
 typedef float f32_t;
 typedef double f64_t;
 
-#if defined(__x86_64__) || defined(__i386__)
+#ifdef HAVE_X86_VARIANTS
 #define ATTR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 #define ATTR_AVX2 __attribute__((target("avx2,fma")))
 DEFINE_WORKERS(f32, avx512, ATTR_AVX512)
 DEFINE_WORKERS(f64, avx512, ATTR_AVX512)
 DEFINE_WORKERS(f32, avx2, ATTR_AVX2)
 DEFINE_WORKERS(f64, avx2, ATTR_AVX2)
-#define HAVE_X86_VARIANTS 1
 #endif
 DEFINE_WORKERS(f32, base, )
 DEFINE_WORKERS(f64, base, )
@@ -228,7 +303,12 @@ typedef void (*run_fn)(job_t *, int);
 
 enum { K_LRU_FWD, K_LRU_BWD, K_SCAN_FWD, K_SCAN_BWD, K_COUNT };
 enum { ISA_BASE, ISA_AVX2, ISA_AVX512, ISA_COUNT };
+/* The baseline is SSE2 on x86-64 and NEON (Advanced SIMD, part of every aarch64 CPU) on aarch64. */
+#if defined(__aarch64__)
+static const char *isa_names[ISA_COUNT] = {"neon", "avx2", "avx512"};
+#else
 static const char *isa_names[ISA_COUNT] = {"base", "avx2", "avx512"};
+#endif
 
 /* table[isa][dtype][kernel]; NULL where the variant was not compiled */
 static run_fn table[ISA_COUNT][2][K_COUNT] = {
