@@ -29,26 +29,7 @@
 #include <omp.h>
 #endif
 
-typedef Py_ssize_t idx;
-
-#define ALWAYS_INLINE __attribute__((always_inline))
-
-#if !defined(__has_builtin)
-#define __has_builtin(x) 0
-#endif
-#if !__has_builtin(__builtin_shufflevector)
-#error "the native scan needs __builtin_shufflevector (GCC >= 12 or clang)"
-#endif
-
-/* Compile what follows for one instruction set (GCC and clang spell it differently). */
-#define TARGET_STR(x) #x
-#if defined(__clang__)
-#define TARGET_BEGIN(t) _Pragma(TARGET_STR(clang attribute push(__attribute__((target(t))), apply_to = function)))
-#define TARGET_END _Pragma("clang attribute pop")
-#else
-#define TARGET_BEGIN(t) _Pragma("GCC push_options") _Pragma(TARGET_STR(GCC target(t)))
-#define TARGET_END _Pragma("GCC pop_options")
-#endif
+#include "common.h"
 
 /* Argument structs, one per real type. */
 #define KERNEL_ARGS
@@ -64,7 +45,7 @@ typedef Py_ssize_t idx;
 #undef RS
 #undef KERNEL_ARGS
 
-/* The kernels of one real type for one instruction set: VW lanes per native vector. */
+/* The kernels of each real type for each instruction set, VW lanes per native vector. */
 /* Baseline: 16-byte vectors (SSE2 on x86-64, NEON on aarch64, whatever the compiler makes of
  * them elsewhere). */
 #define REAL float
@@ -86,9 +67,8 @@ typedef Py_ssize_t idx;
 #undef VW
 #undef SFX
 
-#if defined(__x86_64__) || defined(__i386__)
-#define HAVE_X86_VARIANTS 1
-TARGET_BEGIN("avx2,fma")
+#ifdef HAVE_X86_VARIANTS
+TARGET_BEGIN(TARGET_AVX2)
 #define REAL float
 #define RS f32
 #define VW 8
@@ -108,7 +88,7 @@ TARGET_BEGIN("avx2,fma")
 #undef VW
 #undef SFX
 TARGET_END
-TARGET_BEGIN("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
+TARGET_BEGIN(TARGET_AVX512)
 #define REAL float
 #define RS f32
 #define VW 16
@@ -289,8 +269,8 @@ typedef float f32_t;
 typedef double f64_t;
 
 #ifdef HAVE_X86_VARIANTS
-#define ATTR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
-#define ATTR_AVX2 __attribute__((target("avx2,fma")))
+#define ATTR_AVX512 __attribute__((target(TARGET_AVX512)))
+#define ATTR_AVX2 __attribute__((target(TARGET_AVX2)))
 DEFINE_WORKERS(f32, avx512, ATTR_AVX512)
 DEFINE_WORKERS(f64, avx512, ATTR_AVX512)
 DEFINE_WORKERS(f32, avx2, ATTR_AVX2)
@@ -302,7 +282,6 @@ DEFINE_WORKERS(f64, base, )
 typedef void (*run_fn)(job_t *, int);
 
 enum { K_LRU_FWD, K_LRU_BWD, K_SCAN_FWD, K_SCAN_BWD, K_COUNT };
-enum { ISA_BASE, ISA_AVX2, ISA_AVX512, ISA_COUNT };
 /* The baseline is SSE2 on x86-64 and NEON (Advanced SIMD, part of every aarch64 CPU) on aarch64. */
 #if defined(__aarch64__)
 static const char *isa_names[ISA_COUNT] = {"neon", "avx2", "avx512"};

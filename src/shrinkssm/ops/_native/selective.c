@@ -30,17 +30,12 @@
 #include <omp.h>
 #endif
 
-typedef Py_ssize_t idx;
-#define ALWAYS_INLINE __attribute__((always_inline))
+#include "common.h"
 
-/* ---- float ---- */
+/* Argument structs, one per real type and state kind, shared by every instruction set. */
+#define SEL_ARGS
 #define REAL float
-#define ITYPE int32_t
 #define W 16
-#define RS f32
-#define SEL_MATH
-#include "selective_kernels.h"
-#undef SEL_MATH
 #define CPLX 0
 #define SFX f32r
 #include "selective_kernels.h"
@@ -52,18 +47,9 @@ typedef Py_ssize_t idx;
 #undef CPLX
 #undef SFX
 #undef REAL
-#undef ITYPE
 #undef W
-#undef RS
-
-/* ---- double ---- */
 #define REAL double
-#define ITYPE int64_t
 #define W 8
-#define RS f64
-#define SEL_MATH
-#include "selective_kernels.h"
-#undef SEL_MATH
 #define CPLX 0
 #define SFX f64r
 #include "selective_kernels.h"
@@ -75,9 +61,37 @@ typedef Py_ssize_t idx;
 #undef CPLX
 #undef SFX
 #undef REAL
-#undef ITYPE
 #undef W
-#undef RS
+#undef SEL_ARGS
+
+/* The kernels, once per instruction set, each with vectors one register wide. */
+#define ISA base
+#define VWF 4
+#define VWD 2
+#include "selective_isa.h"
+#undef ISA
+#undef VWF
+#undef VWD
+#ifdef HAVE_X86_VARIANTS
+TARGET_BEGIN(TARGET_AVX2)
+#define ISA avx2
+#define VWF 8
+#define VWD 4
+#include "selective_isa.h"
+#undef ISA
+#undef VWF
+#undef VWD
+TARGET_END
+TARGET_BEGIN(TARGET_AVX512)
+#define ISA avx512
+#define VWF 16
+#define VWD 8
+#include "selective_isa.h"
+#undef ISA
+#undef VWF
+#undef VWD
+TARGET_END
+#endif
 
 /* ------------------------------------------------------------------------------------------ */
 /* Per-ISA workers                                                                            */
@@ -88,11 +102,11 @@ typedef void (*sel_row_fn)(const void *args, idx b, void *ws);
 #define SEL_WORKERS(SFXv, TY, ISA, ATTR)                                                        \
     ATTR static void sel_fwd_##SFXv##_##ISA(const void *a, idx b, void *ws)                     \
     {                                                                                           \
-        sel_fwd_row_##SFXv((const sel_args_##SFXv *)a, b, (TY *)ws);                            \
+        sel_fwd_row_##SFXv##_##ISA((const sel_args_##SFXv *)a, b, (TY *)ws);                    \
     }                                                                                           \
     ATTR static void sel_bwd_##SFXv##_##ISA(const void *a, idx b, void *ws)                     \
     {                                                                                           \
-        sel_bwd_row_##SFXv((const sel_args_##SFXv *)a, b, (TY *)ws);                            \
+        sel_bwd_row_##SFXv##_##ISA((const sel_args_##SFXv *)a, b, (TY *)ws);                    \
     }
 
 #define SEL_ALL_WORKERS(ISA, ATTR)                                                              \
@@ -101,22 +115,21 @@ typedef void (*sel_row_fn)(const void *args, idx b, void *ws);
     SEL_WORKERS(f64r, double, ISA, ATTR)                                                        \
     SEL_WORKERS(f64c, double, ISA, ATTR)
 
-#if defined(__x86_64__) || defined(__i386__)
-SEL_ALL_WORKERS(avx512, __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"))))
-SEL_ALL_WORKERS(avx2, __attribute__((target("avx2,fma"))))
-#define SEL_HAVE_X86 1
+#ifdef HAVE_X86_VARIANTS
+SEL_ALL_WORKERS(avx512, __attribute__((target(TARGET_AVX512))))
+SEL_ALL_WORKERS(avx2, __attribute__((target(TARGET_AVX2))))
 #endif
 SEL_ALL_WORKERS(base, )
 
 enum { SEL_F32R, SEL_F32C, SEL_F64R, SEL_F64C, SEL_VARIANTS };
 
-/* sel_table[isa][variant][0 forward, 1 backward]; isa as in scan_module.c (base, avx2, avx512) */
+/* sel_table[isa][variant][0 forward, 1 backward]; isa as in common.h (base, avx2, avx512) */
 #define SEL_ROW(ISA) \
     {{sel_fwd_f32r_##ISA, sel_bwd_f32r_##ISA}, {sel_fwd_f32c_##ISA, sel_bwd_f32c_##ISA}, \
      {sel_fwd_f64r_##ISA, sel_bwd_f64r_##ISA}, {sel_fwd_f64c_##ISA, sel_bwd_f64c_##ISA}}
-static const sel_row_fn sel_table[3][SEL_VARIANTS][2] = {
+static const sel_row_fn sel_table[ISA_COUNT][SEL_VARIANTS][2] = {
     SEL_ROW(base),
-#ifdef SEL_HAVE_X86
+#ifdef HAVE_X86_VARIANTS
     SEL_ROW(avx2),
     SEL_ROW(avx512),
 #else
@@ -124,8 +137,6 @@ static const sel_row_fn sel_table[3][SEL_VARIANTS][2] = {
     SEL_ROW(base),
 #endif
 };
-
-int shrinkssm_native_isa_index(void); /* scan_module.c: the instruction set in use */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Threads                                                                                    */

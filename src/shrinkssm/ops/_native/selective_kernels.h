@@ -1,13 +1,18 @@
 /* Kernel bodies of the selective scan, instantiated by selective.c.
  *
- * Two parts, chosen by macros defined before each inclusion:
+ * Three parts, chosen by macros defined before each inclusion:
  *
- *   SEL_MATH defined:  vector types and vector math (exp, sin/cos) for one real type.
- *                      Needs REAL (float or double), ITYPE (int32_t or int64_t), W (lanes per
- *                      64-byte vector: 16 or 8) and RS (suffix f32 or f64).
- *   SEL_MATH undefined: the forward and backward of one batch row for one real type and one
- *                      state kind. Needs REAL, W, RS as above, CPLX (0: real states, 1: complex
- *                      states) and SFX (suffix f32r, f32c, f64r or f64c).
+ *   SEL_ARGS defined:  the argument struct and workspace size of one real type and state kind.
+ *                      Needs REAL, W (lanes of a bucket: 16 floats or 8 doubles, 64 bytes),
+ *                      CPLX (0: real states, 1: complex states) and SFX (f32r, f32c, f64r, f64c).
+ *   SEL_MATH defined:  vector types and vector math (exp, sin/cos) of one real type for one
+ *                      instruction set. Needs REAL, ITYPE (int32_t or int64_t), SEL_FLT (1 for
+ *                      float), VW (lanes of one native register: 16/8/4 floats on AVX-512/AVX2/
+ *                      SSE2 and NEON, half as many doubles) and RS (suffix, e.g. f32_avx2).
+ *   neither:           the forward and backward of one batch row for one real type, state kind
+ *                      and instruction set. Needs all of the above and KSFX (e.g. f32r_avx2).
+ * Each inclusion but SEL_ARGS must be compiled for its target (selective.c wraps it in
+ * `#pragma GCC target`), so that vectors one register wide stay in registers.
  *
  * The recurrence (see shrinkssm.ops.selective_scan for the maths and the layout):
  *
@@ -15,28 +20,65 @@
  *   y[t, c] = sum over the states i of channel c of Re(C[t, i] * h[t, i])
  *
  * States are stored in the *bucket layout*: channels are grouped in buckets of W lanes (one
- * vector), and bucket g holds S_g slots of W states, slot s of lane l being a state of channel
- * bchan[g, l] (-1 marks an empty lane). Every state of a bucket's slot therefore sits in one
- * vector, and the inner loops run over whole vectors without gathers. B and C are either *shared*
+ * 64-byte block), and bucket g holds S_g slots of W states, slot s of lane l being a state of
+ * channel bchan[g, l] (-1 marks an empty lane). Every state of a bucket's slot therefore sits in
+ * one 64-byte block (W / VW native vectors), and the inner loops run over whole vectors without
+ * gathers. The layout does not depend on the instruction set. B and C are either *shared*
  * (slot s of every bucket reads the scalar column kidx[g, s] of a (K,) row, as in Mamba, where all
  * channels share B(x) and C(x)) or *per state* (a (R,) row in the bucket layout, after a
  * per-channel transform).
  *
  * Everything is `static inline` and always inlined into per-ISA worker functions (selective.c),
- * so the same source is compiled for AVX-512, AVX2+FMA and the baseline instruction set.
+ * so the same source is compiled for AVX-512, AVX2+FMA and the baseline instruction set (SSE2 on
+ * x86-64, NEON on aarch64).
  */
 
 #define SEL_CAT_(a, b) a##_##b
 #define SEL_CAT(a, b) SEL_CAT_(a, b)
 
-#ifdef SEL_MATH
+#ifdef SEL_ARGS
+/* ============================================================================================ */
+/* Part 0: arguments of one real type and state kind, shared by every instruction set           */
+/* ============================================================================================ */
+#define AN(x) SEL_CAT(x, SFX)
+/* Arguments shared by the forward and the backward (one struct per real type and state kind). */
+typedef struct {
+    idx nb, L, E, K, G, R, T, n_chunks;
+    int shared;                /* 1: B, C are (nb, L, K) shared columns; 0: (nb, L, R) per state */
+    const int64_t *bchan;      /* (G, W) channel of each lane, -1 for an empty lane */
+    const int64_t *boff;       /* (G + 1,) first state of each bucket (multiples of W), boff[G] = R */
+    const int64_t *kidx;       /* (R / W,) shared column read by each slot (shared mode) */
+    const REAL *u, *dl;        /* (nb, L, E) input and step size */
+    const REAL *alr, *ali;     /* (R,) alpha (ali: complex states only) */
+    const REAL *Br, *Bi;       /* shared: (nb, L, K); per state: (nb, L, R). Bi, Ci: complex only */
+    const REAL *Cr, *Ci;
+    REAL *y;                   /* (nb, L, E) */
+    REAL *ck;                  /* (nb, n_chunks, (1 + CPLX) R) state entering each chunk, or NULL */
+    REAL *dsum;                /* (nb, (1 + CPLX) R) sum over time of exp(delta alpha), or NULL */
+    /* backward */
+    const REAL *gy;            /* (nb, L, E) */
+    REAL *gu, *gdl;            /* (nb, L, E) */
+    REAL *gBr, *gBi, *gCr, *gCi; /* like B and C */
+    REAL *gal;                 /* (nb, (1 + CPLX) R) per-row gradient of alpha (re | im) */
+} AN(sel_args);
+
+/* Reals of workspace one thread needs. */
+static inline idx AN(sel_ws)(idx R, idx T, idx K)
+{
+    const idx S = (1 + CPLX) * R;
+    return 3 * S + 2 * T * S + 2 * K * W + 8 * W;
+}
+
+#undef AN
+
+#elif defined(SEL_MATH)
 /* ============================================================================================ */
 /* Part 1: vector math for one real type                                                        */
 /* ============================================================================================ */
 #define RN(x) SEL_CAT(x, RS)
 
-typedef REAL RN(vec) __attribute__((vector_size(64)));
-typedef ITYPE RN(ivec) __attribute__((vector_size(64)));
+typedef REAL RN(vec) __attribute__((vector_size(VW * sizeof(REAL))));
+typedef ITYPE RN(ivec) __attribute__((vector_size(VW * sizeof(REAL))));
 
 static inline ALWAYS_INLINE RN(vec) RN(ld)(const REAL *p)
 {
@@ -61,14 +103,14 @@ static inline ALWAYS_INLINE RN(vec) RN(sel)(RN(ivec) m, RN(vec) a, RN(vec) b)
 
 static inline ALWAYS_INLINE REAL RN(hsum)(RN(vec) v)
 {
-    REAL buf[W];
+    REAL buf[VW];
     memcpy(buf, &v, sizeof buf);
-    for (int w = W / 2; w >= 1; w /= 2)
+    for (int w = VW / 2; w >= 1; w /= 2)
         for (int i = 0; i < w; i++) buf[i] += buf[i + w];
     return buf[0];
 }
 
-#if W == 16 /* float */
+#if SEL_FLT /* float */
 #define SEL_EXP_LO (-87.0f)     /* below: 0 (exp(-87) = 1.6e-38, the smallest normal is 1.2e-38) */
 #define SEL_EXP_HI (88.0f)      /* above: clamped (2^127 is the largest power of 2) */
 #define SEL_SHIFT (12582912.0f) /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
@@ -95,7 +137,7 @@ static inline ALWAYS_INLINE RN(vec) RN(vexp)(RN(vec) x)
     const RN(vec) kf = (x * (REAL)1.44269504088896340736 + SEL_SHIFT) - SEL_SHIFT;
     RN(vec) r = x - kf * (REAL)6.93145751953125e-1;  /* ln2 high part (exact product) */
     r = r - kf * (REAL)1.42860682030941723212e-6;    /* ln2 low part */
-#if W == 16
+#if SEL_FLT
     RN(vec) p = RN(splat)((REAL)(1.0 / 5040));
     p = p * r + (REAL)(1.0 / 720);
     p = p * r + (REAL)(1.0 / 120);
@@ -131,7 +173,7 @@ static inline ALWAYS_INLINE RN(vec) RN(vexp)(RN(vec) x)
 static inline ALWAYS_INLINE void RN(vsincos)(RN(vec) x, RN(vec) *s_out, RN(vec) *c_out)
 {
     const RN(vec) q = (x * (REAL)0.636619772367581343076 + SEL_SHIFT) - SEL_SHIFT;
-#if W == 16
+#if SEL_FLT
     RN(vec) r = x - q * 1.5703125f;
     r = r - q * 4.837512969970703125e-4f;
     r = r - q * 7.54978995489188216e-8f;
@@ -193,43 +235,17 @@ static inline ALWAYS_INLINE void RN(vsincos)(RN(vec) x, RN(vec) *s_out, RN(vec) 
 /* Part 2: forward and backward of one batch row                                                */
 /* ============================================================================================ */
 #define RN(x) SEL_CAT(x, RS)
-#define KN(x) SEL_CAT(x, SFX)
+#define KN(x) SEL_CAT(x, KSFX)
+#define AN(x) SEL_CAT(x, SFX)
 #define VEC RN(vec)
+#define NSUB (W / VW) /* native vectors per bucket */
 #define LD RN(ld)
 #define ST RN(st)
 #define SPLAT RN(splat)
 
-/* Arguments shared by the forward and the backward (one struct per real type and state kind). */
-typedef struct {
-    idx nb, L, E, K, G, R, T, n_chunks;
-    int shared;                /* 1: B, C are (nb, L, K) shared columns; 0: (nb, L, R) per state */
-    const int64_t *bchan;      /* (G, W) channel of each lane, -1 for an empty lane */
-    const int64_t *boff;       /* (G + 1,) first state of each bucket (multiples of W), boff[G] = R */
-    const int64_t *kidx;       /* (R / W,) shared column read by each slot (shared mode) */
-    const REAL *u, *dl;        /* (nb, L, E) input and step size */
-    const REAL *alr, *ali;     /* (R,) alpha (ali: complex states only) */
-    const REAL *Br, *Bi;       /* shared: (nb, L, K); per state: (nb, L, R). Bi, Ci: complex only */
-    const REAL *Cr, *Ci;
-    REAL *y;                   /* (nb, L, E) */
-    REAL *ck;                  /* (nb, n_chunks, (1 + CPLX) R) state entering each chunk, or NULL */
-    REAL *dsum;                /* (nb, (1 + CPLX) R) sum over time of exp(delta alpha), or NULL */
-    /* backward */
-    const REAL *gy;            /* (nb, L, E) */
-    REAL *gu, *gdl;            /* (nb, L, E) */
-    REAL *gBr, *gBi, *gCr, *gCi; /* like B and C */
-    REAL *gal;                 /* (nb, (1 + CPLX) R) per-row gradient of alpha (re | im) */
-} KN(sel_args);
-
-/* Reals of workspace one thread needs. */
-static inline idx KN(sel_ws)(idx R, idx T, idx K)
-{
-    const idx S = (1 + CPLX) * R;
-    return 3 * S + 2 * T * S + 2 * K * W + 8 * W;
-}
-
 /* The lanes of bucket g at one time step: e = delta, w = delta * u (0 on empty lanes). */
-static inline ALWAYS_INLINE void KN(lanes)(const KN(sel_args) *a, idx g, const REAL *dt, const REAL *ut,
-                                           VEC *e, VEC *w, VEC *uu)
+static inline ALWAYS_INLINE void KN(lanes)(const AN(sel_args) *a, idx g, const REAL *dt, const REAL *ut,
+                                           VEC e[NSUB], VEC w[NSUB], VEC uu[NSUB])
 {
     REAL eb[W], wb[W], ub[W];
     const int64_t *ch = a->bchan + g * W;
@@ -240,22 +256,24 @@ static inline ALWAYS_INLINE void KN(lanes)(const KN(sel_args) *a, idx g, const R
         ub[l] = uv;
         wb[l] = ev * uv;
     }
-    *e = LD(eb);
-    *w = LD(wb);
-    *uu = LD(ub);
+    for (int q = 0; q < NSUB; q++) {
+        e[q] = LD(eb + q * VW);
+        w[q] = LD(wb + q * VW);
+        uu[q] = LD(ub + q * VW);
+    }
 }
 
-static inline ALWAYS_INLINE void KN(scatter_add)(const KN(sel_args) *a, idx g, REAL *row, VEC v)
+static inline ALWAYS_INLINE void KN(scatter_add)(const AN(sel_args) *a, idx g, REAL *row, const VEC v[NSUB])
 {
     REAL vb[W];
-    ST(vb, v);
+    for (int q = 0; q < NSUB; q++) ST(vb + q * VW, v[q]);
     const int64_t *ch = a->bchan + g * W;
     for (int l = 0; l < W; l++)
         if (ch[l] >= 0) row[ch[l]] += vb[l];
 }
 
 /* Transition factor a = exp(e * alpha) of the states at i (complex: ar + i ai). */
-static inline ALWAYS_INLINE void KN(decay)(const KN(sel_args) *a, idx i, VEC e, VEC *ar, VEC *ai)
+static inline ALWAYS_INLINE void KN(decay)(const AN(sel_args) *a, idx i, VEC e, VEC *ar, VEC *ai)
 {
 #if CPLX
     VEC s, c;
@@ -270,7 +288,7 @@ static inline ALWAYS_INLINE void KN(decay)(const KN(sel_args) *a, idx i, VEC e, 
 }
 
 /* B or C of slot (bucket row base i) at time row t: a splat of the shared column, or a vector. */
-static inline ALWAYS_INLINE VEC KN(coef)(const KN(sel_args) *a, const REAL *row, idx i)
+static inline ALWAYS_INLINE VEC KN(coef)(const AN(sel_args) *a, const REAL *row, idx i)
 {
     return a->shared ? SPLAT(row[a->kidx[i / W]]) : LD(row + i);
 }
@@ -278,7 +296,7 @@ static inline ALWAYS_INLINE VEC KN(coef)(const KN(sel_args) *a, const REAL *row,
 /* ------------------------------------------------------------------------------------------ */
 /* Forward of batch row b                                                                      */
 /* ------------------------------------------------------------------------------------------ */
-static inline ALWAYS_INLINE void KN(sel_fwd_row)(const KN(sel_args) *a, idx b, REAL *ws)
+static inline ALWAYS_INLINE void KN(sel_fwd_row)(const AN(sel_args) *a, idx b, REAL *ws)
 {
     const idx L = a->L, E = a->E, R = a->R, T = a->T;
     const idx KB = a->shared ? a->K : R; /* width of a B / C row */
@@ -299,27 +317,29 @@ static inline ALWAYS_INLINE void KN(sel_fwd_row)(const KN(sel_args) *a, idx b, R
         REAL *yt = a->y + row * E;
         memset(yt, 0, (size_t)E * sizeof(REAL));
         for (idx g = 0; g < a->G; g++) {
-            VEC e, w, uu;
-            KN(lanes)(a, g, dt, ut, &e, &w, &uu);
-            VEC acc = SPLAT(0);
-            for (idx i = a->boff[g]; i < a->boff[g + 1]; i += W) {
+            VEC e[NSUB], w[NSUB], uu[NSUB], acc[NSUB];
+            KN(lanes)(a, g, dt, ut, e, w, uu);
+            for (int q = 0; q < NSUB; q++) acc[q] = SPLAT(0);
+            for (idx i0 = a->boff[g]; i0 < a->boff[g + 1]; i0 += W)
+            for (int q = 0; q < NSUB; q++) {
+                const idx i = i0 + q * VW;
                 VEC ar, ai = SPLAT(0);
-                KN(decay)(a, i, e, &ar, &ai);
+                KN(decay)(a, i, e[q], &ar, &ai);
                 const VEC br = KN(coef)(a, Brow, i), cr = KN(coef)(a, Crow, i);
 #if CPLX
                 const VEC bi = KN(coef)(a, Birow, i), ci = KN(coef)(a, Cirow, i);
                 const VEC pr = LD(hr + i), pi = LD(hi + i);
-                const VEC nr = ar * pr - ai * pi + w * br;
-                const VEC ni = ar * pi + ai * pr + w * bi;
+                const VEC nr = ar * pr - ai * pi + w[q] * br;
+                const VEC ni = ar * pi + ai * pr + w[q] * bi;
                 ST(hr + i, nr);
                 ST(hi + i, ni);
-                acc += cr * nr - ci * ni;
+                acc[q] += cr * nr - ci * ni;
                 ST(dsr + i, LD(dsr + i) + ar);
                 ST(dsi + i, LD(dsi + i) + ai);
 #else
-                const VEC n = ar * LD(hr + i) + w * br;
+                const VEC n = ar * LD(hr + i) + w[q] * br;
                 ST(hr + i, n);
-                acc += cr * n;
+                acc[q] += cr * n;
                 ST(dsr + i, LD(dsr + i) + ar);
 #endif
             }
@@ -337,7 +357,7 @@ static inline ALWAYS_INLINE void KN(sel_fwd_row)(const KN(sel_args) *a, idx b, R
 /*   da[t]  = g[t] conj(h[t-1]),     dalpha += e conj(a) da,   de += Re(da conj(alpha a))      */
 /*   w = e u:  du += dw e,  de += dw u                                                         */
 /* ------------------------------------------------------------------------------------------ */
-static inline ALWAYS_INLINE void KN(sel_bwd_row)(const KN(sel_args) *a, idx b, REAL *ws)
+static inline ALWAYS_INLINE void KN(sel_bwd_row)(const AN(sel_args) *a, idx b, REAL *ws)
 {
     const idx L = a->L, E = a->E, R = a->R, T = a->T, K = a->K;
     const idx KB = a->shared ? K : R;
@@ -373,21 +393,23 @@ static inline ALWAYS_INLINE void KN(sel_bwd_row)(const KN(sel_args) *a, idx b, R
             REAL *Ar = As + s * S, *Hr = Hs + s * S;
             memcpy(Hr, hcur, (size_t)S * sizeof(REAL));
             for (idx g = 0; g < a->G; g++) {
-                VEC e, w, uu;
-                KN(lanes)(a, g, dt, ut, &e, &w, &uu);
-                for (idx i = a->boff[g]; i < a->boff[g + 1]; i += W) {
+                VEC e[NSUB], w[NSUB], uu[NSUB];
+                KN(lanes)(a, g, dt, ut, e, w, uu);
+                for (idx i0 = a->boff[g]; i0 < a->boff[g + 1]; i0 += W)
+                for (int q = 0; q < NSUB; q++) {
+                    const idx i = i0 + q * VW;
                     VEC ar, ai = SPLAT(0);
-                    KN(decay)(a, i, e, &ar, &ai);
+                    KN(decay)(a, i, e[q], &ar, &ai);
                     const VEC br = KN(coef)(a, Brow, i);
                     ST(Ar + i, ar);
 #if CPLX
                     const VEC bi = KN(coef)(a, Birow, i);
                     ST(Ar + R + i, ai);
                     const VEC pr = LD(hcur + i), pi = LD(hcur + R + i);
-                    ST(hcur + i, ar * pr - ai * pi + w * br);
-                    ST(hcur + R + i, ar * pi + ai * pr + w * bi);
+                    ST(hcur + i, ar * pr - ai * pi + w[q] * br);
+                    ST(hcur + R + i, ar * pi + ai * pr + w[q] * bi);
 #else
-                    ST(hcur + i, ar * LD(hcur + i) + w * br);
+                    ST(hcur + i, ar * LD(hcur + i) + w[q] * br);
 #endif
                 }
             }
@@ -406,34 +428,38 @@ static inline ALWAYS_INLINE void KN(sel_bwd_row)(const KN(sel_args) *a, idx b, R
             const REAL *Ar = As + s * S, *Hr = Hs + s * S;
             if (a->shared) memset(kacc, 0, (size_t)(2 * K * W) * sizeof(REAL));
             for (idx g = 0; g < a->G; g++) {
-                VEC e, w, uu, gyl;
-                KN(lanes)(a, g, dt, ut, &e, &w, &uu);
+                VEC e[NSUB], w[NSUB], uu[NSUB], gyl[NSUB], ge[NSUB], gw[NSUB];
+                KN(lanes)(a, g, dt, ut, e, w, uu);
                 {
                     REAL gb_[W];
                     const int64_t *ch = a->bchan + g * W;
                     for (int l = 0; l < W; l++) gb_[l] = ch[l] >= 0 ? gyt[ch[l]] : 0;
-                    gyl = LD(gb_);
+                    for (int q = 0; q < NSUB; q++) {
+                        gyl[q] = LD(gb_ + q * VW);
+                        ge[q] = gw[q] = SPLAT(0);
+                    }
                 }
-                VEC ge = SPLAT(0), gw = SPLAT(0);
-                for (idx i = a->boff[g]; i < a->boff[g + 1]; i += W) {
+                for (idx i0 = a->boff[g]; i0 < a->boff[g + 1]; i0 += W)
+                for (int q = 0; q < NSUB; q++) {
+                    const idx i = i0 + q * VW;
                     const VEC ar = LD(Ar + i), br = KN(coef)(a, Brow, i), cr = KN(coef)(a, Crow, i);
                     const VEC alr = LD(a->alr + i);
 #if CPLX
                     const VEC ai = LD(Ar + R + i), bi = KN(coef)(a, Birow, i), ci = KN(coef)(a, Cirow, i);
                     const VEC ali = LD(a->ali + i);
                     const VEC pr = LD(Hr + i), pi = LD(Hr + R + i);
-                    const VEC htr = ar * pr - ai * pi + w * br, hti = ar * pi + ai * pr + w * bi;
-                    const VEC g_r = LD(gr + i) + gyl * cr, g_i = LD(gi + i) - gyl * ci;
-                    const VEC gcr = gyl * htr, gci = -(gyl * hti);
-                    const VEC gbr = w * g_r, gbi = w * g_i;
-                    gw += g_r * br + g_i * bi;
+                    const VEC htr = ar * pr - ai * pi + w[q] * br, hti = ar * pi + ai * pr + w[q] * bi;
+                    const VEC g_r = LD(gr + i) + gyl[q] * cr, g_i = LD(gi + i) - gyl[q] * ci;
+                    const VEC gcr = gyl[q] * htr, gci = -(gyl[q] * hti);
+                    const VEC gbr = w[q] * g_r, gbi = w[q] * g_i;
+                    gw[q] += g_r * br + g_i * bi;
                     const VEC gar = g_r * pr + g_i * pi, gai = g_i * pr - g_r * pi; /* g conj(hp) */
                     /* dalpha += e conj(a) da */
-                    ST(alr_acc + i, LD(alr_acc + i) + e * (ar * gar + ai * gai));
-                    ST(ali_acc + i, LD(ali_acc + i) + e * (ar * gai - ai * gar));
+                    ST(alr_acc + i, LD(alr_acc + i) + e[q] * (ar * gar + ai * gai));
+                    ST(ali_acc + i, LD(ali_acc + i) + e[q] * (ar * gai - ai * gar));
                     /* de += Re(da conj(alpha a)) */
                     const VEC xr = alr * ar - ali * ai, xi = alr * ai + ali * ar;
-                    ge += gar * xr + gai * xi;
+                    ge[q] += gar * xr + gai * xi;
                     /* carry conj(a) g */
                     ST(gr + i, ar * g_r + ai * g_i);
                     ST(gi + i, ar * g_i - ai * g_r);
@@ -444,17 +470,17 @@ static inline ALWAYS_INLINE void KN(sel_bwd_row)(const KN(sel_args) *a, idx b, R
                     ST(gCirow + i, gci);
 #else
                     const VEC hp = LD(Hr + i);
-                    const VEC ht = ar * hp + w * br;
-                    const VEC g_ = LD(gr + i) + gyl * cr;
-                    const VEC gc = gyl * ht, gb = w * g_;
-                    gw += g_ * br;
+                    const VEC ht = ar * hp + w[q] * br;
+                    const VEC g_ = LD(gr + i) + gyl[q] * cr;
+                    const VEC gc = gyl[q] * ht, gb = w[q] * g_;
+                    gw[q] += g_ * br;
                     const VEC ga = g_ * hp;
-                    ST(alr_acc + i, LD(alr_acc + i) + e * ar * ga);
-                    ge += ga * ar * alr;
+                    ST(alr_acc + i, LD(alr_acc + i) + e[q] * ar * ga);
+                    ge[q] += ga * ar * alr;
                     ST(gr + i, ar * g_);
                     if (a->shared) {
                         const idx k = a->kidx[i / W];
-                        REAL *kb = kacc + 2 * k * W;
+                        REAL *kb = kacc + 2 * k * W + q * VW;
                         ST(kb, LD(kb) + gb);
                         ST(kb + W, LD(kb + W) + gc);
                     } else {
@@ -463,13 +489,23 @@ static inline ALWAYS_INLINE void KN(sel_bwd_row)(const KN(sel_args) *a, idx b, R
                     }
 #endif
                 }
-                KN(scatter_add)(a, g, gdt, ge + gw * uu);
-                KN(scatter_add)(a, g, gut, gw * e);
+                VEC gde[NSUB], gdu[NSUB];
+                for (int q = 0; q < NSUB; q++) {
+                    gde[q] = ge[q] + gw[q] * uu[q];
+                    gdu[q] = gw[q] * e[q];
+                }
+                KN(scatter_add)(a, g, gdt, gde);
+                KN(scatter_add)(a, g, gut, gdu);
             }
             if (a->shared)
                 for (idx k = 0; k < K; k++) {
-                    gBrow[k] += RN(hsum)(LD(kacc + 2 * k * W));
-                    gCrow[k] += RN(hsum)(LD(kacc + 2 * k * W + W));
+                    VEC sb = LD(kacc + 2 * k * W), sc = LD(kacc + 2 * k * W + W);
+                    for (int q = 1; q < NSUB; q++) {
+                        sb += LD(kacc + 2 * k * W + q * VW);
+                        sc += LD(kacc + 2 * k * W + W + q * VW);
+                    }
+                    gBrow[k] += RN(hsum)(sb);
+                    gCrow[k] += RN(hsum)(sc);
                 }
         }
     }
@@ -478,6 +514,8 @@ static inline ALWAYS_INLINE void KN(sel_bwd_row)(const KN(sel_args) *a, idx b, R
 
 #undef RN
 #undef KN
+#undef AN
+#undef NSUB
 #undef VEC
 #undef LD
 #undef ST
