@@ -7,6 +7,7 @@
  *         16 on SSE2 and NEON (so 16 / 8 / 4 floats, 8 / 4 / 2 doubles)
  *   RS    suffix of the real type: f32 or f64
  *   SFX   name suffix of the kernels, e.g. f32_avx2
+ *   NREG  vector registers of the target (16 on SSE2 and AVX2, 32 on AVX-512 and NEON)
  * Included once per real type with KERNEL_ARGS defined, for the argument structs, then once per
  * real type and instruction set, compiled for the target (scan_module.c wraps it in `#pragma GCC target`).
  *
@@ -153,6 +154,175 @@ static inline ALWAYS_INLINE void NAME(hsum4)(VEC s0, VEC s1, VEC s2, VEC s3, REA
 #endif
 }
 
+/* Register blocking of the dot products over the states: NB outputs at a time, with separate
+ * accumulators for the real and imaginary products, so that 2 NB independent chains of fused
+ * multiply-adds keep the FMA units busy (one chain per output made each step wait on the
+ * latency of the last one). 16-register targets take 4 outputs at a time, 32-register ones 8. */
+#if NREG >= 32
+#define OB 8
+#else
+#define OB 4
+#endif
+
+/* out[q] = sum_j pr[q stride + j] vr[j] + sgn pi[q stride + j] vi[j], q = 0..NB-1, over the
+ * vectors j0 <= j < j1 (sgn = -1 gives Re(c x), +1 gives Re(conj(b) g)). */
+#define DEFINE_DOTS(NB)                                                                         \
+    static inline ALWAYS_INLINE void NAME(dots##NB)(const REAL *pr, const REAL *pi, idx stride, \
+                                                    const REAL *vr_, const REAL *vi_, idx j0,   \
+                                                    idx j1, REAL sgn, REAL *out)                \
+    {                                                                                           \
+        VEC sr[NB], si[NB];                                                                     \
+        for (int q = 0; q < NB; q++) sr[q] = si[q] = NAME(splat)(0);                            \
+        for (idx j = j0; j < j1; j++) {                                                         \
+            const VEC vr = NAME(ld)(vr_ + j * VW), vi = NAME(ld)(vi_ + j * VW);                 \
+            for (int q = 0; q < NB; q++) {                                                      \
+                sr[q] += NAME(ld)(pr + q * stride + j * VW) * vr;                               \
+                si[q] += NAME(ld)(pi + q * stride + j * VW) * vi;                               \
+            }                                                                                   \
+        }                                                                                       \
+        for (int q = 0; q < NB; q += 4)                                                         \
+            NAME(hsum4)(sr[q] + sgn * si[q], sr[q + 1] + sgn * si[q + 1],                       \
+                        sr[q + 2] + sgn * si[q + 2], sr[q + 3] + sgn * si[q + 3], out + q);     \
+    }
+DEFINE_DOTS(4)
+#if OB == 8
+DEFINE_DOTS(8)
+#endif
+#undef DEFINE_DOTS
+
+/* dots over all Hn rows of (pr, pi) (row stride Np), written to out[0..Hn) (added when acc). */
+static inline ALWAYS_INLINE void NAME(dots_all)(const REAL *pr, const REAL *pi, idx Np, idx Hn,
+                                                const REAL *vr, const REAL *vi, idx j0, idx j1,
+                                                REAL sgn, REAL *out, int acc)
+{
+    idx o = 0;
+    REAL r[8];
+#if OB == 8
+    for (; o + 8 <= Hn; o += 8) {
+        NAME(dots8)(pr + o * Np, pi + o * Np, Np, vr, vi, j0, j1, sgn, r);
+        for (int q = 0; q < 8; q++) out[o + q] = acc ? out[o + q] + r[q] : r[q];
+    }
+#endif
+    for (; o + 4 <= Hn; o += 4) {
+        NAME(dots4)(pr + o * Np, pi + o * Np, Np, vr, vi, j0, j1, sgn, r);
+        for (int q = 0; q < 4; q++) out[o + q] = acc ? out[o + q] + r[q] : r[q];
+    }
+    for (; o < Hn; o++) {
+        VEC sr = NAME(splat)(0), si = sr;
+        for (idx j = j0; j < j1; j++) {
+            sr += NAME(ld)(pr + o * Np + j * VW) * NAME(ld)(vr + j * VW);
+            si += NAME(ld)(pi + o * Np + j * VW) * NAME(ld)(vi + j * VW);
+        }
+        const REAL v = NAME(hsum)(sr + sgn * si);
+        out[o] = acc ? out[o] + v : v;
+    }
+}
+
+/* Register blocking over the states: JB vectors at a time, so that the sums over the input
+ * (or output) channels run as 2 JB independent chains and each broadcast serves JB vectors
+ * (a single vector at a time waited on the latency of one chain of Hi multiply-adds). */
+#if NREG >= 32
+#define JB 8
+#else
+#define JB 4
+#endif
+
+/* State update of vectors [j, j + NJ): n = lam * p + B u (n may be p). */
+#define DEFINE_UPDATE(NJ)                                                                       \
+    static inline ALWAYS_INLINE void NAME(update##NJ)(const CAT(lru_args, RS) *a, const REAL *uk, \
+                                                      const REAL *pr, const REAL *pi, REAL *nr,  \
+                                                      REAL *ni, idx j)                           \
+    {                                                                                           \
+        const idx Np = a->Np, Hi = a->Hi;                                                       \
+        VEC br[NJ], bi[NJ];                                                                     \
+        for (int q = 0; q < NJ; q++) br[q] = bi[q] = NAME(splat)(0);                            \
+        for (idx h = 0; h < Hi; h++) {                                                          \
+            const VEC uh = NAME(splat)(uk[h]);                                                  \
+            const REAL *rr = a->Br + h * Np + j * VW, *ri = a->Bi + h * Np + j * VW;            \
+            for (int q = 0; q < NJ; q++) {                                                      \
+                br[q] += NAME(ld)(rr + q * VW) * uh;                                            \
+                bi[q] += NAME(ld)(ri + q * VW) * uh;                                            \
+            }                                                                                   \
+        }                                                                                       \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            const idx o = (j + q) * VW;                                                         \
+            const VEC lr = NAME(ld)(a->lr + o), li = NAME(ld)(a->li + o);                       \
+            const VEC p_r = NAME(ld)(pr + o), p_i = NAME(ld)(pi + o);                           \
+            NAME(st)(nr + o, lr * p_r - li * p_i + br[q]);                                      \
+            NAME(st)(ni + o, lr * p_i + li * p_r + bi[q]);                                      \
+        }                                                                                       \
+    }
+
+/* Adjoint step of vectors [j, j + NJ): g = conj(lam) g (when carry) + C^H gy[k], written to
+ * (gr, gi) and to (sr, si). */
+#define DEFINE_ADJOINT(NJ)                                                                      \
+    static inline ALWAYS_INLINE void NAME(adjoint##NJ)(const CAT(lru_args, RS) *a, const REAL *gyk, \
+                                                       int carry, REAL *gr, REAL *gi, REAL *sr,  \
+                                                       REAL *si, idx j)                          \
+    {                                                                                           \
+        const idx Np = a->Np, Ho = a->Ho;                                                       \
+        VEC vr[NJ], vi[NJ];                                                                     \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            const idx o = (j + q) * VW;                                                         \
+            vr[q] = NAME(ld)(gr + o);                                                           \
+            vi[q] = NAME(ld)(gi + o);                                                           \
+            if (carry) {                                                                        \
+                const VEC lr = NAME(ld)(a->lr + o), li = NAME(ld)(a->li + o);                   \
+                const VEC tr = lr * vr[q] + li * vi[q];                                         \
+                vi[q] = lr * vi[q] - li * vr[q];                                                \
+                vr[q] = tr;                                                                     \
+            }                                                                                   \
+        }                                                                                       \
+        for (idx o = 0; o < Ho; o++) {                                                          \
+            const VEC g = NAME(splat)(gyk[o]);                                                  \
+            const REAL *cr = a->Cr + o * Np + j * VW, *ci = a->Ci + o * Np + j * VW;            \
+            for (int q = 0; q < NJ; q++) {                                                      \
+                vr[q] += NAME(ld)(cr + q * VW) * g;                                             \
+                vi[q] -= NAME(ld)(ci + q * VW) * g;                                             \
+            }                                                                                   \
+        }                                                                                       \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            const idx o = (j + q) * VW;                                                         \
+            NAME(st)(gr + o, vr[q]);                                                            \
+            NAME(st)(gi + o, vi[q]);                                                            \
+            NAME(st)(sr + o, vr[q]);                                                            \
+            NAME(st)(si + o, vi[q]);                                                            \
+        }                                                                                       \
+    }
+
+DEFINE_UPDATE(1)
+DEFINE_UPDATE(2)
+DEFINE_UPDATE(4)
+DEFINE_ADJOINT(1)
+DEFINE_ADJOINT(2)
+DEFINE_ADJOINT(4)
+#if JB == 8
+DEFINE_UPDATE(8)
+DEFINE_ADJOINT(8)
+#endif
+#undef DEFINE_UPDATE
+#undef DEFINE_ADJOINT
+
+/* The update / adjoint step over vectors [j0, j1), in blocks of JB, then 4, 2, 1. */
+#if JB == 8
+#define BLOCKED(fn, j0, j1, ...)                                                                \
+    do {                                                                                        \
+        idx j_ = (j0);                                                                          \
+        for (; j_ + 8 <= (j1); j_ += 8) NAME(fn##8)(__VA_ARGS__, j_);                           \
+        for (; j_ + 4 <= (j1); j_ += 4) NAME(fn##4)(__VA_ARGS__, j_);                           \
+        for (; j_ + 2 <= (j1); j_ += 2) NAME(fn##2)(__VA_ARGS__, j_);                           \
+        for (; j_ < (j1); j_++) NAME(fn##1)(__VA_ARGS__, j_);                                   \
+    } while (0)
+#else
+#define BLOCKED(fn, j0, j1, ...)                                                                \
+    do {                                                                                        \
+        idx j_ = (j0);                                                                          \
+        for (; j_ + 4 <= (j1); j_ += 4) NAME(fn##4)(__VA_ARGS__, j_);                           \
+        for (; j_ + 2 <= (j1); j_ += 2) NAME(fn##2)(__VA_ARGS__, j_);                           \
+        for (; j_ < (j1); j_++) NAME(fn##1)(__VA_ARGS__, j_);                                   \
+    } while (0)
+#endif
+
 /* ------------------------------------------------------------------------------------------ */
 /* Fused LRU recurrence                                                                       */
 /* ------------------------------------------------------------------------------------------ */
@@ -187,42 +357,9 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
         }
         const REAL *uk = u + k * Hi;
         /* 1. state update: x = lam * x + B u[k] */
-        for (idx j = j0; j < j1; j++) {
-            VEC br = NAME(splat)(0), bi = br;
-            for (idx h = 0; h < Hi; h++) {
-                const REAL uh = uk[h];
-                br += NAME(ld)(a->Br + h * Np + j * VW) * uh;
-                bi += NAME(ld)(a->Bi + h * Np + j * VW) * uh;
-            }
-            const VEC lr = NAME(ld)(a->lr + j * VW), li = NAME(ld)(a->li + j * VW);
-            const VEC pr = NAME(ld)(xr + j * VW), pi = NAME(ld)(xi + j * VW);
-            NAME(st)(xr + j * VW, lr * pr - li * pi + br);
-            NAME(st)(xi + j * VW, lr * pi + li * pr + bi);
-        }
+        BLOCKED(update, j0, j1, a, uk, xr, xi, xr, xi);
         /* 2. output: y[k, o] = sum_n Cr[o, n] xr[n] - Ci[o, n] xi[n] */
-        REAL *yk = y + k * Ho;
-        idx o = 0;
-        for (; o + 4 <= Ho; o += 4) {
-            VEC s0 = NAME(splat)(0), s1 = s0, s2 = s0, s3 = s0;
-            const REAL *cr = a->Cr + o * Np, *ci = a->Ci + o * Np;
-            for (idx j = j0; j < j1; j++) {
-                const VEC vr = NAME(ld)(xr + j * VW), vi = NAME(ld)(xi + j * VW);
-                s0 += NAME(ld)(cr + j * VW) * vr - NAME(ld)(ci + j * VW) * vi;
-                s1 += NAME(ld)(cr + Np + j * VW) * vr - NAME(ld)(ci + Np + j * VW) * vi;
-                s2 += NAME(ld)(cr + 2 * Np + j * VW) * vr - NAME(ld)(ci + 2 * Np + j * VW) * vi;
-                s3 += NAME(ld)(cr + 3 * Np + j * VW) * vr - NAME(ld)(ci + 3 * Np + j * VW) * vi;
-            }
-            REAL r[4];
-            NAME(hsum4)(s0, s1, s2, s3, r);
-            for (int q = 0; q < 4; q++) yk[o + q] = acc ? yk[o + q] + r[q] : r[q];
-        }
-        for (; o < Ho; o++) {
-            VEC s0 = NAME(splat)(0);
-            const REAL *cr = a->Cr + o * Np, *ci = a->Ci + o * Np;
-            for (idx j = j0; j < j1; j++)
-                s0 += NAME(ld)(cr + j * VW) * NAME(ld)(xr + j * VW) - NAME(ld)(ci + j * VW) * NAME(ld)(xi + j * VW);
-            if (acc) yk[o] += NAME(hsum)(s0); else yk[o] = NAME(hsum)(s0);
-        }
+        NAME(dots_all)(a->Cr, a->Ci, Np, Ho, xr, xi, j0, j1, (REAL)-1, y + k * Ho, acc);
     }
     for (idx j = j0; j < j1; j++) {
         NAME(st)(a->hlr + b * Np + j * VW, NAME(ld)(xr + j * VW));
@@ -269,66 +406,16 @@ static inline ALWAYS_INLINE void NAME(lru_bwd_item)(const CAT(lru_args, RS) *a, 
             const REAL *uk = u + (k0 + t) * Hi;
             const REAL *pr_ = xb + 2 * t * Np, *pi_ = pr_ + Np;
             REAL *nr_ = xb + 2 * (t + 1) * Np, *ni_ = nr_ + Np;
-            for (idx j = j0; j < j1; j++) {
-                VEC br = NAME(splat)(0), bi = br;
-                for (idx h = 0; h < Hi; h++) {
-                    const REAL uh = uk[h];
-                    br += NAME(ld)(a->Br + h * Np + j * VW) * uh;
-                    bi += NAME(ld)(a->Bi + h * Np + j * VW) * uh;
-                }
-                const VEC lr = NAME(ld)(a->lr + j * VW), li = NAME(ld)(a->li + j * VW);
-                const VEC pr = NAME(ld)(pr_ + j * VW), pi = NAME(ld)(pi_ + j * VW);
-                NAME(st)(nr_ + j * VW, lr * pr - li * pi + br);
-                NAME(st)(ni_ + j * VW, lr * pi + li * pr + bi);
-            }
+            BLOCKED(update, j0, j1, a, uk, pr_, pi_, nr_, ni_);
         }
         /* 2. adjoint recurrence, backwards: g[k] = conj(lam) g[k+1] + C^H gy[k] */
         for (idx t = n - 1; t >= 0; t--) {
             const idx k = k0 + t;
             const REAL *gyk = gy + k * Ho;
             REAL *sr = gb + 2 * t * Np, *si = sr + Np;
-            for (idx j = j0; j < j1; j++) {
-                VEC vr = NAME(ld)(gr + j * VW), vi = NAME(ld)(gi + j * VW);
-                if (k < L - 1) {
-                    const VEC lr = NAME(ld)(a->lr + j * VW), li = NAME(ld)(a->li + j * VW);
-                    const VEC tr = lr * vr + li * vi;
-                    vi = lr * vi - li * vr;
-                    vr = tr;
-                }
-                for (idx o = 0; o < Ho; o++) {
-                    const REAL g = gyk[o];
-                    vr += NAME(ld)(a->Cr + o * Np + j * VW) * g;
-                    vi -= NAME(ld)(a->Ci + o * Np + j * VW) * g;
-                }
-                NAME(st)(gr + j * VW, vr);
-                NAME(st)(gi + j * VW, vi);
-                NAME(st)(sr + j * VW, vr);
-                NAME(st)(si + j * VW, vi);
-            }
+            BLOCKED(adjoint, j0, j1, a, gyk, k < L - 1, gr, gi, sr, si);
             /* du[k, h] = sum_n Br[h, n] gr[n] + Bi[h, n] gi[n] */
-            REAL *guk = gu + k * Hi;
-            idx h = 0;
-            for (; h + 4 <= Hi; h += 4) {
-                VEC s0 = NAME(splat)(0), s1 = s0, s2 = s0, s3 = s0;
-                const REAL *br = a->Br + h * Np, *bi = a->Bi + h * Np;
-                for (idx j = j0; j < j1; j++) {
-                    const VEC vr = NAME(ld)(gr + j * VW), vi = NAME(ld)(gi + j * VW);
-                    s0 += NAME(ld)(br + j * VW) * vr + NAME(ld)(bi + j * VW) * vi;
-                    s1 += NAME(ld)(br + Np + j * VW) * vr + NAME(ld)(bi + Np + j * VW) * vi;
-                    s2 += NAME(ld)(br + 2 * Np + j * VW) * vr + NAME(ld)(bi + 2 * Np + j * VW) * vi;
-                    s3 += NAME(ld)(br + 3 * Np + j * VW) * vr + NAME(ld)(bi + 3 * Np + j * VW) * vi;
-                }
-                REAL r[4];
-                NAME(hsum4)(s0, s1, s2, s3, r);
-                for (int q = 0; q < 4; q++) guk[h + q] = acc ? guk[h + q] + r[q] : r[q];
-            }
-            for (; h < Hi; h++) {
-                VEC s0 = NAME(splat)(0);
-                const REAL *br = a->Br + h * Np, *bi = a->Bi + h * Np;
-                for (idx j = j0; j < j1; j++)
-                    s0 += NAME(ld)(br + j * VW) * NAME(ld)(gr + j * VW) + NAME(ld)(bi + j * VW) * NAME(ld)(gi + j * VW);
-                if (acc) guk[h] += NAME(hsum)(s0); else guk[h] = NAME(hsum)(s0);
-            }
+            NAME(dots_all)(a->Br, a->Bi, Np, Hi, gr, gi, j0, j1, (REAL)1, gu + k * Hi, acc);
         }
         /* 3. parameter gradients of the chunk, as small register-blocked products over t */
         const REAL *uc = u + k0 * Hi, *gyc = gy + k0 * Ho;
@@ -538,6 +625,9 @@ static inline ALWAYS_INLINE void NAME(scan_bwd_item)(const CAT(scan_args, RS) *a
 #undef VEC
 #undef HW
 #undef VPU
+#undef OB
+#undef JB
+#undef BLOCKED
 #undef NAME
 #endif /* KERNEL_ARGS */
 

@@ -47,24 +47,33 @@
 
 /* The kernels of each real type for each instruction set, VW lanes per native vector. */
 /* Baseline: 16-byte vectors (SSE2 on x86-64, NEON on aarch64, whatever the compiler makes of
- * them elsewhere). */
+ * them elsewhere). NEON has 32 vector registers, SSE2 16. */
+#if defined(__aarch64__)
+#define BASE_NREG 32
+#else
+#define BASE_NREG 16
+#endif
 #define REAL float
 #define RS f32
 #define VW 4
+#define NREG BASE_NREG
 #define SFX f32_base
 #include "kernels.h"
 #undef REAL
 #undef RS
 #undef VW
+#undef NREG
 #undef SFX
 #define REAL double
 #define RS f64
 #define VW 2
+#define NREG BASE_NREG
 #define SFX f64_base
 #include "kernels.h"
 #undef REAL
 #undef RS
 #undef VW
+#undef NREG
 #undef SFX
 
 #ifdef HAVE_X86_VARIANTS
@@ -72,40 +81,48 @@ TARGET_BEGIN(TARGET_AVX2)
 #define REAL float
 #define RS f32
 #define VW 8
+#define NREG 16
 #define SFX f32_avx2
 #include "kernels.h"
 #undef REAL
 #undef RS
 #undef VW
+#undef NREG
 #undef SFX
 #define REAL double
 #define RS f64
 #define VW 4
+#define NREG 16
 #define SFX f64_avx2
 #include "kernels.h"
 #undef REAL
 #undef RS
 #undef VW
+#undef NREG
 #undef SFX
 TARGET_END
 TARGET_BEGIN(TARGET_AVX512)
 #define REAL float
 #define RS f32
 #define VW 16
+#define NREG 32
 #define SFX f32_avx512
 #include "kernels.h"
 #undef REAL
 #undef RS
 #undef VW
+#undef NREG
 #undef SFX
 #define REAL double
 #define RS f64
 #define VW 8
+#define NREG 32
 #define SFX f64_avx512
 #include "kernels.h"
 #undef REAL
 #undef RS
 #undef VW
+#undef NREG
 #undef SFX
 TARGET_END
 #endif
