@@ -365,11 +365,17 @@ def test_native_double_backward_is_refused():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-def test_native_every_instruction_set(dtype):
+@pytest.mark.parametrize(
+    "h_in, h_out, n",
+    # widths below, at and above the register blocks (4 and 8 outputs) and their remainders;
+    # state counts that fill 1 / several vectors of every width, with and without padding
+    [(3, 2, 37), (8, 8, 16), (13, 9, 70), (4, 12, 129), (1, 17, 8)],
+)
+def test_native_every_instruction_set(dtype, h_in, h_out, n):
     ext = _native_backend._ext
     isas = ext.available_isas()
     assert isas[0] in ("base", "neon") and ext.isa() == isas[-1]  # the best one is picked on load
-    u, lam, B, C, h0 = make_lru(3, 21, 3, 2, 37, dtype=dtype)
+    u, lam, B, C, h0 = make_lru(3, 21, h_in, h_out, n, dtype=dtype)
     y_ref, _x_ref, g_ref = lru_grads("ref", u, lam, B, C, h0)
     b = u[..., :1].to(dtype) * B[:, 0]  # (B, L, N)
     h_ref = ops.scan_ref(lam, b, h0)

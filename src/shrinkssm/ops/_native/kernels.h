@@ -104,54 +104,86 @@ typedef REAL NAME(v8) __attribute__((vector_size(8 * sizeof(REAL))));
 typedef REAL NAME(v4) __attribute__((vector_size(4 * sizeof(REAL))));
 typedef REAL NAME(v2) __attribute__((vector_size(2 * sizeof(REAL))));
 
-/* The vector folded to at most 4 lanes by adding its halves (lane sums are kept). */
+/* Horizontal sums of several vectors at once, by pairwise combination: combining a and b at
+ * group width g (each of them holds outputs whose partial sums fill g consecutive lanes) adds
+ * the two halves of every group and puts a's groups before b's, so that log2(VW) levels turn VW
+ * vectors into one vector of VW sums with one two-input shuffle pair and one add per
+ * combination (reducing each vector on its own costs about twice as many instructions). */
 #if VW == 16
-#define NAME_FOLD4_T NAME(v4)
-static inline ALWAYS_INLINE NAME(v4) NAME(fold4)(VEC v)
-{
-    const NAME(v8) h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                       __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    return __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-}
+#define LO16 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define HI16 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LO8 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
+#define HI8 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
+#define LO4 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29
+#define HI4 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31
 #elif VW == 8
-static inline ALWAYS_INLINE NAME(v4) NAME(fold4)(VEC v)
-{
-    return __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
-}
+#define LO8 0, 1, 2, 3, 8, 9, 10, 11
+#define HI8 4, 5, 6, 7, 12, 13, 14, 15
+#define LO4 0, 1, 4, 5, 8, 9, 12, 13
+#define HI4 2, 3, 6, 7, 10, 11, 14, 15
+#define LO2 0, 2, 4, 6, 8, 10, 12, 14
+#define HI2 1, 3, 5, 7, 9, 11, 13, 15
 #elif VW == 4
-static inline ALWAYS_INLINE NAME(v4) NAME(fold4)(VEC v) { return v; }
-#endif
-
-/* Sum of the lanes. */
-static inline ALWAYS_INLINE REAL NAME(hsum)(VEC v)
-{
-#if VW >= 4
-    const NAME(v4) f = NAME(fold4)(v);
-    const NAME(v2) h = __builtin_shufflevector(f, f, 0, 1) + __builtin_shufflevector(f, f, 2, 3);
-    return h[0] + h[1];
+#define LO4 0, 1, 4, 5
+#define HI4 2, 3, 6, 7
+#define LO2 0, 2, 4, 6
+#define HI2 1, 3, 5, 7
 #else
-    return v[0] + v[1];
+#define LO2 0, 2
+#define HI2 1, 3
 #endif
-}
+#define COMBINE(a, b, G) (__builtin_shufflevector(a, b, LO##G) + __builtin_shufflevector(a, b, HI##G))
 
-/* out[q] = sum of the lanes of s_q, q = 0..3: one transpose-and-add tree shared by the four sums
- * (about half the instructions of four separate reductions). */
+/* out[q] = sum of the lanes of s[q], q = 0..3 */
 static inline ALWAYS_INLINE void NAME(hsum4)(VEC s0, VEC s1, VEC s2, VEC s3, REAL out[4])
 {
-#if VW >= 4
-    typedef NAME(v4) V4;
-    const V4 a0 = NAME(fold4)(s0), a1 = NAME(fold4)(s1), a2 = NAME(fold4)(s2), a3 = NAME(fold4)(s3);
-    /* [a0_0+a0_2, a1_0+a1_2, a0_1+a0_3, a1_1+a1_3] and the same for a2, a3 */
-    const V4 b01 = __builtin_shufflevector(a0, a1, 0, 4, 1, 5) + __builtin_shufflevector(a0, a1, 2, 6, 3, 7);
-    const V4 b23 = __builtin_shufflevector(a2, a3, 0, 4, 1, 5) + __builtin_shufflevector(a2, a3, 2, 6, 3, 7);
-    const V4 d = __builtin_shufflevector(b01, b23, 0, 1, 4, 5) + __builtin_shufflevector(b01, b23, 2, 3, 6, 7);
+#if VW == 16
+    const VEC w = COMBINE(COMBINE(s0, s1, 16), COMBINE(s2, s3, 16), 8); /* 4 outputs x 4 lanes */
+    const NAME(v8) x = __builtin_shufflevector(w, w, 0, 1, 4, 5, 8, 9, 12, 13) +
+                       __builtin_shufflevector(w, w, 2, 3, 6, 7, 10, 11, 14, 15);
+    const NAME(v4) d = __builtin_shufflevector(x, x, 0, 2, 4, 6) + __builtin_shufflevector(x, x, 1, 3, 5, 7);
+#elif VW == 8
+    const VEC x = COMBINE(COMBINE(s0, s1, 8), COMBINE(s2, s3, 8), 4); /* 4 outputs x 2 lanes */
+    const NAME(v4) d = __builtin_shufflevector(x, x, 0, 2, 4, 6) + __builtin_shufflevector(x, x, 1, 3, 5, 7);
+#elif VW == 4
+    const VEC d = COMBINE(COMBINE(s0, s1, 4), COMBINE(s2, s3, 4), 2);
+#else
+    const VEC d01 = COMBINE(s0, s1, 2), d23 = COMBINE(s2, s3, 2);
+    memcpy(out + 2, &d23, sizeof d23);
+    const VEC d = d01;
+#endif
+    memcpy(out, &d, sizeof d);
+}
+
+/* out[q] = sum of the lanes of s[q], q = 0..7 */
+static inline ALWAYS_INLINE void NAME(hsum8)(const VEC s[8], REAL out[8])
+{
+#if VW == 16
+    const VEC w0 = COMBINE(COMBINE(s[0], s[1], 16), COMBINE(s[2], s[3], 16), 8);
+    const VEC w1 = COMBINE(COMBINE(s[4], s[5], 16), COMBINE(s[6], s[7], 16), 8);
+    const VEC x = COMBINE(w0, w1, 4); /* 8 outputs x 2 lanes */
+    const NAME(v8) d = __builtin_shufflevector(x, x, 0, 2, 4, 6, 8, 10, 12, 14) +
+                       __builtin_shufflevector(x, x, 1, 3, 5, 7, 9, 11, 13, 15);
+    memcpy(out, &d, sizeof d);
+#elif VW == 8
+    const VEC w0 = COMBINE(COMBINE(s[0], s[1], 8), COMBINE(s[2], s[3], 8), 4);
+    const VEC w1 = COMBINE(COMBINE(s[4], s[5], 8), COMBINE(s[6], s[7], 8), 4);
+    const VEC d = COMBINE(w0, w1, 2);
     memcpy(out, &d, sizeof d);
 #else
-    const VEC d01 = __builtin_shufflevector(s0, s1, 0, 2) + __builtin_shufflevector(s0, s1, 1, 3);
-    const VEC d23 = __builtin_shufflevector(s2, s3, 0, 2) + __builtin_shufflevector(s2, s3, 1, 3);
-    memcpy(out, &d01, sizeof d01);
-    memcpy(out + 2, &d23, sizeof d23);
+    NAME(hsum4)(s[0], s[1], s[2], s[3], out);
+    NAME(hsum4)(s[4], s[5], s[6], s[7], out + 4);
 #endif
+}
+
+/* Sum of the lanes of one vector. */
+static inline ALWAYS_INLINE REAL NAME(hsum)(VEC v)
+{
+    REAL buf[VW];
+    memcpy(buf, &v, sizeof buf);
+    for (int w = VW / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) buf[i] += buf[i + w];
+    return buf[0];
 }
 
 /* Register blocking of the dot products over the states: NB outputs at a time, with separate
@@ -180,9 +212,9 @@ static inline ALWAYS_INLINE void NAME(hsum4)(VEC s0, VEC s1, VEC s2, VEC s3, REA
                 si[q] += NAME(ld)(pi + q * stride + j * VW) * vi;                               \
             }                                                                                   \
         }                                                                                       \
-        for (int q = 0; q < NB; q += 4)                                                         \
-            NAME(hsum4)(sr[q] + sgn * si[q], sr[q + 1] + sgn * si[q + 1],                       \
-                        sr[q + 2] + sgn * si[q + 2], sr[q + 3] + sgn * si[q + 3], out + q);     \
+        for (int q = 0; q < NB; q++) sr[q] += sgn * si[q];                                      \
+        if (NB == 8) NAME(hsum8)(sr, out);                                                      \
+        else NAME(hsum4)(sr[0], sr[1], sr[2], sr[3], out);                                      \
     }
 DEFINE_DOTS(4)
 #if OB == 8
@@ -625,6 +657,15 @@ static inline ALWAYS_INLINE void NAME(scan_bwd_item)(const CAT(scan_args, RS) *a
 #undef VEC
 #undef HW
 #undef VPU
+#undef COMBINE
+#undef LO16
+#undef HI16
+#undef LO8
+#undef HI8
+#undef LO4
+#undef HI4
+#undef LO2
+#undef HI2
 #undef OB
 #undef JB
 #undef BLOCKED
