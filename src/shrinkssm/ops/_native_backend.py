@@ -243,8 +243,8 @@ def _lru_backward_impl(
     parts (B, Np) or None (zero). Returns the gradients of u, lr, li, Br, Bi, Cr, Ci (their shapes)
     and of h0r, h0i: (B, Np) when ``want_h0``, else empty."""
     _require()
-    gy, u, lr, li, Br, Bi, Cr, Ci, ckr, cki = (
-        _flat(t) for t in (gy, u, lr, li, Br, Bi, Cr, Ci, ckr, cki))
+    gy = _flat(gy)
+    u, lr, li, Br, Bi, Cr, Ci, ckr, cki = (t.contiguous() for t in (u, lr, li, Br, Bi, Cr, Ci, ckr, cki))
     if ghlr is None and ghli is None:
         ghlr = ghli = None
     else:

@@ -422,8 +422,8 @@ def _sel_backward_impl(
     a fixed order.
     """
     _native_backend._require()
-    gy, u, dl, alr, Br, Cr, bchan, boff, ck = (
-        _flat(t) for t in (gy, u, dl, alr, Br, Cr, bchan, boff, ck))
+    gy = _flat(gy)
+    u, dl, alr, Br, Cr, bchan, boff, ck = (t.contiguous() for t in (u, dl, alr, Br, Cr, bchan, boff, ck))
     ali, Bi, Ci, kidx = _opt(ali), _opt(Bi), _opt(Ci), _opt(kidx)
     nb, L, E = u.shape
     S = alr.shape[0]
