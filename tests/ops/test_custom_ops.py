@@ -314,3 +314,20 @@ def test_eager_calls_bypass_the_dispatcher(monkeypatch):
     tracing = torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True)
     with pytest.raises(AssertionError, match="dispatcher"), tracing:
         layer(torch.randn(2, 5, 3))                                    # tracing: the operator is used
+
+
+def test_second_derivatives_are_refused_on_both_paths(monkeypatch):
+    from shrinkssm.ops import _op_dispatch
+
+    layer = LRU(2, 6, scan="native").double()
+    u = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    for dispatched in (False, True):
+        if dispatched:
+            monkeypatch.setattr(_op_dispatch, "direct", lambda args: False)
+        (g,) = torch.autograd.grad(layer(u).sum(), u, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiable once|no autograd formula"):
+            g.sum().backward()
+    monkeypatch.undo()   # a second derivative that does not pass through the kernels is fine:
+    (g,) = torch.autograd.grad(layer(u).sum(), u, create_graph=True)
+    (gD,) = torch.autograd.grad((g * u).sum(), layer.D, allow_unused=True)   # via the skip term only
+    torch.testing.assert_close(gD, u.sum((0, 1)))

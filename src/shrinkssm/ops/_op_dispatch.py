@@ -68,13 +68,30 @@ class _Direct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        create_graph = torch.is_grad_enabled()
         needs = ctx.needs_input_grad
         ctx.needs_input_grad = needs[:-1]
         try:
-            result = ctx.spec.backward(ctx, *grads)
+            with torch.no_grad():
+                result = ctx.spec.backward(ctx, *grads)
         finally:
             ctx.needs_input_grad = needs
+        if create_graph:  # as through the operator: the backward operators have no autograd
+            result = _refuse_second_order(result)
         return (*result, None)
+
+
+def _refuse_second_order(grads: tuple) -> tuple:
+    """``grads`` behind a node that raises if anything is ever differentiated through it."""
+    where = [i for i, g in enumerate(grads) if isinstance(g, Tensor)]
+    error = torch._C._functions.DelayedError(
+        b"the native shrinkssm kernels are differentiable once: no second derivatives", len(where))
+    wrapped = error(*(grads[i].detach().requires_grad_() for i in where))
+    wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+    out = list(grads)
+    for i, g in zip(where, wrapped):
+        out[i] = g
+    return tuple(out)
 
 
 def call(spec: OpSpec, *args):
