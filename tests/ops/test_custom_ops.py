@@ -331,3 +331,47 @@ def test_second_derivatives_are_refused_on_both_paths(monkeypatch):
     (g,) = torch.autograd.grad(layer(u).sum(), u, create_graph=True)
     (gD,) = torch.autograd.grad((g * u).sum(), layer.D, allow_unused=True)   # via the skip term only
     torch.testing.assert_close(gD, u.sum((0, 1)))
+
+
+def test_operators_refuse_inputs_the_kernels_cannot_take():
+    args = lru_inputs(torch.float32, True, grad=False)
+    bad_np = [a[..., :-1] if a is not None and a.shape[-1] == 16 else a for a in args]  # Np = 15
+    with pytest.raises(ValueError, match="lru_forward: need Np a multiple of 16"):
+        OPS.lru_forward(*bad_np, 4, True)
+    mixed = [args[0], *(a.double() for a in args[1:7]), None, None]
+    with pytest.raises(ValueError, match=r"lru_forward: lr must be a CPU torch.float32 tensor of shape \(16,\)"):
+        OPS.lru_forward(*mixed, 4, True)
+    with pytest.raises(ValueError, match="lru_forward: tensors must be float32 or float64"):
+        OPS.lru_forward(args[0].to(torch.int64), *args[1:], 4, True)
+    y, hlr, hli, ckr, cki = OPS.lru_forward(*args, 4, True)
+    with pytest.raises(ValueError, match="lru_backward: ckr must be"):
+        OPS.lru_backward(y, None, None, *args[:7], ckr[:, :-1], cki, 4, False)
+    with pytest.raises(ValueError, match=r"scan_forward: h0 must be .* shape \(2, 3, 2\)"):
+        OPS.scan_forward(torch.zeros(3, 2), torch.zeros(2, 5, 3, 2), torch.zeros(2, 4, 2))
+    sel = selective_inputs("shared", grad=False)
+    with pytest.raises(ValueError, match="selective_forward: Br must be"):
+        OPS.selective_forward(*sel[:4], sel[4][..., :-1], *sel[5:], 4, True, False)
+    with pytest.raises(ValueError, match="imaginary parts"):
+        OPS.selective_forward(sel[0], sel[1], sel[2], sel[2], *sel[4:], 4, True, False)
+
+
+def test_saved_export_runs_in_a_fresh_process_after_importing_shrinkssm_ops(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=1, d_model=8, d_state=12, layer="selective", scan="native")
+    model = SSMModel(cfg, d_input=3, d_output=5).eval()
+    x = rand(2, 20, 3, dtype=torch.float32)
+    with torch.no_grad():
+        torch.export.save(torch.export.export(model, (x,)), tmp_path / "model.pt2")
+        torch.save({"x": x, "y": model(x)}, tmp_path / "io.pt")
+    code = (
+        "import sys, torch, shrinkssm.ops\n"
+        f"program = torch.export.load({str(tmp_path / 'model.pt2')!r})\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "torch.testing.assert_close(program.module()(io['x']), io['y'], rtol=1e-5, atol=1e-6)\n"
+        "print('same outputs')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "same outputs" in done.stdout, done.stderr[-2000:]

@@ -49,6 +49,7 @@ from shrinkssm.ops.scan import (
 from shrinkssm.ops.scan import (
     scan_ref as scan_ref,
 )
+from shrinkssm.ops import selective_scan as _selective_scan  # noqa: F401, E402 (registers shrinkssm::selective_*)
 
 _apply_isa_env()
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shrinkssm.ops._op_dispatch import OpSpec, call
+from shrinkssm.ops._op_dispatch import OpSpec, call, checked
 
 __all__ = [
     "CHECKPOINT_CHUNK",
@@ -188,6 +188,25 @@ def _n_chunks(L, chunk: int):
     return (L + chunk - 1) // chunk  # also for symbolic sizes
 
 
+def _real_dtype(op: str, t: Tensor) -> bool:
+    """True if ``t`` is float32 or float64 (the kernels' dtypes); ValueError naming ``op`` if not."""
+    if t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"shrinkssm::{op}: tensors must be float32 or float64, got {t.dtype}")
+    return True
+
+
+def _expect(op: str, dtype: torch.dtype, **tensors: tuple[Tensor | None, tuple]) -> None:
+    """Check what an operator hands to C: every tensor (name=(tensor, shape)) a CPU tensor of
+    ``dtype`` and that shape, so that no call of ``torch.ops.shrinkssm.*`` can make the kernels
+    read or write out of bounds. Raises ValueError naming the operator and the argument."""
+    for name, (t, shape) in tensors.items():
+        if t is None:
+            continue
+        if t.dtype != dtype or t.device.type != "cpu" or tuple(t.shape) != tuple(shape):
+            raise ValueError(f"shrinkssm::{op}: {name} must be a CPU {dtype} tensor of shape "
+                             f"{tuple(shape)}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+
+
 # ------------------------------------------------------------------------------------------------
 # Fused LRU recurrence: operators
 # ------------------------------------------------------------------------------------------------
@@ -221,8 +240,18 @@ def _lru_forward_impl(
     return y, hlr, hli, ckr, cki
 
 
-_lru_forward = torch.library.custom_op("shrinkssm::lru_forward", _lru_forward_impl, mutates_args=(),
-                                      device_types="cpu")
+def _check_lru_forward(u, lr, li, Br, Bi, Cr, Ci, h0r, h0i, chunk, save) -> None:
+    nb, L, Hi = u.shape
+    Ho, Np = Cr.shape
+    if _real_dtype("lru_forward", u) and (Np % _lanes(u.dtype) or chunk < 1 or (h0r is None) != (h0i is None)):
+        raise ValueError(f"shrinkssm::lru_forward: need Np a multiple of {_lanes(u.dtype)} (got {Np}), "
+                         f"chunk >= 1 (got {chunk}) and both parts of h0 or neither")
+    _expect("lru_forward", u.dtype, lr=(lr, (Np,)), li=(li, (Np,)), Br=(Br, (Hi, Np)), Bi=(Bi, (Hi, Np)),
+            Cr=(Cr, (Ho, Np)), Ci=(Ci, (Ho, Np)), h0r=(h0r, (nb, Np)), h0i=(h0i, (nb, Np)))
+
+
+_lru_forward = torch.library.custom_op("shrinkssm::lru_forward", checked(_check_lru_forward, _lru_forward_impl),
+                                      mutates_args=(), device_types="cpu")
 
 
 @_lru_forward.register_fake
@@ -267,8 +296,20 @@ def _lru_backward_impl(
     return gu, glr, gli, gBr, gBi, gCr, gCi, gh0r, gh0i
 
 
-_lru_backward = torch.library.custom_op("shrinkssm::lru_backward", _lru_backward_impl, mutates_args=(),
-                                       device_types="cpu")
+def _check_lru_backward(gy, ghlr, ghli, u, lr, li, Br, Bi, Cr, Ci, ckr, cki, chunk, want_h0) -> None:
+    nb, L, Hi = u.shape
+    Ho, Np = Cr.shape
+    if _real_dtype("lru_backward", u) and (Np % _lanes(u.dtype) or chunk < 1):
+        raise ValueError(f"shrinkssm::lru_backward: need Np a multiple of {_lanes(u.dtype)} (got {Np}) "
+                         f"and chunk >= 1 (got {chunk})")
+    ck = (nb, _n_chunks(L, chunk), Np)
+    _expect("lru_backward", u.dtype, gy=(gy, (nb, L, Ho)), ghlr=(ghlr, (nb, Np)), ghli=(ghli, (nb, Np)),
+            lr=(lr, (Np,)), li=(li, (Np,)), Br=(Br, (Hi, Np)), Bi=(Bi, (Hi, Np)), Cr=(Cr, (Ho, Np)),
+            Ci=(Ci, (Ho, Np)), ckr=(ckr, ck), cki=(cki, ck))
+
+
+_lru_backward = torch.library.custom_op("shrinkssm::lru_backward", checked(_check_lru_backward, _lru_backward_impl),
+                                       mutates_args=(), device_types="cpu")
 LRU_BACKWARD = OpSpec(_lru_backward, _lru_backward_impl)
 
 
@@ -376,8 +417,14 @@ def _scan_forward_impl(lam: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
     return h
 
 
-_scan_forward = torch.library.custom_op("shrinkssm::scan_forward", _scan_forward_impl, mutates_args=(),
-                                       device_types="cpu")
+def _check_scan_forward(lam, b, h0) -> None:
+    nb, L, N, _ = b.shape
+    _real_dtype("scan_forward", b)
+    _expect("scan_forward", b.dtype, lam=(lam, (N, 2)), b=(b, (nb, L, N, 2)), h0=(h0, (nb, N, 2)))
+
+
+_scan_forward = torch.library.custom_op("shrinkssm::scan_forward", checked(_check_scan_forward, _scan_forward_impl),
+                                       mutates_args=(), device_types="cpu")
 
 
 @_scan_forward.register_fake
@@ -401,7 +448,15 @@ def _scan_backward_impl(lam: Tensor, h: Tensor, h0: Tensor | None, gh: Tensor, w
     return gb, gh0, glam
 
 
-_scan_backward = torch.library.custom_op("shrinkssm::scan_backward", _scan_backward_impl, mutates_args=(),
+def _check_scan_backward(lam, h, h0, gh, want_h0) -> None:
+    nb, L, N, _ = h.shape
+    _real_dtype("scan_backward", h)
+    _expect("scan_backward", h.dtype, lam=(lam, (N, 2)), h=(h, (nb, L, N, 2)), gh=(gh, (nb, L, N, 2)),
+            h0=(h0, (nb, N, 2)))
+
+
+_scan_backward = torch.library.custom_op("shrinkssm::scan_backward",
+                                        checked(_check_scan_backward, _scan_backward_impl), mutates_args=(),
                                         device_types="cpu")
 SCAN_BACKWARD = OpSpec(_scan_backward, _scan_backward_impl)
 

@@ -16,6 +16,7 @@ each other and against the reference backends.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["OpSpec", "call", "direct"]
+__all__ = ["OpSpec", "call", "checked", "direct"]
 
 _PLAIN_TYPES = (Tensor, nn.Parameter)
 
@@ -41,6 +42,19 @@ class OpSpec:
     impl: Callable
     setup_context: Callable | None = None
     backward: Callable | None = None
+
+
+def checked(check: Callable, impl: Callable) -> Callable:
+    """``impl`` preceded by ``check(*args)``: what an operator registers, so that any caller of
+    ``torch.ops.shrinkssm.*`` gets its arguments checked before they reach C. The direct path runs
+    ``impl`` alone: its callers (this package's entry points) have validated the inputs already."""
+
+    @functools.wraps(impl)  # the operator's schema is read from impl's signature
+    def run(*args, **kwargs):
+        check(*args, **kwargs)
+        return impl(*args, **kwargs)
+
+    return run
 
 
 def direct(args: tuple) -> bool:

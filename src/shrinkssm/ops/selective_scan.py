@@ -61,7 +61,8 @@ import torch
 from torch import Tensor
 
 from shrinkssm.ops import _native_backend
-from shrinkssm.ops._op_dispatch import OpSpec, call
+from shrinkssm.ops._native_backend import _expect, _real_dtype
+from shrinkssm.ops._op_dispatch import OpSpec, call, checked
 
 __all__ = [
     "BACKENDS",
@@ -367,6 +368,21 @@ def _opt(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
+def _check_op(op, u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk) -> None:
+    """Shapes and dtypes a selective operator hands to C (ValueError naming the argument); the
+    kernel itself checks the layout's sizes."""
+    nb, L, E = u.shape
+    _real_dtype(op, u)
+    S, G, lanes = alr.shape[0], bchan.shape[0], _LANES[u.dtype]
+    width = K if kidx is not None else S
+    if bchan.ndim != 2 or bchan.shape[1] != lanes or chunk < 1 or len({ali is None, Bi is None, Ci is None}) > 1:
+        raise ValueError(f"shrinkssm::{op}: need bchan (G, {lanes}), chunk >= 1 and the imaginary parts "
+                         "ali, Bi, Ci all given or all None")
+    _expect(op, u.dtype, dl=(dl, (nb, L, E)), alr=(alr, (S,)), ali=(ali, (S,)), Br=(Br, (nb, L, width)),
+            Bi=(Bi, (nb, L, width)), Cr=(Cr, (nb, L, width)), Ci=(Ci, (nb, L, width)))
+    _expect(op, torch.int64, bchan=(bchan, (G, lanes)), boff=(boff, (G + 1,)), kidx=(kidx, (S // lanes,)))
+
+
 def _sel_forward_impl(
     u: Tensor, dl: Tensor, alr: Tensor, ali: Tensor | None, Br: Tensor, Bi: Tensor | None, Cr: Tensor,
     Ci: Tensor | None, bchan: Tensor, boff: Tensor, kidx: Tensor | None, K: int, chunk: int, save: bool,
@@ -398,8 +414,12 @@ def _sel_forward_impl(
     return y, ck, ds
 
 
-_sel_forward = torch.library.custom_op("shrinkssm::selective_forward", _sel_forward_impl, mutates_args=(),
-                                      device_types="cpu")
+def _check_sel_forward(u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk, save, want_decay):
+    _check_op("selective_forward", u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk)
+
+
+_sel_forward = torch.library.custom_op("shrinkssm::selective_forward", checked(_check_sel_forward, _sel_forward_impl),
+                                      mutates_args=(), device_types="cpu")
 
 
 @_sel_forward.register_fake
@@ -442,7 +462,15 @@ def _sel_backward_impl(
     return gu, gdl, gBr, gBi, gCr, gCi, gal
 
 
-_sel_backward = torch.library.custom_op("shrinkssm::selective_backward", _sel_backward_impl, mutates_args=(),
+def _check_sel_backward(gy, u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, ck, K, chunk):
+    _check_op("selective_backward", u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk)
+    nb, L, E = u.shape
+    width = (1 + (ali is not None)) * alr.shape[0]
+    _expect("selective_backward", u.dtype, gy=(gy, (nb, L, E)), ck=(ck, (nb, (L + chunk - 1) // chunk, width)))
+
+
+_sel_backward = torch.library.custom_op("shrinkssm::selective_backward",
+                                       checked(_check_sel_backward, _sel_backward_impl), mutates_args=(),
                                        device_types="cpu")
 SELECTIVE_BACKWARD = OpSpec(_sel_backward, _sel_backward_impl)
 
