@@ -3,7 +3,10 @@
 The fused LRU kernels run as ``torch.ops.shrinkssm.lru_forward`` / ``lru_backward`` (registered with
 ``torch.library.custom_op``, see ``shrinkssm/ops/_native_backend.py``). The reference, timed in the
 same run, calls the very same C entry points through a plain ``torch.autograd.Function`` (how the
-library called them before the operators existed). Both run the whole LRU layer (``shrinkssm.nn.LRU``,
+library called them before the operators existed). In eager mode the library calls the operators'
+implementations without the dispatcher (``shrinkssm/ops/_op_dispatch.py``); a third candidate,
+``dispatcher``, forces every call through it (what ``torch.compile`` graphs and other callers of
+``torch.ops.shrinkssm.*`` pay). Both run the whole LRU layer (``shrinkssm.nn.LRU``,
 ``scan="native"``) forward + backward (gradients of the input and every parameter), float32, one
 thread by default, in interleaved rounds (one call of each per round, after a burn-in); the median
 and the minimum over rounds are printed with the ratio reference / operator (> 1: the operator path is
@@ -34,6 +37,7 @@ import torch
 from shrinkssm import ops
 from shrinkssm.nn import LRU
 from shrinkssm.ops import _native_backend as nb
+from shrinkssm.ops import _op_dispatch
 
 SHAPES = {"smnist": (50, 784, 8, 256), "smnist13": (50, 784, 8, 13), "tiny": (1, 8, 2, 16)}  # B, L, H, N
 
@@ -110,18 +114,21 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; native path {ops.native_isa()} (of {', '.join(ops.native_isas())}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); load average "
           f"{os.getloadavg()[0]:.2f}; {args.clock} clock, {args.rounds} rounds")
-    print(f"{'shape':8s} {'operator ms':>20s} {'Function ms':>20s} {'Function / operator':>20s}")
+    print(f"{'shape':9s} {'operator ms':>20s} {'Function ms':>20s} {'dispatcher ms':>20s} "
+          f"{'Function / operator':>22s} {'Function / dispatcher':>22s}")
     for name, (b, L, H, N) in SHAPES.items():
         torch.manual_seed(0)
         layer = LRU(H, N, scan="native")
         u = torch.randn(b, L, H, requires_grad=True)
-        candidates = {"operator": operator_fused, "function": function_lru_fused}
+        candidates = {"operator": operator_fused, "function": function_lru_fused, "dispatcher": operator_fused}
+        direct = _op_dispatch.direct
         times = {k: [] for k in candidates}
         calls = 20 if name == "tiny" else 1  # time many calls of the tiny shape together
         try:
             for r in range(args.rounds + 3):
                 for key, fused in candidates.items():
                     nb.lru_fused = fused
+                    _op_dispatch.direct = (lambda args: False) if key == "dispatcher" else direct
                     start = clock()
                     for _ in range(calls):
                         layer(u).sum().backward()
@@ -129,11 +136,13 @@ def main() -> None:
                         times[key].append((clock() - start) / calls)
         finally:
             nb.lru_fused = operator_fused
+            _op_dispatch.direct = direct
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         low = {k: min(v) * 1e3 for k, v in times.items()}
         cell = lambda k: f"{med[k]:.3f} (min {low[k]:.3f})"  # noqa: E731
-        print(f"{name:8s} {cell('operator'):>20s} {cell('function'):>20s} "
-              f"{med['function'] / med['operator']:>9.3f} (min {low['function'] / low['operator']:.3f})")
+        ratio = lambda k: f"{med['function'] / med[k]:.3f} (min {low['function'] / low[k]:.3f})"  # noqa: E731
+        print(f"{name:9s} {cell('operator'):>20s} {cell('function'):>20s} {cell('dispatcher'):>20s} "
+              f"{ratio('operator'):>22s} {ratio('dispatcher'):>22s}")
 
 
 if __name__ == "__main__":
