@@ -573,7 +573,7 @@ class SelectiveSSM(nn.Module):
         if "sur_steps" not in self._buffers:
             self.register_buffer("sur_steps", torch.zeros((), dtype=torch.int64, device=dev))
         self.register_buffer("sur_steps_states", torch.zeros((), dtype=torch.int64, device=dev))
-        self._layout_cache = {}
+        self._clear_layouts()
 
     def _set_param(self, name: str, value: Tensor, **tags) -> nn.Parameter:
         old = self._parameters.get(name)
@@ -686,6 +686,13 @@ class SelectiveSSM(nn.Module):
     # ----------------------------------------------------------------------------------------
     # scan layouts
     # ----------------------------------------------------------------------------------------
+    def _clear_layouts(self) -> None:
+        """Forget the cached layouts; build the diagonal ones (both precisions) now, so that code
+        traced by ``torch.compile`` finds them (building a layout reads tensor data)."""
+        self._layout_cache = {}
+        for dtype in (torch.float32, torch.float64) if self.n_diag else ():
+            self._layout("diag", dtype)
+
     def _layout(self, kind: str, dtype: torch.dtype) -> tuple[ScanLayout, Tensor | None]:
         """The bucket layout of one kind of states ("diag", "re", "cx"), cached by content."""
         lanes = lanes_for(dtype)
@@ -1156,7 +1163,7 @@ class SelectiveSSM(nn.Module):
             self._set_param(name, value, **({"_no_weight_decay": True} if name == "A_log" else {}))
         for name, value in sur.items():
             setattr(self, name, value)
-        self._layout_cache = {}
+        self._clear_layouts()
         return (f"kept state indices {keep.tolist()}",)
 
     def _reduce_per_channel(self, ranks: list[int], selection: str, max_cond: float,
@@ -1258,7 +1265,7 @@ class SelectiveSSM(nn.Module):
         self.sur_a_re = self.sur_a_re.new_zeros(n1)
         self.sur_a_cx = self.sur_a_cx.new_zeros(n2, 2)
         self.sur_steps_states.zero_()
-        self._layout_cache = {}
+        self._clear_layouts()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,8 +4,30 @@
 ``x[k] = lam * x[k-1] + B u[k]``, ``y[k] = Re(C x[k])``. Both take ``backend=`` "auto", "ref",
 "chunked" or "native" (see :mod:`shrinkssm.ops.scan` for what each does and how "auto" chooses) and
 are differentiable in every tensor argument. Conventions: :mod:`shrinkssm.lti`.
+
+The native kernels are PyTorch custom operators (namespace ``shrinkssm``, listed in
+:mod:`shrinkssm.ops._native_backend`), so ``torch.compile`` and ``torch.export`` trace through
+them. Their instruction-set path: :func:`native_isas` (compiled and supported here, best last),
+:func:`native_isa` (in use), :func:`set_native_isa`; the environment variable
+``SHRINKSSM_NATIVE_ISA`` (e.g. ``avx2``) is applied when this package is imported (an unknown or
+unsupported value warns and keeps the best path).
 """
 
+from shrinkssm.ops._native_backend import (
+    ISA_ENV as ISA_ENV,
+)
+from shrinkssm.ops._native_backend import (
+    apply_isa_env as _apply_isa_env,
+)
+from shrinkssm.ops._native_backend import (
+    native_isa as native_isa,
+)
+from shrinkssm.ops._native_backend import (
+    native_isas as native_isas,
+)
+from shrinkssm.ops._native_backend import (
+    set_native_isa as set_native_isa,
+)
 from shrinkssm.ops.scan import (
     BACKENDS as BACKENDS,
 )
@@ -27,13 +49,20 @@ from shrinkssm.ops.scan import (
 from shrinkssm.ops.scan import (
     scan_ref as scan_ref,
 )
+from shrinkssm.ops import selective_scan as _selective_scan  # noqa: F401, E402 (registers shrinkssm::selective_*)
+
+_apply_isa_env()
 
 __all__ = [
     "BACKENDS",
+    "ISA_ENV",
     "lru_recurrence",
     "lru_recurrence_ref",
     "native_available",
+    "native_isa",
+    "native_isas",
     "resolve_backend",
     "scan",
     "scan_ref",
+    "set_native_isa",
 ]

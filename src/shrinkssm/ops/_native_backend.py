@@ -2,29 +2,61 @@
 
 The extension takes raw data pointers of contiguous CPU tensors (it is built without torch
 headers, see ``setup.py``), so this module owns everything the C code assumes: dtypes, contiguity,
-resolved conjugate/negative bits, padded state sizes, and the hand-written backward passes wired
-into :class:`torch.autograd.Function`.
+resolved conjugate/negative bits and padded state sizes. It registers the kernels as PyTorch
+custom operators (namespace ``shrinkssm``, :func:`torch.library.custom_op`), each with a fake
+(meta) implementation for tracing and its hand-written backward registered as autograd formula,
+so that ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace through them:
 
-* :func:`lru_fused` runs the fused LRU recurrence (``B u``, the scan and ``Re(C x)`` in one pass,
-  no ``(B, L, N)`` tensor in memory). Complex parameters are split into real and imaginary parts
-  *outside* the autograd Function by differentiable torch views, so the kernels only ever produce
-  ordinary real gradients and torch maps them back to its complex convention.
-* :func:`scan_native` runs the plain scan ``h[k] = lam h[k-1] + b[k]`` on interleaved complex
-  tensors; its backward returns gradients in torch's convention (``dL/dRe + i dL/dIm``).
+==============================  =====================================================================
+``shrinkssm::lru_forward``      fused LRU recurrence (``B u``, scan, ``Re(C x)``), real/imag parts
+``shrinkssm::lru_backward``     its backward (recomputes each checkpoint chunk)
+``shrinkssm::scan_forward``     scan ``h[k] = lam h[k-1] + b[k]`` on ``view_as_real`` tensors
+``shrinkssm::scan_backward``    its backward
+==============================  =====================================================================
 
-The maths of both backward passes is written out in :mod:`shrinkssm.ops.scan`.
+(the selective scan's ``shrinkssm::selective_forward`` / ``selective_backward`` live in
+:mod:`shrinkssm.ops.selective_scan`). The operators read ``torch.get_num_threads()`` when they run,
+so a compiled graph follows later changes of the thread count. In plain eager mode the entry
+points below call the operators' implementations and autograd formulas without the dispatcher,
+whose Python overhead was measurable (:mod:`shrinkssm.ops._op_dispatch`).
+
+* :func:`lru_fused` runs the fused LRU recurrence (no ``(B, L, N)`` tensor in memory). Complex
+  parameters are split into real and imaginary parts *outside* the operator by differentiable torch
+  views, so the kernels only ever produce ordinary real gradients and torch maps them back to its
+  complex convention.
+* :func:`scan_native` runs the plain scan on interleaved complex tensors seen as real ``(..., 2)``
+  tensors; the kernel's gradients (``dL/dRe + i dL/dIm`` in torch's convention) are exactly the
+  gradients of those real views.
+
+The maths of both backward passes is written out in :mod:`shrinkssm.ops.scan`. The instruction
+set the kernels use is chosen here too: :func:`native_isas`, :func:`set_native_isa`,
+:func:`native_isa`, and the environment variable :data:`ISA_ENV` (read by :func:`apply_isa_env`
+when :mod:`shrinkssm.ops` is imported).
 """
 
 from __future__ import annotations
 
-import math
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-__all__ = ["CHECKPOINT_CHUNK", "lru_fused", "native_available", "native_isa", "native_load_error", "scan_native"]
+from shrinkssm.ops._op_dispatch import OpSpec, call, checked
+
+__all__ = [
+    "CHECKPOINT_CHUNK",
+    "ISA_ENV",
+    "apply_isa_env",
+    "lru_fused",
+    "native_available",
+    "native_isa",
+    "native_isas",
+    "native_load_error",
+    "scan_native",
+    "set_native_isa",
+]
 
 try:
     from shrinkssm.ops import _native_scan as _ext
@@ -37,6 +69,10 @@ else:
 CHECKPOINT_CHUNK = 32
 """Steps between stored states in the fused forward. The backward recomputes one chunk at a time
 from its stored state; 32 keeps the chunk's states and adjoints (2 x 32 x N complex) in L2."""
+
+ISA_ENV = "SHRINKSSM_NATIVE_ISA"
+"""Environment variable naming the instruction-set path to use (one of :func:`native_isas`),
+read when :mod:`shrinkssm.ops` is imported."""
 
 
 def native_available() -> bool:
@@ -58,13 +94,85 @@ def _require() -> None:
         )
 
 
+# ------------------------------------------------------------------------------------------------
+# Instruction sets
+# ------------------------------------------------------------------------------------------------
+
+
+def native_isas() -> tuple[str, ...]:
+    """The instruction-set paths compiled into the kernels *and* supported by this CPU, best last
+    (e.g. ``("base", "avx2", "avx512")``); an empty tuple when the extension is not loaded."""
+    return () if _ext is None else tuple(_ext.available_isas())
+
+
+def native_isa() -> str | None:
+    """The instruction-set path the kernels use now (one of :func:`native_isas`), None if the
+    extension is not loaded."""
+    return None if _ext is None else _ext.isa()
+
+
+def set_native_isa(name: str) -> None:
+    """Make every native kernel (LRU, scan, selective scan) use the path ``name``.
+
+    The choice is process-wide and takes effect at the next kernel call (also inside compiled
+    graphs). The best path is picked when the extension loads; forcing a lesser one is for
+    measuring and testing.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of :func:`native_isas` (the message lists them), or the extension is
+        not loaded.
+    """
+    allowed = native_isas()
+    if _ext is None:
+        raise ValueError(f"cannot select native instruction set {name!r}: the native kernels are not "
+                         f"loaded ({_LOAD_ERROR})")
+    if not isinstance(name, str) or name not in allowed:
+        raise ValueError(f"unknown or unsupported native instruction set {name!r}; allowed here: "
+                         f"{', '.join(allowed)}")
+    _ext.set_isa(name)
+
+
+def apply_isa_env() -> None:
+    """Apply :data:`ISA_ENV` if set (called when :mod:`shrinkssm.ops` is imported).
+
+    An empty variable is ignored. A value that is not one of :func:`native_isas` (or any value when
+    the extension is not loaded) gives a :class:`RuntimeWarning` naming the variable and the allowed
+    values, and the best path stays in use.
+    """
+    raw = os.environ.get(ISA_ENV, "")
+    value = raw.strip().lower()
+    if not value:
+        return
+    allowed = native_isas()
+    if value in allowed:
+        _ext.set_isa(value)
+        return
+    if _ext is None:
+        msg = f"{ISA_ENV}={raw!r} ignored: the native kernels are not loaded ({_LOAD_ERROR})"
+    else:
+        msg = (f"{ISA_ENV}={raw!r} is not a native kernel path of this build and CPU; allowed: "
+               f"{', '.join(allowed)}; using {native_isa()!r}")
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+
 def _flat(t: Tensor) -> Tensor:
     """Contiguous tensor whose memory holds its values (no lazy conjugate / negative bit)."""
     return t.resolve_conj().resolve_neg().contiguous()
 
 
 def _ptr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
+    return 0 if t is None else t.data_ptr()  # an empty output of new_empty(0) is 0 too: "absent"
+
+
+def _opt(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
 
 
 def _is_double(t: Tensor) -> int:
@@ -76,70 +184,185 @@ def _lanes(dtype: torch.dtype) -> int:
     return 8 if dtype == torch.float64 else 16
 
 
+def _n_chunks(L, chunk: int):
+    return (L + chunk - 1) // chunk  # also for symbolic sizes
+
+
+def _real_dtype(op: str, t: Tensor) -> bool:
+    """True if ``t`` is float32 or float64 (the kernels' dtypes); ValueError naming ``op`` if not."""
+    if t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"shrinkssm::{op}: tensors must be float32 or float64, got {t.dtype}")
+    return True
+
+
+def _expect(op: str, dtype: torch.dtype, **tensors: tuple[Tensor | None, tuple]) -> None:
+    """Check what an operator hands to C: every tensor (name=(tensor, shape)) a CPU tensor of
+    ``dtype`` and that shape, so that no call of ``torch.ops.shrinkssm.*`` can make the kernels
+    read or write out of bounds. Raises ValueError naming the operator and the argument."""
+    for name, (t, shape) in tensors.items():
+        if t is None:
+            continue
+        if t.dtype != dtype or t.device.type != "cpu" or tuple(t.shape) != tuple(shape):
+            raise ValueError(f"shrinkssm::{op}: {name} must be a CPU {dtype} tensor of shape "
+                             f"{tuple(shape)}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+
+
 # ------------------------------------------------------------------------------------------------
-# Fused LRU recurrence
+# Fused LRU recurrence: operators
 # ------------------------------------------------------------------------------------------------
 
 
-class _LRUFused(torch.autograd.Function):
-    """y, h_last = fused LRU recurrence on real/imaginary parts (states padded to Np)."""
+def _lru_forward_impl(
+    u: Tensor, lr: Tensor, li: Tensor, Br: Tensor, Bi: Tensor, Cr: Tensor, Ci: Tensor,
+    h0r: Tensor | None, h0i: Tensor | None, chunk: int, save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused LRU forward on real/imaginary parts, states padded to Np (a multiple of the lanes).
 
-    @staticmethod
-    def forward(ctx, u, lr, li, Br, Bi, Cr, Ci, h0r, h0i, chunk, n_threads):
-        # u: (B, L, H_in) real; lr, li: (Np,); Br, Bi: (H_in, Np); Cr, Ci: (H_out, Np);
-        # h0r, h0i: (B, Np) or None. All contiguous, one real dtype.
-        nb, L, Hi = u.shape
-        Ho, Np = Cr.shape
-        n_chunks = math.ceil(L / chunk)
-        y = u.new_empty(nb, L, Ho)
-        hlr = u.new_empty(nb, Np)
-        hli = u.new_empty(nb, Np)
-        need_grad = any(ctx.needs_input_grad[:9])
-        ckr = u.new_empty(nb, n_chunks, Np) if need_grad else None
-        cki = u.new_empty(nb, n_chunks, Np) if need_grad else None
-        _ext.lru_forward(
-            _is_double(u), n_threads, nb, L, Hi, Ho, Np, chunk,
-            _ptr(u), _ptr(lr), _ptr(li), _ptr(Br), _ptr(Bi), _ptr(Cr), _ptr(Ci),
-            _ptr(h0r), _ptr(h0i), _ptr(y), _ptr(hlr), _ptr(hli), _ptr(ckr), _ptr(cki),
-        )
-        ctx.set_materialize_grads(False)
-        ctx.chunk, ctx.n_threads, ctx.has_h0 = chunk, n_threads, h0r is not None
-        if need_grad:
-            ctx.save_for_backward(u, lr, li, Br, Bi, Cr, Ci, ckr, cki)
-        return y, hlr, hli
+    u: (B, L, H_in) real; lr, li: (Np,); Br, Bi: (H_in, Np); Cr, Ci: (H_out, Np); h0r, h0i:
+    (B, Np) or None; one real dtype. Returns y (B, L, H_out), the last state's parts hlr, hli
+    (B, Np), and the checkpoints ckr, cki (B, ceil(L / chunk), Np) for the backward when ``save``
+    (else empty).
+    """
+    _require()
+    u, lr, li, Br, Bi, Cr, Ci = (t.contiguous() for t in (u, lr, li, Br, Bi, Cr, Ci))
+    h0r, h0i = _opt(h0r), _opt(h0i)
+    nb, L, Hi = u.shape
+    Ho, Np = Cr.shape
+    y = u.new_empty(nb, L, Ho)
+    hlr, hli = u.new_empty(nb, Np), u.new_empty(nb, Np)
+    shape = (nb, _n_chunks(L, chunk), Np) if save else (0,)
+    ckr, cki = u.new_empty(shape), u.new_empty(shape)
+    _ext.lru_forward(
+        _is_double(u), torch.get_num_threads(), nb, L, Hi, Ho, Np, chunk,
+        _ptr(u), _ptr(lr), _ptr(li), _ptr(Br), _ptr(Bi), _ptr(Cr), _ptr(Ci),
+        _ptr(h0r), _ptr(h0i), _ptr(y), _ptr(hlr), _ptr(hli), _ptr(ckr), _ptr(cki),
+    )
+    return y, hlr, hli, ckr, cki
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy, ghlr, ghli):
-        u, lr, li, Br, Bi, Cr, Ci, ckr, cki = ctx.saved_tensors
-        nb, L, Hi = u.shape
-        Ho, Np = Cr.shape
-        gy = u.new_zeros(nb, L, Ho) if gy is None else _flat(gy)
-        if ghlr is None and ghli is None:
-            ghlr = ghli = None
-        else:
-            ghlr = u.new_zeros(nb, Np) if ghlr is None else _flat(ghlr)
-            ghli = u.new_zeros(nb, Np) if ghli is None else _flat(ghli)
-        gu = torch.empty_like(u)
-        gBr, gBi = torch.empty_like(Br), torch.empty_like(Bi)
-        gCr, gCi = torch.empty_like(Cr), torch.empty_like(Ci)
-        glr, gli = torch.empty_like(lr), torch.empty_like(li)
-        want_h0 = ctx.has_h0 and (ctx.needs_input_grad[7] or ctx.needs_input_grad[8])
-        gh0r = u.new_empty(nb, Np) if want_h0 else None
-        gh0i = u.new_empty(nb, Np) if want_h0 else None
-        _ext.lru_backward(
-            _is_double(u), ctx.n_threads, nb, L, Hi, Ho, Np, ctx.chunk,
-            _ptr(u), _ptr(lr), _ptr(li), _ptr(Br), _ptr(Bi), _ptr(Cr), _ptr(Ci), _ptr(ckr), _ptr(cki),
-            _ptr(gy), _ptr(ghlr), _ptr(ghli), _ptr(gu), _ptr(gBr), _ptr(gBi), _ptr(gCr), _ptr(gCi),
-            _ptr(glr), _ptr(gli), _ptr(gh0r), _ptr(gh0i),
-        )
-        return gu, glr, gli, gBr, gBi, gCr, gCi, gh0r, gh0i, None, None
+
+def _check_lru_forward(u, lr, li, Br, Bi, Cr, Ci, h0r, h0i, chunk, save) -> None:
+    nb, L, Hi = u.shape
+    Ho, Np = Cr.shape
+    if _real_dtype("lru_forward", u) and (Np % _lanes(u.dtype) or chunk < 1 or (h0r is None) != (h0i is None)):
+        raise ValueError(f"shrinkssm::lru_forward: need Np a multiple of {_lanes(u.dtype)} (got {Np}), "
+                         f"chunk >= 1 (got {chunk}) and both parts of h0 or neither")
+    _expect("lru_forward", u.dtype, lr=(lr, (Np,)), li=(li, (Np,)), Br=(Br, (Hi, Np)), Bi=(Bi, (Hi, Np)),
+            Cr=(Cr, (Ho, Np)), Ci=(Ci, (Ho, Np)), h0r=(h0r, (nb, Np)), h0i=(h0i, (nb, Np)))
+
+
+_lru_forward = torch.library.custom_op("shrinkssm::lru_forward", checked(_check_lru_forward, _lru_forward_impl),
+                                      mutates_args=(), device_types="cpu")
+
+
+@_lru_forward.register_fake
+def _(u, lr, li, Br, Bi, Cr, Ci, h0r, h0i, chunk, save):
+    nb, L, _ = u.shape
+    Ho, Np = Cr.shape
+    shape = (nb, _n_chunks(L, chunk), Np) if save else (0,)
+    return (u.new_empty(nb, L, Ho), u.new_empty(nb, Np), u.new_empty(nb, Np), u.new_empty(shape),
+            u.new_empty(shape))
+
+
+def _lru_backward_impl(
+    gy: Tensor, ghlr: Tensor | None, ghli: Tensor | None, u: Tensor, lr: Tensor, li: Tensor,
+    Br: Tensor, Bi: Tensor, Cr: Tensor, Ci: Tensor, ckr: Tensor, cki: Tensor, chunk: int,
+    want_h0: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``lru_forward`` from the gradients of y (B, L, H_out) and of the last state's
+    parts (B, Np) or None (zero). Returns the gradients of u, lr, li, Br, Bi, Cr, Ci (their shapes)
+    and of h0r, h0i: (B, Np) when ``want_h0``, else empty."""
+    _require()
+    gy = _flat(gy)
+    u, lr, li, Br, Bi, Cr, Ci, ckr, cki = (t.contiguous() for t in (u, lr, li, Br, Bi, Cr, Ci, ckr, cki))
+    if ghlr is None and ghli is None:
+        ghlr = ghli = None
+    else:
+        ghlr = _flat(ghlr) if ghlr is not None else torch.zeros_like(ghli)
+        ghli = _flat(ghli) if ghli is not None else torch.zeros_like(ghlr)
+    nb, L, Hi = u.shape
+    Ho, Np = Cr.shape
+    gu = torch.empty_like(u)
+    gBr, gBi = torch.empty_like(Br), torch.empty_like(Bi)
+    gCr, gCi = torch.empty_like(Cr), torch.empty_like(Ci)
+    glr, gli = torch.empty_like(lr), torch.empty_like(li)
+    shape = (nb, Np) if want_h0 else (0,)
+    gh0r, gh0i = u.new_empty(shape), u.new_empty(shape)
+    _ext.lru_backward(
+        _is_double(u), torch.get_num_threads(), nb, L, Hi, Ho, Np, chunk,
+        _ptr(u), _ptr(lr), _ptr(li), _ptr(Br), _ptr(Bi), _ptr(Cr), _ptr(Ci), _ptr(ckr), _ptr(cki),
+        _ptr(gy), _ptr(ghlr), _ptr(ghli), _ptr(gu), _ptr(gBr), _ptr(gBi), _ptr(gCr), _ptr(gCi),
+        _ptr(glr), _ptr(gli), _ptr(gh0r), _ptr(gh0i),
+    )
+    return gu, glr, gli, gBr, gBi, gCr, gCi, gh0r, gh0i
+
+
+def _check_lru_backward(gy, ghlr, ghli, u, lr, li, Br, Bi, Cr, Ci, ckr, cki, chunk, want_h0) -> None:
+    nb, L, Hi = u.shape
+    Ho, Np = Cr.shape
+    if _real_dtype("lru_backward", u) and (Np % _lanes(u.dtype) or chunk < 1):
+        raise ValueError(f"shrinkssm::lru_backward: need Np a multiple of {_lanes(u.dtype)} (got {Np}) "
+                         f"and chunk >= 1 (got {chunk})")
+    ck = (nb, _n_chunks(L, chunk), Np)
+    _expect("lru_backward", u.dtype, gy=(gy, (nb, L, Ho)), ghlr=(ghlr, (nb, Np)), ghli=(ghli, (nb, Np)),
+            lr=(lr, (Np,)), li=(li, (Np,)), Br=(Br, (Hi, Np)), Bi=(Bi, (Hi, Np)), Cr=(Cr, (Ho, Np)),
+            Ci=(Ci, (Ho, Np)), ckr=(ckr, ck), cki=(cki, ck))
+
+
+_lru_backward = torch.library.custom_op("shrinkssm::lru_backward", checked(_check_lru_backward, _lru_backward_impl),
+                                       mutates_args=(), device_types="cpu")
+LRU_BACKWARD = OpSpec(_lru_backward, _lru_backward_impl)
+
+
+@_lru_backward.register_fake
+def _(gy, ghlr, ghli, u, lr, li, Br, Bi, Cr, Ci, ckr, cki, chunk, want_h0):
+    nb = u.shape[0]
+    shape = (nb, Cr.shape[1]) if want_h0 else (0,)
+    return (torch.empty_like(u), torch.empty_like(lr), torch.empty_like(li), torch.empty_like(Br),
+            torch.empty_like(Bi), torch.empty_like(Cr), torch.empty_like(Ci), u.new_empty(shape),
+            u.new_empty(shape))
+
+
+def _lru_setup_context(ctx, inputs, output):
+    u, lr, li, Br, Bi, Cr, Ci, h0r, h0i, chunk, save = inputs
+    if not save:
+        return  # called under no_grad or without differentiable inputs: backward never runs
+    ctx.set_materialize_grads(False)  # no zero gradients for the checkpoints and unused outputs
+    ctx.chunk, ctx.has_h0 = chunk, h0r is not None
+    ctx.save_for_backward(u, lr, li, Br, Bi, Cr, Ci, output[3], output[4])
+
+
+def _lru_backward_formula(ctx, gy, ghlr, ghli, _gckr, _gcki):
+    if not hasattr(ctx, "chunk"):
+        raise RuntimeError("shrinkssm::lru_forward was called with save=False; it cannot be "
+                           "differentiated (call lru_fused, which sets save when needed)")
+    u, lr, li, Br, Bi, Cr, Ci, ckr, cki = ctx.saved_tensors
+    want_h0 = ctx.has_h0 and (ctx.needs_input_grad[7] or ctx.needs_input_grad[8])
+    if gy is None:
+        gy = u.new_zeros(*u.shape[:2], Cr.shape[0])
+    gu, glr, gli, gBr, gBi, gCr, gCi, gh0r, gh0i = call(
+        LRU_BACKWARD, gy, ghlr, ghli, u, lr, li, Br, Bi, Cr, Ci, ckr, cki, ctx.chunk, want_h0)
+    if not want_h0:
+        gh0r = gh0i = None
+    return gu, glr, gli, gBr, gBi, gCr, gCi, gh0r, gh0i, None, None
+
+
+_lru_forward.register_autograd(_lru_backward_formula, setup_context=_lru_setup_context)
+LRU_FORWARD = OpSpec(_lru_forward, _lru_forward_impl, _lru_setup_context, _lru_backward_formula)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fused LRU recurrence: entry point
+# ------------------------------------------------------------------------------------------------
 
 
 def _split_padded(z: Tensor, pad: int) -> tuple[Tensor, Tensor]:
     """Real and imaginary parts of complex ``z`` (..., N), zero-padded to (..., N + pad)."""
     zr = torch.view_as_real(z.resolve_conj())  # (..., N, 2)
     return F.pad(zr[..., 0], (0, pad)).contiguous(), F.pad(zr[..., 1], (0, pad)).contiguous()
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def lru_fused(
@@ -164,16 +387,15 @@ def lru_fused(
     """
     _require()
     N = lam.shape[0]
-    lanes = _lanes(u.dtype)
-    pad = -N % lanes
+    pad = -N % _lanes(u.dtype)
     lr, li = _split_padded(lam, pad)  # (Np,)
     Br, Bi = _split_padded(B.transpose(0, 1), pad)  # (H_in, Np)
     Cr, Ci = _split_padded(C, pad)  # (H_out, Np)
     h0r, h0i = _split_padded(h0, pad) if h0 is not None else (None, None)  # (B, Np)
-    y, hlr, hli = _LRUFused.apply(
-        _flat(u), lr, li, Br, Bi, Cr, Ci, h0r, h0i, int(chunk or CHECKPOINT_CHUNK),
-        torch.get_num_threads(),
-    )
+    u = _flat(u)
+    save = _needs_grad(u, lr, li, Br, Bi, Cr, Ci, h0r, h0i)
+    y, hlr, hli, _, _ = call(LRU_FORWARD, u, lr, li, Br, Bi, Cr, Ci, h0r, h0i,
+                             int(chunk or CHECKPOINT_CHUNK), save)
     h_last = torch.complex(hlr[:, :N], hli[:, :N])  # (B, N)
     return y, h_last
 
@@ -183,33 +405,82 @@ def lru_fused(
 # ------------------------------------------------------------------------------------------------
 
 
-class _ScanNative(torch.autograd.Function):
-    """h = scan(lam, b, h0) on interleaved complex tensors."""
+def _scan_forward_impl(lam: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+    """h = scan(lam, b, h0) on complex tensors seen as real: lam (N, 2), b (B, L, N, 2), h0
+    (B, N, 2) or None (the last axis is (re, im)); returns h (B, L, N, 2)."""
+    _require()
+    lam, b, h0 = lam.contiguous(), b.contiguous(), _opt(h0)
+    nb, L, N, _ = b.shape
+    h = torch.empty_like(b)
+    _ext.scan_forward(_is_double(b), torch.get_num_threads(), nb, L, N, _ptr(lam), _ptr(b), _ptr(h0),
+                      _ptr(h))
+    return h
 
-    @staticmethod
-    def forward(ctx, lam, b, h0, n_threads):
-        # lam: (N,) complex; b: (B, L, N) complex; h0: (B, N) complex or None; contiguous.
-        nb, L, N = b.shape
-        h = torch.empty_like(b)
-        _ext.scan_forward(_is_double(b), n_threads, nb, L, N, _ptr(lam), _ptr(b), _ptr(h0), _ptr(h))
-        ctx.n_threads = n_threads
-        ctx.save_for_backward(lam, h, h0)
-        return h
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gh):
-        lam, h, h0 = ctx.saved_tensors
-        nb, L, N = h.shape
-        gh = _flat(gh)
-        gb = torch.empty_like(h)
-        glam = torch.empty_like(lam)
-        gh0 = torch.empty_like(h0) if h0 is not None and ctx.needs_input_grad[2] else None
-        _ext.scan_backward(
-            _is_double(h), ctx.n_threads, nb, L, N, _ptr(lam), _ptr(h), _ptr(h0), _ptr(gh),
-            _ptr(gb), _ptr(gh0), _ptr(glam),
-        )
-        return glam, gb, gh0, None
+def _check_scan_forward(lam, b, h0) -> None:
+    nb, L, N, _ = b.shape
+    _real_dtype("scan_forward", b)
+    _expect("scan_forward", b.dtype, lam=(lam, (N, 2)), b=(b, (nb, L, N, 2)), h0=(h0, (nb, N, 2)))
+
+
+_scan_forward = torch.library.custom_op("shrinkssm::scan_forward", checked(_check_scan_forward, _scan_forward_impl),
+                                       mutates_args=(), device_types="cpu")
+
+
+@_scan_forward.register_fake
+def _(lam, b, h0):
+    return torch.empty_like(b)
+
+
+def _scan_backward_impl(lam: Tensor, h: Tensor, h0: Tensor | None, gh: Tensor, want_h0: bool
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of ``scan_forward`` from its output h and the gradient gh (both (B, L, N, 2)).
+    Returns the gradients of b (B, L, N, 2), of h0 ((B, N, 2) when ``want_h0``, else empty) and
+    of lam (N, 2)."""
+    _require()
+    lam, h, gh, h0 = lam.contiguous(), h.contiguous(), gh.contiguous(), _opt(h0)
+    nb, L, N, _ = h.shape
+    gb = torch.empty_like(h)
+    glam = torch.empty_like(lam)
+    gh0 = h.new_empty((nb, N, 2) if want_h0 else (0,))
+    _ext.scan_backward(_is_double(h), torch.get_num_threads(), nb, L, N, _ptr(lam), _ptr(h), _ptr(h0),
+                       _ptr(gh), _ptr(gb), _ptr(gh0), _ptr(glam))
+    return gb, gh0, glam
+
+
+def _check_scan_backward(lam, h, h0, gh, want_h0) -> None:
+    nb, L, N, _ = h.shape
+    _real_dtype("scan_backward", h)
+    _expect("scan_backward", h.dtype, lam=(lam, (N, 2)), h=(h, (nb, L, N, 2)), gh=(gh, (nb, L, N, 2)),
+            h0=(h0, (nb, N, 2)))
+
+
+_scan_backward = torch.library.custom_op("shrinkssm::scan_backward",
+                                        checked(_check_scan_backward, _scan_backward_impl), mutates_args=(),
+                                        device_types="cpu")
+SCAN_BACKWARD = OpSpec(_scan_backward, _scan_backward_impl)
+
+
+@_scan_backward.register_fake
+def _(lam, h, h0, gh, want_h0):
+    nb, _, N, _ = h.shape
+    return torch.empty_like(h), h.new_empty((nb, N, 2) if want_h0 else (0,)), torch.empty_like(lam)
+
+
+def _scan_setup_context(ctx, inputs, output):
+    lam, _b, h0 = inputs
+    ctx.save_for_backward(lam, output, h0)
+
+
+def _scan_backward_formula(ctx, gh):
+    lam, h, h0 = ctx.saved_tensors
+    want_h0 = h0 is not None and ctx.needs_input_grad[2]
+    gb, gh0, glam = call(SCAN_BACKWARD, lam, h, h0, gh, want_h0)
+    return glam, gb, gh0 if want_h0 else None
+
+
+_scan_forward.register_autograd(_scan_backward_formula, setup_context=_scan_setup_context)
+SCAN_FORWARD = OpSpec(_scan_forward, _scan_forward_impl, _scan_setup_context, _scan_backward_formula)
 
 
 def scan_native(lam: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
@@ -226,11 +497,5 @@ def scan_native(lam: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
     h : (B, L, N) complex
     """
     _require()
-    return _ScanNative.apply(
-        _flat(lam), _flat(b), None if h0 is None else _flat(h0), torch.get_num_threads()
-    )
-
-
-def native_isa() -> str | None:
-    """Instruction set the kernels use ("avx512", "avx2" or "base"), None if not loaded."""
-    return None if _ext is None else _ext.isa()
+    real = lambda t: None if t is None else torch.view_as_real(_flat(t))  # noqa: E731
+    return torch.view_as_complex(call(SCAN_FORWARD, real(lam), real(b), real(h0)))

@@ -20,7 +20,9 @@ Backends (``backend=``)
     :func:`lru_recurrence` runs the *fused* kernel (``B u``, scan and ``Re(C x)`` in one pass, no
     ``(B, L, N)`` tensor in memory) when ``H_in + H_out <= FUSED_MAX_WIDTH``, and otherwise torch
     GEMMs around the native scan kernel, because wide projections are GEMM-bound and the GEMM
-    library does them better (measured in ``benchmarks/scan.py``).
+    library does them better (measured in ``benchmarks/scan.py``). The kernels are PyTorch custom
+    operators (``shrinkssm::lru_forward``, ``shrinkssm::scan_forward``, ...), so ``torch.compile``
+    and ``torch.export`` trace through them.
 ``"auto"``
     CPU tensors: ``"native"`` when the extension loaded. Without it (one debug-level log record,
     no error): ``"chunked"`` up to :data:`CHUNKED_CPU_MAX_STATES` states in total (``B * L * N``),

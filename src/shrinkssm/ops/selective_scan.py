@@ -35,7 +35,10 @@ Backends (``backend=``)
 ``"native"``  the fused C kernel (``shrinkssm.ops._native_scan``: ``sel_forward`` /
 ``sel_backward``, source ``_native/selective.c``): ``exp(delta alpha)`` is computed on the fly
 (vectorised exp and sincos), states are checkpointed every :data:`CHECKPOINT_CHUNK` steps and
-recomputed in the backward; float32 and float64, real and complex states.
+recomputed in the backward; float32 and float64, real and complex states. The kernel is the
+PyTorch custom operator pair ``shrinkssm::selective_forward`` / ``selective_backward`` (fake
+implementations and autograd registered), so ``torch.compile`` and ``torch.export`` trace through
+it; in plain eager mode it is called without the dispatcher (:mod:`shrinkssm.ops._op_dispatch`).
 ``"auto"``  ``"native"`` for CPU tensors when the extension is loaded, ``"ref"`` otherwise.
 
 Gradients (torch's complex convention ``dL/dRe + i dL/dIm``), with ``g[t]`` the adjoint of
@@ -56,9 +59,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from shrinkssm.ops import _native_backend
+from shrinkssm.ops._native_backend import _expect, _real_dtype
+from shrinkssm.ops._op_dispatch import OpSpec, call, checked
 
 __all__ = [
     "BACKENDS",
@@ -125,6 +129,8 @@ class ScanLayout:
             raise ValueError(f"bucket_chan must be (G, {self.lanes}), got {tuple(self.bucket_chan.shape)}")
         if self.offsets.shape != (G + 1,) or int(self.offsets[0]) != 0:
             raise ValueError("offsets must be (G + 1,) starting at 0")
+        # a plain int, so that code traced by torch.compile reads it without touching tensor data
+        object.__setattr__(self, "_n_states", int(self.offsets[-1]))
         steps = self.offsets.diff()
         if bool((steps < 0).any()) or bool((self.offsets % self.lanes != 0).any()):
             raise ValueError("offsets must be non-decreasing multiples of lanes")
@@ -204,7 +210,7 @@ class ScanLayout:
     @property
     def n_states(self) -> int:
         """S, the length of the padded state axis."""
-        return int(self.offsets[-1])
+        return self._n_states
 
     @property
     def n_buckets(self) -> int:
@@ -355,58 +361,157 @@ def selective_scan_ref(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Te
 
 
 def _ptr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
+    return 0 if t is None else t.data_ptr()  # an empty output of new_empty(0) is 0 too: "absent"
 
 
-class _SelectiveScanNative(torch.autograd.Function):
-    """y, decay = fused selective scan on real tensors (complex split into re/im outside)."""
+def _opt(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
 
-    @staticmethod
-    def forward(ctx, u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk, n_threads, want_decay):
-        nb, L, E = u.shape
-        S = alr.shape[0]
-        cplx = ali is not None
-        width = (1 + cplx) * S
-        n_chunks = math.ceil(L / chunk)
-        need_grad = any(ctx.needs_input_grad[:8])
-        y = u.new_empty(nb, L, E)
-        ck = u.new_empty(nb, n_chunks, width) if need_grad else None
-        ds = u.new_empty(nb, width) if want_decay else None
-        dbl = int(u.dtype == torch.float64)
-        _native_backend._ext.sel_forward(
-            dbl, int(cplx), int(kidx is not None), n_threads, nb, L, E, K, bchan.shape[0], S, chunk,
-            _ptr(bchan), _ptr(boff), _ptr(kidx), _ptr(u), _ptr(dl), _ptr(alr), _ptr(ali), _ptr(Br), _ptr(Bi),
-            _ptr(Cr), _ptr(Ci), _ptr(y), _ptr(ck), _ptr(ds),
-        )
-        ctx.meta = (K, chunk, n_threads, cplx)
-        if need_grad:
-            ctx.save_for_backward(u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, ck)
-        decay = ds.sum(0) if want_decay else u.new_zeros(0)
-        ctx.mark_non_differentiable(decay)
-        return y, decay
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy, _gdecay):
-        u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, ck = ctx.saved_tensors
-        K, chunk, n_threads, cplx = ctx.meta
-        nb, L, E = u.shape
-        S = alr.shape[0]
-        gy = u.new_zeros(u.shape) if gy is None else gy.resolve_conj().resolve_neg().contiguous()
-        gu, gdl = torch.empty_like(u), torch.empty_like(u)
-        gBr, gCr = torch.empty_like(Br), torch.empty_like(Cr)
-        gBi = torch.empty_like(Bi) if cplx else None
-        gCi = torch.empty_like(Ci) if cplx else None
-        gal = u.new_empty(nb, (1 + cplx) * S)
-        _native_backend._ext.sel_backward(
-            int(u.dtype == torch.float64), int(cplx), int(kidx is not None), n_threads, nb, L, E, K,
-            bchan.shape[0], S, chunk, _ptr(bchan), _ptr(boff), _ptr(kidx), _ptr(u), _ptr(dl), _ptr(alr),
-            _ptr(ali), _ptr(Br), _ptr(Bi), _ptr(Cr), _ptr(Ci), _ptr(ck), _ptr(gy), _ptr(gu), _ptr(gdl),
-            _ptr(gBr), _ptr(gBi), _ptr(gCr), _ptr(gCi), _ptr(gal),
-        )
-        gal = gal.sum(0)                                              # fixed order over rows
-        galr, gali = (gal[:S], gal[S:]) if cplx else (gal, None)
-        return (gu, gdl, galr, gali, gBr, gBi, gCr, gCi, None, None, None, None, None, None, None)
+def _check_op(op, u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk) -> None:
+    """Shapes and dtypes a selective operator hands to C (ValueError naming the argument); the
+    kernel itself checks the layout's sizes."""
+    nb, L, E = u.shape
+    _real_dtype(op, u)
+    S, G, lanes = alr.shape[0], bchan.shape[0], _LANES[u.dtype]
+    width = K if kidx is not None else S
+    if bchan.ndim != 2 or bchan.shape[1] != lanes or chunk < 1 or len({ali is None, Bi is None, Ci is None}) > 1:
+        raise ValueError(f"shrinkssm::{op}: need bchan (G, {lanes}), chunk >= 1 and the imaginary parts "
+                         "ali, Bi, Ci all given or all None")
+    _expect(op, u.dtype, dl=(dl, (nb, L, E)), alr=(alr, (S,)), ali=(ali, (S,)), Br=(Br, (nb, L, width)),
+            Bi=(Bi, (nb, L, width)), Cr=(Cr, (nb, L, width)), Ci=(Ci, (nb, L, width)))
+    _expect(op, torch.int64, bchan=(bchan, (G, lanes)), boff=(boff, (G + 1,)), kidx=(kidx, (S // lanes,)))
+
+
+def _sel_forward_impl(
+    u: Tensor, dl: Tensor, alr: Tensor, ali: Tensor | None, Br: Tensor, Bi: Tensor | None, Cr: Tensor,
+    Ci: Tensor | None, bchan: Tensor, boff: Tensor, kidx: Tensor | None, K: int, chunk: int, save: bool,
+    want_decay: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused selective scan on real tensors (complex states split into re/im by the caller).
+
+    u, dl: (B, L, E) real; alr, ali: (S,) (ali None for real states); Br, Bi, Cr, Ci: (B, L, K)
+    shared (kidx (S // lanes,) int64 given) or (B, L, S) per state; bchan (G, lanes), boff (G + 1,)
+    int64: the :class:`ScanLayout`. Returns y (B, L, E); the checkpoints (B, ceil(L / chunk), W)
+    when ``save`` and the per-row decay sums (B, W) when ``want_decay`` (else empty), W = S for
+    real and 2 S (re parts, then im parts) for complex states.
+    """
+    _native_backend._require()
+    u, dl, alr, Br, Cr, bchan, boff = (t.contiguous() for t in (u, dl, alr, Br, Cr, bchan, boff))
+    ali, Bi, Ci, kidx = _opt(ali), _opt(Bi), _opt(Ci), _opt(kidx)
+    nb, L, E = u.shape
+    S = alr.shape[0]
+    cplx = ali is not None
+    width = (1 + cplx) * S
+    y = u.new_empty(nb, L, E)
+    ck = u.new_empty((nb, (L + chunk - 1) // chunk, width) if save else (0,))
+    ds = u.new_empty((nb, width) if want_decay else (0,))
+    _native_backend._ext.sel_forward(
+        int(u.dtype == torch.float64), int(cplx), int(kidx is not None), torch.get_num_threads(), nb, L,
+        E, K, bchan.shape[0], S, chunk, _ptr(bchan), _ptr(boff), _ptr(kidx), _ptr(u), _ptr(dl), _ptr(alr),
+        _ptr(ali), _ptr(Br), _ptr(Bi), _ptr(Cr), _ptr(Ci), _ptr(y), _ptr(ck), _ptr(ds),
+    )
+    return y, ck, ds
+
+
+def _check_sel_forward(u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk, save, want_decay):
+    _check_op("selective_forward", u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk)
+
+
+_sel_forward = torch.library.custom_op("shrinkssm::selective_forward", checked(_check_sel_forward, _sel_forward_impl),
+                                      mutates_args=(), device_types="cpu")
+
+
+@_sel_forward.register_fake
+def _(u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk, save, want_decay):
+    nb, L, E = u.shape
+    width = (1 + (ali is not None)) * alr.shape[0]
+    return (u.new_empty(nb, L, E), u.new_empty((nb, (L + chunk - 1) // chunk, width) if save else (0,)),
+            u.new_empty((nb, width) if want_decay else (0,)))
+
+
+def _sel_backward_impl(
+    gy: Tensor, u: Tensor, dl: Tensor, alr: Tensor, ali: Tensor | None, Br: Tensor, Bi: Tensor | None,
+    Cr: Tensor, Ci: Tensor | None, bchan: Tensor, boff: Tensor, kidx: Tensor | None, ck: Tensor, K: int,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``selective_forward`` from the gradient of y (B, L, E) and its checkpoints.
+
+    Returns the gradients of u, dl, Br, Bi, Cr, Ci (their shapes; Bi, Ci empty for real states)
+    and the per-row gradient of alpha, (B, W) (W as for the checkpoints), summed by the caller in
+    a fixed order.
+    """
+    _native_backend._require()
+    gy = _flat(gy)
+    u, dl, alr, Br, Cr, bchan, boff, ck = (t.contiguous() for t in (u, dl, alr, Br, Cr, bchan, boff, ck))
+    ali, Bi, Ci, kidx = _opt(ali), _opt(Bi), _opt(Ci), _opt(kidx)
+    nb, L, E = u.shape
+    S = alr.shape[0]
+    cplx = ali is not None
+    gu, gdl = torch.empty_like(u), torch.empty_like(u)
+    gBr, gCr = torch.empty_like(Br), torch.empty_like(Cr)
+    gBi = torch.empty_like(Bi) if cplx else u.new_empty(0)
+    gCi = torch.empty_like(Ci) if cplx else u.new_empty(0)
+    gal = u.new_empty(nb, (1 + cplx) * S)
+    _native_backend._ext.sel_backward(
+        int(u.dtype == torch.float64), int(cplx), int(kidx is not None), torch.get_num_threads(), nb, L,
+        E, K, bchan.shape[0], S, chunk, _ptr(bchan), _ptr(boff), _ptr(kidx), _ptr(u), _ptr(dl),
+        _ptr(alr), _ptr(ali), _ptr(Br), _ptr(Bi), _ptr(Cr), _ptr(Ci), _ptr(ck), _ptr(gy), _ptr(gu),
+        _ptr(gdl), _ptr(gBr), _ptr(gBi), _ptr(gCr), _ptr(gCi), _ptr(gal),
+    )
+    return gu, gdl, gBr, gBi, gCr, gCi, gal
+
+
+def _check_sel_backward(gy, u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, ck, K, chunk):
+    _check_op("selective_backward", u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk)
+    nb, L, E = u.shape
+    width = (1 + (ali is not None)) * alr.shape[0]
+    _expect("selective_backward", u.dtype, gy=(gy, (nb, L, E)), ck=(ck, (nb, (L + chunk - 1) // chunk, width)))
+
+
+_sel_backward = torch.library.custom_op("shrinkssm::selective_backward",
+                                       checked(_check_sel_backward, _sel_backward_impl), mutates_args=(),
+                                       device_types="cpu")
+SELECTIVE_BACKWARD = OpSpec(_sel_backward, _sel_backward_impl)
+
+
+@_sel_backward.register_fake
+def _(gy, u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, ck, K, chunk):
+    cplx = ali is not None
+    return (torch.empty_like(u), torch.empty_like(u), torch.empty_like(Br),
+            torch.empty_like(Bi) if cplx else u.new_empty(0), torch.empty_like(Cr),
+            torch.empty_like(Ci) if cplx else u.new_empty(0), u.new_empty(u.shape[0], (1 + cplx) * alr.shape[0]))
+
+
+def _sel_setup_context(ctx, inputs, output):
+    u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, K, chunk, save, _want_decay = inputs
+    if not save:
+        return  # no_grad or no differentiable input: backward never runs
+    ctx.set_materialize_grads(False)  # no zero gradients for the checkpoints and decay sums
+    ctx.K, ctx.chunk = K, chunk
+    ctx.save_for_backward(u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, output[1])
+
+
+def _sel_backward_formula(ctx, gy, _gck, _gds):
+    if not hasattr(ctx, "chunk"):
+        raise RuntimeError("shrinkssm::selective_forward was called with save=False; it cannot be "
+                           "differentiated (call selective_scan, which sets save when needed)")
+    u, dl, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, ck = ctx.saved_tensors
+    if gy is None:
+        gy = torch.zeros_like(u)
+    gu, gdl, gBr, gBi, gCr, gCi, gal = call(SELECTIVE_BACKWARD, gy, u, dl, alr, ali, Br, Bi, Cr, Ci, bchan,
+                                            boff, kidx, ck, ctx.K, ctx.chunk)
+    S = alr.shape[0]
+    gal = gal.sum(0)                                                  # fixed order over rows
+    cplx = ali is not None
+    galr, gali = (gal[:S], gal[S:]) if cplx else (gal, None)
+    if not cplx:
+        gBi = gCi = None
+    return gu, gdl, galr, gali, gBr, gBi, gCr, gCi, None, None, None, None, None, None, None
+
+
+_sel_forward.register_autograd(_sel_backward_formula, setup_context=_sel_setup_context)
+SELECTIVE_FORWARD = OpSpec(_sel_forward, _sel_forward_impl, _sel_setup_context, _sel_backward_formula)
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -423,13 +528,16 @@ def _selective_scan_native(u, delta, alpha, B, C, layout, return_decay, chunk=No
         Br, Bi, Cr, Ci = _flat(B.real), _flat(B.imag), _flat(C.real), _flat(C.imag)
     else:
         alr, ali, Br, Bi, Cr, Ci = _flat(alpha), None, _flat(B), None, _flat(C), None
+    u, delta = _flat(u), _flat(delta)
     bchan, boff = layout.bucket_chan.contiguous(), layout.offsets.contiguous()
     kidx = layout.slot_column.contiguous() if layout.is_shared else None
-    y, decay = _SelectiveScanNative.apply(
-        _flat(u), _flat(delta), alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx, max(layout.n_columns, 1),
-        int(chunk or CHECKPOINT_CHUNK), torch.get_num_threads(), bool(return_decay))
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, alr, ali, Br, Bi, Cr, Ci))
+    y, _, ds = call(SELECTIVE_FORWARD, u, delta, alr, ali, Br, Bi, Cr, Ci, bchan, boff, kidx,
+                    max(layout.n_columns, 1), int(chunk or CHECKPOINT_CHUNK), save, bool(return_decay))
     if not return_decay:
         return y
+    decay = ds.detach().sum(0)                                        # (W,), fixed order over rows
     if cplx:
         S = alpha.shape[0]
         decay = torch.complex(decay[:S], decay[S:])
