@@ -199,9 +199,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _warn_nonfinite(run, args) -> None:
-    if args.allow_nonfinite:
-        log.warning("--allow-nonfinite: the checkpoint's weights are used even if they hold NaN "
-                    "or infinite values; results from such weights mean nothing")
+    from shrinkssm.train.checkpoint import non_finite_tensors
+
+    bad = non_finite_tensors(run.checkpoint) if args.allow_nonfinite else []
+    if bad:
+        print(f"shrinkssm: warning: --allow-nonfinite: the checkpoint holds non-finite values "
+              f"({bad[0]}{', ...' if len(bad) > 1 else ''}); results from it mean nothing",
+              file=sys.stderr)
 
 
 def _analyze_source(run_dir: Path, allow_nonfinite: bool):

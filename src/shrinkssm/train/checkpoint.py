@@ -45,8 +45,8 @@ import torch
 
 from shrinkssm.train.rundir import atomic_write, os_errors
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checksum", "FORMAT",
-           "VERSION"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checksum",
+           "non_finite_tensors", "FORMAT", "VERSION"]
 
 log = logging.getLogger("shrinkssm")
 
@@ -209,7 +209,7 @@ def _check_fields(data: dict) -> str | None:
     return None
 
 
-def _non_finite(data: dict) -> list[str]:
+def non_finite_tensors(data: dict) -> list[str]:
     """``"model['x'] (3 of 64 values)"`` for each weight or optimizer tensor with NaN/inf."""
     found = []
 
@@ -281,7 +281,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} is malformed: {problem}")
     if not allow_nonfinite:
-        bad = _non_finite(data)
+        bad = non_finite_tensors(data)
         if bad:
             more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
             raise CheckpointError(f"checkpoint {path} holds non-finite values: {bad[0]}{more}; "
