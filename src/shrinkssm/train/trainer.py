@@ -520,8 +520,7 @@ class Trainer:
                      "reduction_seconds": event.seconds,
                      "val_score_before": event.metric_before,
                      "val_score_after": event.metric_after})
-        if self.dist.is_main:
-            self._save_history()
+        # reductions.json is written with the checkpoint that follows every reduction point
 
     def _finish(self) -> dict:
         test = self.evaluate_split("test")
