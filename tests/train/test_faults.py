@@ -154,7 +154,8 @@ def test_a_layer_at_the_unit_circle_even_in_float64_is_kept_with_a_note(tiny_con
     trainer = Trainer(tiny_config, tmp_path)
     layer = trainer.model.ssm_layers()[0]
     with torch.no_grad():
-        layer.nu_log[0] = -60.0                     # |lam| = 1 exactly, even in float64
+        layer.nu_log[0] = -60.0                     # lam = 1 exactly, even in float64
+        layer.theta_log[0] = -60.0
     summary = trainer.fit()
     events = json.loads((tmp_path / "reductions.json").read_text())["events"]
     assert [e["layers"][0]["new"] for e in events] == [24, 24]
