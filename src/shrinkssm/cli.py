@@ -32,10 +32,14 @@ def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bo
     """Log to stderr (warnings only when ``quiet``: the other ranks of a data-parallel job) and,
     with ``run_dir``, to ``run_dir/train.log``."""
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    if not any(type(h) is logging.StreamHandler for h in log.handlers):
+    streams = [h for h in log.handlers if type(h) is logging.StreamHandler]
+    if not streams:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
         log.addHandler(handler)
+    for handler in streams:
+        if handler.stream is not sys.stderr:   # stderr replaced since (several runs, one process)
+            handler.stream = sys.stderr        # (not setStream: it flushes the old one)
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)              # a previous run's log file (several runs, one process)
         old.close()
