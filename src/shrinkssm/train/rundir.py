@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
 __all__ = ["RunDirError", "RunDirBusy", "RunLock", "atomic_write", "clean_stale_temporaries",
-           "os_errors", "write_files_atomically", "LOCK_NAME", "temporary_name", "inspect_run_dir",
+           "describe_os_error", "os_errors", "write_files_atomically", "LOCK_NAME", "temporary_name", "inspect_run_dir",
            "remove_run_outputs", "RUN_OUTPUTS"]
 
 log = logging.getLogger("shrinkssm")
@@ -291,7 +291,10 @@ class RunLock:
         self.release()
 
     def __del__(self) -> None:                   # a forgotten lock must not outlive its object
-        self.release()
+        try:
+            self.release()
+        except Exception:                        # interpreter shutdown: os may be gone already
+            pass
 
 
 def _read_pid(fd: int) -> int | None:

@@ -57,7 +57,7 @@ from shrinkssm.train.metrics_log import MetricsLog, read_metrics
 from shrinkssm.train.objective import Objective, evaluate
 from shrinkssm.train.optim import build_optimizer, build_scheduler
 from shrinkssm.train.rundir import (RunDirError, RunLock, atomic_write, clean_stale_temporaries,
-                                    write_files_atomically)
+                                    describe_os_error, write_files_atomically)
 
 __all__ = ["Trainer", "TrainingDiverged", "build_model", "build_compressor"]
 
@@ -377,6 +377,10 @@ class Trainer:
             return result
         except RunDirError as exc:
             raise RunDirError(f"{exc}; {self.last_good()}", exc.path, exc.errno) from None
+        except OSError as exc:                  # one not met at a known write (tensorboard, ...)
+            where = exc.filename or self.run_dir
+            raise RunDirError(f"cannot write {where}: {describe_os_error(exc)}; "
+                              f"{self.last_good()}", where, exc.errno) from None
         finally:
             self._close()
 
