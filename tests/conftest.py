@@ -46,3 +46,18 @@ def disk_full(monkeypatch):
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("simulating a full disk needs /proc/self/fd")
     return arm
+
+
+@pytest.fixture
+def shrinkssm_log(caplog):
+    """``caplog`` that sees the ``shrinkssm`` logger's records at INFO and above even after the
+    CLI has set that logger not to propagate (it logs through its own handlers)."""
+    import logging
+
+    logger = logging.getLogger("shrinkssm")
+    level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)

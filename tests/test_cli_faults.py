@@ -189,3 +189,32 @@ def test_ctrl_c_writes_a_checkpoint_of_the_current_step_and_says_where(tmp_path)
     assert (f"SIGINT: stopped at step {step}; checkpoint of step {step} written to {ckpt}; "
             f"continue with: shrinkssm train --resume {run}") in err
     assert "Traceback" not in err
+
+
+def test_a_full_disk_under_train_log_is_one_warning_not_a_logging_traceback(tmp_path, capsys):
+    import errno
+    import logging
+
+    from shrinkssm import cli
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+    cli._setup_logging(tmp_path)
+    log = logging.getLogger("shrinkssm")
+    try:
+        handler = next(h for h in log.handlers if isinstance(h, logging.FileHandler))
+        handler.stream.close()
+        handler.stream = FullDisk()
+        log.info("one")
+        log.info("two")
+    finally:
+        log.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.count(f"shrinkssm: warning: cannot write {tmp_path / 'train.log'}: "
+                     "No space left on device") == 1
+    assert "Traceback" not in err and "Logging error" not in err

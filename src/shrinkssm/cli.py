@@ -45,10 +45,24 @@ def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bo
         old.close()
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_dir / "train.log")
+        handler = _LogFileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
     log.propagate = False
+
+
+class _LogFileHandler(logging.FileHandler):
+    """``train.log``; a failed write (disk full) is one warning line, not a logging traceback."""
+
+    _warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not self._warned:
+            self._warned = True
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"shrinkssm: warning: cannot write {self.baseFilename}: {reason}",
+                  file=sys.stderr)
 
 
 def _default_run_dir(data_name: str, mode: str) -> Path:

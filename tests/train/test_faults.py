@@ -184,3 +184,20 @@ def test_non_finite_weights_at_a_reduction_point_are_the_divergence_message(tiny
                                                r"stopped, no checkpoint has been written yet"):
         trainer.fit()
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_disk_full_on_metrics_jsonl_names_it(tiny_config, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from shrinkssm.train import metrics_log
+
+    def full(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(metrics_log, "open", full, raising=False)
+    with pytest.raises(RunDirError, match=r"cannot write .*metrics\.jsonl: No space left on "
+                                          r"device; no checkpoint has been written yet"):
+        Trainer(tiny_config, tmp_path).fit()        # the first row is the reduction's, at 10

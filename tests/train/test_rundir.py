@@ -2,7 +2,6 @@
 errors, stale temporaries (issue 15)."""
 
 import errno
-import logging
 import os
 import subprocess
 import sys
@@ -55,15 +54,14 @@ def test_in_one_process_two_locks_of_one_directory_conflict(tmp_path):
     RunLock(tmp_path).acquire().release()
 
 
-def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message(tmp_path, caplog):
+def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message(tmp_path, shrinkssm_log):
     child = _holder(tmp_path, then="die")
     child.wait()
     assert (tmp_path / ".lock").read_text().strip() == str(child.pid)   # never cleaned up
-    with caplog.at_level(logging.WARNING, logger="shrinkssm"):
-        lock = RunLock(tmp_path).acquire()
+    lock = RunLock(tmp_path).acquire()
     assert lock.previous_pid == child.pid
     assert f"took over the lock of {tmp_path} left by process {child.pid} (no longer running)" \
-        in caplog.text
+        in shrinkssm_log.text
     assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
     lock.release()
     assert (tmp_path / ".lock").read_text() == ""          # a clean release leaves no pid

@@ -199,13 +199,15 @@ def _check_fields(data: dict) -> str | None:
         return f"extra.initial_dims must be a list of {len(dims)} positive integers, got {initial!r}"
     if not _is_number(extra.get("train_seconds")) or extra["train_seconds"] < 0:
         return f"extra.train_seconds must be a non-negative number, got {extra.get('train_seconds')!r}"
-    window = extra.get("window")
-    if window is not None and not (
-            isinstance(window, dict) and _is_int(window.get("steps"))
-            and _is_number(window.get("loss")) and _is_number(window.get("seconds"))
-            and isinstance(window.get("stats"), dict)
-            and all(_is_number(v) for v in window["stats"].values())):
-        return "extra.window must hold steps (int), loss, seconds (numbers) and stats (dict)"
+    per_rank = extra.get("windows_per_rank", [])
+    windows = [extra.get("window")] + (per_rank if isinstance(per_rank, list) else [])
+    if not isinstance(per_rank, list) or not all(
+            w is None or (isinstance(w, dict) and _is_int(w.get("steps"))
+                          and _is_number(w.get("loss")) and _is_number(w.get("seconds"))
+                          and isinstance(w.get("stats"), dict)
+                          and all(_is_number(v) for v in w["stats"].values()))
+            for w in windows):
+        return "extra.window(s_per_rank) must hold steps (int), loss, seconds (numbers) and stats"
     return None
 
 

@@ -243,7 +243,14 @@ class Trainer:
         self.position = _Position(int(ckpt["epoch"]), int(ckpt["batch"]))
         self.initial_dims = list(ckpt["extra"]["initial_dims"])
         self.train_seconds = float(ckpt["extra"]["train_seconds"])
-        self._window.load(ckpt["extra"].get("window"))
+        # the metrics window still open at the checkpoint (each rank sums its own batches); with
+        # another number of processes the first row after the resume covers the resumed steps only
+        windows = ckpt["extra"].get("windows_per_rank") or [ckpt["extra"].get("window")]
+        if len(windows) == self.dist.world_size:
+            self._window.load(windows[self.dist.rank])
+        else:
+            log.info("resuming on %d processes (checkpoint: %d): the first metrics row after the "
+                     "resume covers the resumed steps only", self.dist.world_size, len(windows))
 
     # -- data ---------------------------------------------------------------------------------------
     def _train_batches(self) -> Iterator[Batch]:
@@ -308,6 +315,7 @@ class Trainer:
                                        f"training stopped, {self.last_good()}. Try a lower "
                                        "train.lr or train.grad_clip.")
         rng_states = self.dist.gather(torch.get_rng_state())
+        windows = self.dist.gather(self._window.state())
         if self.dist.is_main:
             save_checkpoint(self.checkpoint_path(), {
                 "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
@@ -322,7 +330,8 @@ class Trainer:
                 "rng": {"torch_per_rank": rng_states,
                         "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
                 "extra": {"initial_dims": self.initial_dims, "train_seconds": self.train_seconds,
-                          "world_size": self.dist.world_size, "window": self._window.state()},
+                          "world_size": self.dist.world_size, "window": windows[0],
+                          "windows_per_rank": windows},
             })
             self._saved_step = self.step
             self._save_history()
