@@ -110,8 +110,9 @@ def test_sigterm_checkpoints_the_current_step_and_the_resumed_log_reads_like_one
 
         def loss(out, batch):
             calls["n"] += split.model.training
-            if calls["n"] == 13 and split.model.training:
-                os.kill(os.getpid(), signal.SIGTERM)          # arrives during step 13
+            if calls["n"] == 13 and split.model.training:     # arrives during step 13, twice
+                os.kill(os.getpid(), signal.SIGTERM)          # (as torchrun sends it: to the
+                os.kill(os.getpid(), signal.SIGTERM)          # process and to its group)
             return real_loss(out, batch)
 
         monkeypatch.setattr(split.objective, "loss", loss)

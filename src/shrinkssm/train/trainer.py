@@ -396,8 +396,10 @@ class Trainer:
     @contextlib.contextmanager
     def _interrupts(self):
         """While training: SIGINT/SIGTERM ask the loop to stop after the current step with a
-        checkpoint; a second signal raises KeyboardInterrupt at once. Only in the main thread
-        (elsewhere signals cannot be caught); the previous handlers come back afterwards."""
+        checkpoint; a second SIGINT (Ctrl-C again) raises KeyboardInterrupt at once, a repeated
+        SIGTERM is the same request (supervisors such as torchrun send it to the process and its
+        group). Only in the main thread (elsewhere signals cannot be caught); the previous
+        handlers come back afterwards."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -405,10 +407,13 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_signal is not None:
-                raise KeyboardInterrupt
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                return
             self._stop_signal = signum
-            log.warning("%s: stopping after step %d with a checkpoint (again to stop at once)",
-                        signal.Signals(signum).name, self.step + 1)
+            again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+            log.warning("%s: stopping after step %d with a checkpoint%s",
+                        signal.Signals(signum).name, self.step + 1, again)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
