@@ -202,3 +202,24 @@ def test_disk_full_on_metrics_jsonl_names_it(tiny_config, tmp_path, monkeypatch)
     with pytest.raises(RunDirError, match=r"cannot write .*metrics\.jsonl: No space left on "
                                           r"device; no checkpoint has been written yet"):
         Trainer(tiny_config, tmp_path).fit()        # the first row is the reduction's, at 10
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tiny_config, tmp_path,
+                                                                      monkeypatch):
+    trainer = Trainer(tiny_config, tmp_path)
+    real_loss = trainer.objective.loss
+    calls = {"n": 0}
+
+    def loss(out, batch):
+        calls["n"] += trainer.model.training
+        if calls["n"] == 13 and trainer.model.training:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(out, batch)
+
+    monkeypatch.setattr(trainer.objective, "loss", loss)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert trainer.saved_step == 10 and "(step 10)" in trainer.last_good()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 10
+    RunLock(tmp_path).acquire().release()             # released on the way out
