@@ -123,12 +123,13 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path, capsys):
 def test_out_into_a_non_empty_directory_needs_force(tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
-    (mine / "config.yml").write_text("my own settings\n")
+    (mine / "config.yaml").write_text("my own settings\n")
     (mine / "notes.txt").write_text("keep me\n")
     assert main(["train", "--out", str(mine), *TINY]) == 2
     line = _one_line_error(capsys.readouterr().err)
-    assert f"--out {mine} is not empty and holds no run (config.yml, notes.txt)" in line
-    assert "--force" in line and sorted(os.listdir(mine)) == ["config.yml", "notes.txt"]
+    assert f"--out {mine} is not empty and holds no run (config.yaml, notes.txt)" in line
+    assert "--force" in line and sorted(os.listdir(mine)) == ["config.yaml", "notes.txt"]
+    assert (mine / "config.yaml").read_text() == "my own settings\n"       # not overwritten
     assert main(["train", "--out", str(mine), "--force", *TINY]) == 0
     assert (mine / "notes.txt").read_text() == "keep me\n" and (mine / "summary.json").exists()
 

@@ -131,7 +131,8 @@ def _resume_config(run_dir: Path):
 def cmd_train(args: argparse.Namespace) -> int:
     from shrinkssm.train.config import load_config
     from shrinkssm.train.distributed import init_distributed, shutdown_distributed
-    from shrinkssm.train.rundir import LOCK_NAME, RunLock, os_errors, remove_run_outputs
+    from shrinkssm.train.rundir import (LOCK_NAME, RunLock, inspect_run_dir, os_errors,
+                                        remove_run_outputs)
     from shrinkssm.train.trainer import Trainer
 
     if args.resume:
@@ -153,10 +154,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             lock = RunLock(run_dir)
             if (run_dir / LOCK_NAME).exists():      # in use? say so before judging its contents
                 lock.acquire()
+            kind = None if args.resume else inspect_run_dir(run_dir)[0]
             if not args.resume:
                 _vet_new_run_dir(run_dir, args.force)
             lock.acquire()
-            if args.force and not args.resume:
+            if args.force and kind in ("run", "run-without-checkpoint"):
                 for path in remove_run_outputs(run_dir):
                     log.info("--force: removed %s of an earlier run", path)
             with os_errors(run_dir / "train.log", "open"):
@@ -374,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<time>-<data>-<mode>)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
     train.add_argument("--force", action="store_true",
-                       help="use an --out directory that is not empty (a previous run's files in "
-                       "it are removed first; other files are left alone)")
+                       help="use an --out directory that is not empty: a previous run in it is "
+                       "removed first (its checkpoint, logs and plots); other files are left "
+                       "alone, except that the run writes its own config.yaml, metrics.jsonl, ...")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     train.set_defaults(func=cmd_train)
 

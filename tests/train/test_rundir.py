@@ -138,6 +138,8 @@ def test_inspect_run_dir_kinds(tmp_path):
     assert inspect_run_dir(tmp_path)[0] == "empty"              # a lock alone is no content
     (tmp_path / "thesis.tex").write_text("x")
     assert inspect_run_dir(tmp_path) == ("other", ["thesis.tex"])
+    (tmp_path / "config.yaml").write_text("x")
+    assert inspect_run_dir(tmp_path)[0] == "other"              # may be the user's own config
     (tmp_path / "metrics.jsonl").write_text("")
     assert inspect_run_dir(tmp_path)[0] == "run-without-checkpoint"
     (tmp_path / "checkpoints").mkdir()

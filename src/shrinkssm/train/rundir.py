@@ -41,8 +41,7 @@ LOCK_NAME = ".lock"
 RUN_OUTPUTS = ("checkpoints/last.pt", "config.yaml", "metrics.jsonl", "reductions.json",
                "summary.json", "train.log", "plots/curves.png", "plots/state_dims.png",
                "plots/hsv_spectra.png")
-"""The files a run writes (relative to its directory); a directory with any of the first three
-is a run."""
+"""The files a run writes (relative to its directory), which ``--force`` removes."""
 _TMP = re.compile(r"^\..+\.tmp-\d+$")
 
 
@@ -170,7 +169,8 @@ def clean_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
 def inspect_run_dir(path: str | os.PathLike) -> tuple[str, list[str]]:
     """What a would-be run directory holds: ``(kind, names)`` with ``kind`` one of ``"missing"``,
     ``"file"`` (not a directory), ``"empty"`` (nothing but a lock and temporaries), ``"run"`` (a
-    checkpoint), ``"run-without-checkpoint"`` (config.yaml or metrics.jsonl, no checkpoint) or
+    checkpoint), ``"run-without-checkpoint"`` (metrics.jsonl, no checkpoint; a config.yaml alone
+    may be a user's own file) or
     ``"other"``; ``names`` are its entries (lock and temporaries left out), sorted."""
     path = Path(path)
     if not path.exists():
@@ -182,7 +182,7 @@ def inspect_run_dir(path: str | os.PathLike) -> tuple[str, list[str]]:
                        if e.name != LOCK_NAME and not _TMP.match(e.name))
     if (path / "checkpoints" / "last.pt").exists():
         return "run", names
-    if (path / "config.yaml").is_file() or (path / "metrics.jsonl").is_file():
+    if (path / "metrics.jsonl").is_file():     # written at a run's start, with config.yaml
         return "run-without-checkpoint", names
     return ("other" if names else "empty"), names
 
