@@ -84,7 +84,7 @@ def _walk(obj: Any, where: str, h, tensors: dict[str, str]) -> None:
         h.update(f"{{{len(obj)}".encode())
         for key, value in obj.items():
             _walk(key, where + "{key}", h, tensors)
-            _walk(value, f"{where}[{key!r}]", h, tensors)
+            _walk(value, f"{where}[{key!r}]" if where else str(key), h, tensors)
         h.update(b"}")
     elif isinstance(obj, (list, tuple)):
         h.update(f"{'[' if isinstance(obj, list) else '('}{len(obj)}".encode())
@@ -130,7 +130,7 @@ def _verify(data: dict, path: Path) -> None:
     if changed:
         more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
         raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch in tensor "
-                              f"{changed[0].lstrip('.')}{more} (the file changed after it was "
+                              f"{changed[0]}{more} (the file changed after it was "
                               "written)")
     if fresh["payload"] != stored["payload"]:
         raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch in its "

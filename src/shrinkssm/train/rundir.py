@@ -116,7 +116,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+    _sync_directory(path.parent)
     return path
+
+
+def _sync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power cut after ``os.replace`` could otherwise
+    bring the old name back); best effort: not every file system can sync a directory."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_files_atomically(out_dir: str | os.PathLike,
