@@ -10,7 +10,8 @@
     shrinkssm data prepare NAME [--dest DIR] [KEY=VALUE ...]            generate / fetch data files
     shrinkssm generate RUN [--prompt TEXT]                              sample from a language model
 
-Exit codes: 0 success, 1 training diverged or failed, 2 bad usage / config / checkpoint / data.
+Exit codes: 0 success, 1 training diverged or failed, 2 bad usage / config / checkpoint / data /
+a file the OS refused (disk full, permission), 130 / 143 stopped by SIGINT / SIGTERM (checkpointed).
 """
 
 from __future__ import annotations
@@ -31,19 +32,37 @@ def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bo
     """Log to stderr (warnings only when ``quiet``: the other ranks of a data-parallel job) and,
     with ``run_dir``, to ``run_dir/train.log``."""
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    if not any(type(h) is logging.StreamHandler for h in log.handlers):
+    streams = [h for h in log.handlers if type(h) is logging.StreamHandler]
+    if not streams:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
         log.addHandler(handler)
+    for handler in streams:
+        if handler.stream is not sys.stderr:   # stderr replaced since (several runs, one process)
+            handler.stream = sys.stderr        # (not setStream: it flushes the old one)
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)              # a previous run's log file (several runs, one process)
         old.close()
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_dir / "train.log")
+        handler = _LogFileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
     log.propagate = False
+
+
+class _LogFileHandler(logging.FileHandler):
+    """``train.log``; a failed write (disk full) is one warning line, not a logging traceback."""
+
+    _warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not self._warned:
+            self._warned = True
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"shrinkssm: warning: cannot write {self.baseFilename}: {reason}",
+                  file=sys.stderr)
 
 
 def _default_run_dir(data_name: str, mode: str) -> Path:
@@ -69,30 +88,82 @@ def _print_summary(summary: dict) -> None:
     print(f"  run directory:  {summary['run_dir']}  (summary.json, metrics.jsonl, plots/)")
 
 
+def _vet_new_run_dir(run_dir: Path, force: bool) -> None:
+    """Refuse an ``--out`` that is a file, holds a run, or holds other files (unless --force)."""
+    from shrinkssm.train.rundir import inspect_run_dir
+
+    kind, names = inspect_run_dir(run_dir)
+    if kind == "file":
+        raise _UsageError(f"--out {run_dir}: is a file, not a directory; name a new or empty "
+                          "directory")
+    if force or kind in ("missing", "empty"):
+        return
+    if kind == "run":
+        raise _UsageError(f"{run_dir} already holds a run; use --resume {run_dir} to continue it, "
+                          "--force to start over in it, or --out to choose another directory")
+    if kind == "run-without-checkpoint":
+        raise _UsageError(f"--out {run_dir} holds a run that stopped before its first checkpoint; "
+                          "pass --force to start over in it, or choose another directory")
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise _UsageError(f"--out {run_dir} is not empty and holds no run ({shown}); choose a new or "
+                      "empty directory, or pass --force to write into it anyway")
+
+
+def _resume_config(run_dir: Path):
+    from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint
+    from shrinkssm.train.config import ConfigError, build_config
+    from shrinkssm.train.rundir import inspect_run_dir
+
+    kind, _ = inspect_run_dir(run_dir)
+    if kind == "run-without-checkpoint":
+        raise _UsageError(f"--resume {run_dir}: the run stopped before its first checkpoint, so "
+                          f"there is nothing to resume; start it again with --out {run_dir} "
+                          "--force (shrinkssm analyze shows what it logged)")
+    if kind in ("missing", "file"):
+        raise _UsageError(f"--resume {run_dir}: no such run directory")
+    path = run_dir / "checkpoints" / "last.pt"
+    try:
+        return build_config(load_checkpoint(path)["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} holds an invalid config: {exc}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from shrinkssm.train.checkpoint import load_checkpoint
-    from shrinkssm.train.config import build_config, load_config
+    from shrinkssm.train.config import load_config
     from shrinkssm.train.distributed import init_distributed, shutdown_distributed
+    from shrinkssm.train.rundir import (LOCK_NAME, RunLock, inspect_run_dir, os_errors,
+                                        remove_run_outputs)
     from shrinkssm.train.trainer import Trainer
 
     if args.resume:
-        if args.config or args.overrides or args.out:
+        if args.config or args.overrides or args.out or args.force:
             raise _UsageError("--resume continues a run with its saved config; it takes no "
-                              "--config, --out or overrides")
+                              "--config, --out, --force or overrides")
         run_dir = Path(args.resume)
-        config = build_config(load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"])
+        config = _resume_config(run_dir)
     else:
         config = load_config(args.config, args.overrides)
     dist = init_distributed(config.train.device, config.train.dist_timeout)
+    lock = trainer = None
     try:
         if not args.resume:
             default = _default_run_dir(config.data.name, config.compress.mode)
             run_dir = Path(args.out) if args.out else Path(dist.from_main(str(default)))
-            if (run_dir / "checkpoints" / "last.pt").exists():
-                raise _UsageError(f"{run_dir} already holds a run; use --resume {run_dir} to "
-                                  "continue it or --out to choose another directory")
-        _setup_logging(run_dir if dist.is_main else None, args.verbose, quiet=not dist.is_main)
-        trainer = Trainer(config, run_dir, resume=bool(args.resume))
+        _setup_logging(None, args.verbose, quiet=not dist.is_main)
+        if dist.is_main:
+            lock = RunLock(run_dir)
+            if (run_dir / LOCK_NAME).exists():      # in use? say so before judging its contents
+                lock.acquire()
+            kind = None if args.resume else inspect_run_dir(run_dir)[0]
+            if not args.resume:
+                _vet_new_run_dir(run_dir, args.force)
+            lock.acquire()
+            if args.force and kind in ("run", "run-without-checkpoint"):
+                for path in remove_run_outputs(run_dir):
+                    log.info("--force: removed %s of an earlier run", path)
+            with os_errors(run_dir / "train.log", "open"):
+                _setup_logging(run_dir, args.verbose)
+        trainer = Trainer(config, run_dir, resume=bool(args.resume), lock=lock)
         if args.resume:
             log.info("resuming %s at step %d of %d", run_dir, trainer.step, config.train.steps)
         else:
@@ -101,11 +172,31 @@ def cmd_train(args: argparse.Namespace) -> int:
                      len(trainer.splits.val), len(trainer.splits.test), trainer.model.state_dims(),
                      f"; {dist.world_size} processes" if dist.enabled else "")
         summary = trainer.fit()
+    except KeyboardInterrupt:
+        if dist.is_main:
+            if trainer is not None:
+                where, resumable = trainer.last_good(), trainer.saved_step is not None
+            elif args.resume:
+                where, resumable = f"{run_dir / 'checkpoints' / 'last.pt'} is unchanged", True
+            else:
+                where, resumable = "no checkpoint was written", False
+            hint = f" (resume with: shrinkssm train --resume {run_dir})" if resumable else ""
+            print(f"\nshrinkssm: interrupted; {where}{hint}", file=sys.stderr)
+        return 130
     finally:
+        if lock is not None:
+            lock.release()
         shutdown_distributed()
     if not dist.is_main:
         return 0
     if summary.get("interrupted"):
+        if "signal" in summary:
+            import signal
+
+            print(f"shrinkssm: {summary['signal']}: stopped at step {summary['steps']}; checkpoint "
+                  f"of step {summary['steps']} written to {summary['checkpoint']}; continue "
+                  f"with: shrinkssm train --resume {run_dir}", file=sys.stderr)
+            return 128 + int(getattr(signal, summary["signal"]))
         print(f"stopped at step {summary['steps']}; continue with: shrinkssm train --resume {run_dir}")
         return 0
     _print_summary(summary)
@@ -116,7 +207,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from shrinkssm.train.loading import load_run
     from shrinkssm.train.objective import Objective, evaluate
 
-    run = load_run(args.run)
+    run = load_run(args.run, allow_nonfinite=args.allow_nonfinite)
+    _warn_nonfinite(run, args)
     data = getattr(run.splits, args.split)
     batches = data.iterate(run.config.train.batch_size, shuffle=False, seed=0, epoch=0,
                            drop_last=False)
@@ -126,28 +218,69 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
+def _warn_nonfinite(run, args) -> None:
+    from shrinkssm.train.checkpoint import non_finite_tensors
+
+    bad = non_finite_tensors(run.checkpoint) if args.allow_nonfinite else []
+    if bad:
+        print(f"shrinkssm: warning: --allow-nonfinite: the checkpoint holds non-finite values "
+              f"({bad[0]}{', ...' if len(bad) > 1 else ''}); results from it mean nothing",
+              file=sys.stderr)
+
+
+def _analyze_source(run_dir: Path, allow_nonfinite: bool):
+    """``(config, history, initial_dims, step, source)`` of a run: from its checkpoint, or, for a
+    run that stopped before its first checkpoint, from config.yaml, metrics.jsonl and
+    reductions.json."""
     from shrinkssm.compress import ReductionHistory
-    from shrinkssm.plots import plot_run
+    from shrinkssm.train.config import load_config
     from shrinkssm.train.loading import load_run
     from shrinkssm.train.metrics_log import read_metrics
+    from shrinkssm.train.rundir import inspect_run_dir, os_errors
 
-    run = load_run(args.run, with_model=False)
-    history = ReductionHistory.from_dict(run.checkpoint["compressor"]["history"])
-    initial = run.checkpoint["extra"]["initial_dims"]
-    rows = read_metrics(run.run_dir / "metrics.jsonl")
+    kind, _ = inspect_run_dir(run_dir)
+    if kind != "run-without-checkpoint":
+        run = load_run(run_dir, with_model=False, allow_nonfinite=allow_nonfinite)
+        history = ReductionHistory.from_dict(run.checkpoint["compressor"]["history"])
+        return run.config, history, run.checkpoint["extra"]["initial_dims"], run.step, "checkpoint"
+    config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    if config is None:
+        raise _UsageError(f"{run_dir} has neither a checkpoint nor a config.yaml to analyze")
+    history = ReductionHistory()
+    path = run_dir / "reductions.json"
+    if path.is_file():
+        try:
+            with os_errors(path, "read"):
+                history = ReductionHistory.load(path)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise _UsageError(f"{path} is malformed ({type(exc).__name__}: {exc})") from None
+    initial = [config.model.state_size(i) for i in range(config.model.n_layers)]
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "step" in r]
+    step = max(steps + [e.step for e in history], default=0)
+    return config, history, initial, step, "logs (no checkpoint)"
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from shrinkssm.plots import plot_run
+    from shrinkssm.train.metrics_log import read_metrics
+    from shrinkssm.train.rundir import write_files_atomically
+
+    run_dir = Path(args.run)
+    config, history, initial, step, source = _analyze_source(run_dir, args.allow_nonfinite)
+    rows = read_metrics(run_dir / "metrics.jsonl")
     metric = next((k[4:] for r in rows for k in r if k.startswith("val_") and k != "val_loss"
                    and not k.startswith("val_score")), "accuracy")
-    files = plot_run(rows, history, initial, run.config.train.steps, run.run_dir / "plots", metric)
-    print(f"run {run.run_dir}: step {run.step} of {run.config.train.steps}, "
-          f"mode {run.config.compress.mode}, method {run.config.compress.method}")
+    files = write_files_atomically(run_dir / "plots", lambda staging: plot_run(
+        rows, history, initial, config.train.steps, staging, metric))
+    print(f"run {run_dir}: step {step} of {config.train.steps}, "
+          f"mode {config.compress.mode}, method {config.compress.method}; from its {source}")
     print(f"{'step':>8}  {'layer':>5}  {'before':>6}  {'after':>6}  {'bound':>10}  "
           f"{'kept energy':>11}  {'seconds':>8}  note")
     for event in history:
         for le in event.layers:
             bound = f"{le.error_bound:.3e}" if le.error_bound is not None else "-"
             kept = f"{le.kept_energy:.4f}" if le.kept_energy is not None else "-"
-            note = le.skipped or ("rolled back" if event.rolled_back else "")
+            note = le.skipped or ("rolled back" if event.rolled_back else "; ".join(le.notes))
             print(f"{event.step:>8}  {le.layer:>5}  {le.old:>6}  {le.new:>6}  {bound:>10}  "
                   f"{kept:>11}  {le.seconds:>8.3f}  {note}")
     if not len(history):
@@ -164,7 +297,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from shrinkssm.train.loading import load_run
     from shrinkssm.train.trainer import build_model
 
-    run = load_run(args.run)
+    run = load_run(args.run, allow_nonfinite=args.allow_nonfinite)
+    _warn_nonfinite(run, args)
     vocab = run.splits.meta.get("vocab")
     if run.model.task != "lm" or vocab is None:
         raise _UsageError(f"{args.run} is not a character-level language model run "
@@ -224,6 +358,9 @@ class _UsageError(ValueError):
     pass
 
 
+_NONFINITE_HELP = "load a checkpoint even if its weights hold NaN or infinite values"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shrinkssm",
@@ -238,16 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config file (see configs/)")
     train.add_argument("--out", help="run directory (default: runs/<time>-<data>-<mode>)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    train.add_argument("--force", action="store_true",
+                       help="use an --out directory that is not empty: a previous run in it is "
+                       "removed first (its checkpoint, logs and plots); other files are left "
+                       "alone, except that the run writes its own config.yaml, metrics.jsonl, ...")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a run's last checkpoint on a split")
     ev.add_argument("run", help="run directory")
     ev.add_argument("--split", default="test", choices=("test", "val", "train"))
+    ev.add_argument("--allow-nonfinite", action="store_true", help=_NONFINITE_HELP)
     ev.set_defaults(func=cmd_eval)
 
     an = sub.add_parser("analyze", help="reduction history table and plots of a run")
     an.add_argument("run", help="run directory")
+    an.add_argument("--allow-nonfinite", action="store_true", help=_NONFINITE_HELP)
     an.set_defaults(func=cmd_analyze)
 
     data = sub.add_parser("data", help="data sets")
@@ -264,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="sample text from a language-model run (recurrent mode)")
     gen.add_argument("run", help="run directory")
     gen.add_argument("--prompt", default="ROMEO:\n")
+    gen.add_argument("--allow-nonfinite", action="store_true", help=_NONFINITE_HELP)
     gen.add_argument("--length", type=int, default=400)
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int, default=None)
@@ -281,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     from shrinkssm.data import DataFileError, DataNotFoundError
     from shrinkssm.train.checkpoint import CheckpointError
     from shrinkssm.train.config import ConfigError
+    from shrinkssm.train.rundir import RunDirError, describe_os_error
     from shrinkssm.train.trainer import TrainingDiverged
 
     parser = build_parser()
@@ -293,15 +438,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, DataNotFoundError, DataFileError, _UsageError) as exc:
+    except (ConfigError, CheckpointError, DataNotFoundError, DataFileError, _UsageError,
+            RunDirError) as exc:
         print(f"shrinkssm: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
         print(f"shrinkssm: training stopped: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:                  # a file the command met that the OS refused
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"shrinkssm: error: cannot access{where}: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("\nshrinkssm: interrupted; the last checkpoint is kept (resume with "
-              "`shrinkssm train --resume RUN`)", file=sys.stderr)
+        print("\nshrinkssm: interrupted", file=sys.stderr)
         return 130
 
 

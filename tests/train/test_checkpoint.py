@@ -5,8 +5,13 @@ import torch
 
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-PAYLOAD = dict(step=3, epoch=0, batch=3, config={}, model_io={}, layout={}, model={"w": torch.ones(2)},
-               optimizer={}, scheduler={}, compressor={}, rng={}, extra={})
+PAYLOAD = dict(step=3, epoch=0, batch=3, config={},
+               model_io={"d_input": 1, "d_output": 10, "task": "classification"},
+               layout={"state_dims": [4], "dense_skip": [False]}, model={"w": torch.ones(2)},
+               optimizer={"state": {}, "param_groups": []}, scheduler={},
+               compressor={"history": {"events": []}, "stopped": False},
+               rng={"torch_per_rank": [torch.get_rng_state()], "cuda": None},
+               extra={"initial_dims": [4], "train_seconds": 0.0})
 
 
 def test_round_trip(tmp_path):

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from shrinkssm.train import CheckpointError, Trainer, TrainingDiverged, apply_overrides, load_checkpoint
+from shrinkssm.train import (CheckpointError, Trainer, TrainingDiverged, apply_overrides,
+                             load_checkpoint, save_checkpoint)
 from shrinkssm.train.metrics_log import read_metrics
 
 
@@ -38,7 +39,8 @@ def test_a_run_writes_everything_a_user_expects(tiny_config, tmp_path):
 def test_resume_ends_where_the_uninterrupted_run_ends(tiny_config, tmp_path):
     Trainer(tiny_config, tmp_path / "whole").fit()
     first = Trainer(tiny_config, tmp_path / "split", stop_after=17).fit()
-    assert first == {"steps": 17, "interrupted": True}
+    assert first == {"steps": 17, "interrupted": True,
+                     "checkpoint": str(tmp_path / "split" / "checkpoints" / "last.pt")}
     ckpt = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
     assert ckpt["step"] == 17 and ckpt["layout"]["state_dims"][0] < 24   # after a reduction
     Trainer(None, tmp_path / "split", resume=True).fit()
@@ -62,7 +64,7 @@ def test_resume_refuses_a_checkpoint_for_other_data(tiny_config, tmp_path):
     ckpt_path = tmp_path / "checkpoints" / "last.pt"
     ckpt = torch.load(ckpt_path, weights_only=True)
     ckpt["model_io"]["d_output"] = 3
-    torch.save(ckpt, ckpt_path)
+    save_checkpoint(ckpt_path, ckpt)              # a valid checksum: only the fit is wrong
     with pytest.raises(CheckpointError, match="made for data"):
         Trainer(None, tmp_path, resume=True)
 
@@ -72,7 +74,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_config, tmp_path)
     ckpt_path = tmp_path / "checkpoints" / "last.pt"
     ckpt = torch.load(ckpt_path, weights_only=True)
     ckpt["layout"]["state_dims"] = [5]
-    torch.save(ckpt, ckpt_path)
+    save_checkpoint(ckpt_path, ckpt)              # a valid checksum: only the fit is wrong
     with pytest.raises(CheckpointError, match="does not fit"):
         Trainer(None, tmp_path, resume=True)
 
@@ -88,9 +90,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_co
         return (loss * float("nan"), stats) if calls["n"] == 23 else (loss, stats)
 
     monkeypatch.setattr(trainer.objective, "loss", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"not finite at step 23.*step 15"):
-        trainer.fit()
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 15
+    with pytest.raises(TrainingDiverged, match=r"not finite at step 23.*step 20"):
+        trainer.fit()          # checkpoints at 10, 15, 20: every 15 steps and every reduction point
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 20
 
 
 def test_skip_policy_skips_a_bad_step(tiny_config, tmp_path, monkeypatch):

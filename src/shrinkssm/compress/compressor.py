@@ -283,7 +283,14 @@ class Compressor:
             event.seconds = time.perf_counter() - t0
             return event
         old = layer.d_state
-        hsv = lti.hankel_singular_values(layer.system(), output=self.output).double().cpu()
+        try:
+            hsv = lti.hankel_singular_values(layer.system(), output=self.output).double().cpu()
+        except ValueError as exc:      # not stable (|lam| = 1 even in float64) or not finite
+            event = LayerEvent(layer=index, old=old, new=old, target=old, hsv=[],
+                               notes=[f"not measured, layer kept as it was: {exc}"])
+            log.warning("layer %d: %s", index, event.notes[0])
+            event.seconds = time.perf_counter() - t0
+            return event
         event = LayerEvent(layer=index, old=old, new=old, target=self.target_rank(hsv, old),
                            hsv=hsv.tolist())
         event.seconds = time.perf_counter() - t0
@@ -291,6 +298,8 @@ class Compressor:
 
     def _why_skip(self, event: LayerEvent, plan=None) -> str | None:
         """Why a layer stays as it is (None: it is reduced to ``event.target`` or its ``plan``)."""
+        if not event.hsv and plan is None:
+            return event.notes[0] if event.notes else "no Hankel singular values"
         if self.mode == "none":
             return "mode none"
         if self.stopped:

@@ -295,8 +295,13 @@ class LRU(nn.Module):
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def system(self) -> lti.DiagonalSystem:
-        """The layer as a detached :class:`shrinkssm.lti.DiagonalSystem` (exactly the map of
+        """The layer as a detached :class:`shrinkssm.lti.DiagonalSystem` (the map of
         :meth:`forward`): ``lam (N,)``, ``B = gamma * B (N, H)``, ``C (H, N)``, ``D (H,) or (H, H)``.
+
+        Computed in complex128 / float64 from the stored parameters, whatever their dtype:
+        ``exp(-exp(nu_log))`` rounds to 1 in float32 once ``nu_log < -16`` (a marginally stable
+        forward pass), while the parameters describe a strictly stable system, which float64
+        resolves down to ``nu_log = -36``. Stability and HSVs are decided on this system.
 
         While the parameters are unchanged the same object is returned, so that ``lti``'s cached
         factorisations serve both the HSVs a compressor measures and the reduction that follows.
@@ -305,10 +310,10 @@ class LRU(nn.Module):
         cached = getattr(self, "_system_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        sys = lti.DiagonalSystem(
-            self.eigenvalues().detach(), self.input_matrix().detach(),
-            self.output_matrix().detach(), self.D.detach(),
-        )
+        f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
+        lam = torch.exp(torch.complex(-torch.exp(f64(self.nu_log)), torch.exp(f64(self.theta_log))))
+        b = torch.complex(f64(self.B_re), f64(self.B_im)) * torch.exp(f64(self.gamma_log))[:, None]
+        sys = lti.DiagonalSystem(lam, b, torch.complex(f64(self.C_re), f64(self.C_im)), f64(self.D))
         self._system_cache = (key, sys)
         return sys
 
@@ -353,6 +358,10 @@ class LRU(nn.Module):
         reduced, info = lti.reduce_system(self.system(), rank, method=method, output=output,
                                           **options)
         notes = tuple(info.notes)
+        on_circle = int((self.eigenvalues().detach().abs() >= 1).sum())
+        if on_circle:
+            notes += (f"{on_circle} eigenvalue(s) at |lam| >= 1 in the {self.nu_log.dtype} "
+                      "forward pass (stable in float64, from nu_log); reduced in float64",)
         if reduced.n_states < old:
             notes += self._load_system(reduced)
         return LayerReduction(

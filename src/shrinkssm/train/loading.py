@@ -14,7 +14,7 @@ import torch
 from shrinkssm.data import DataSplits
 from shrinkssm.nn import SSMModel
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint
-from shrinkssm.train.config import RunConfig, build_config
+from shrinkssm.train.config import ConfigError, RunConfig, build_config
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -35,13 +35,19 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, *, with_model: bool = True,
-             device: str | torch.device = "cpu") -> LoadedRun:
-    """Read ``run_dir/checkpoints/last.pt``; with ``with_model`` also load the data and model."""
+             device: str | torch.device = "cpu", allow_nonfinite: bool = False) -> LoadedRun:
+    """Read ``run_dir/checkpoints/last.pt``; with ``with_model`` also load the data and model.
+
+    ``allow_nonfinite`` loads a checkpoint whose weights hold NaN/inf (refused otherwise)."""
     from shrinkssm.train.trainer import _load_data, build_model
 
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
-    config = build_config(ckpt["config"])
+    path = run_dir / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path, map_location=device, allow_nonfinite=allow_nonfinite)
+    try:
+        config = build_config(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} holds an invalid config: {exc}") from None
     if not with_model:
         return LoadedRun(run_dir, config, ckpt, None, None)
     splits = _load_data(config)
@@ -49,6 +55,6 @@ def load_run(run_dir: str | Path, *, with_model: bool = True,
     try:
         model.apply_layout_(ckpt["layout"])
         model.load_state_dict(ckpt["model"])
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint does not fit its own config: {exc}") from None
     return LoadedRun(run_dir, config, ckpt, splits, model.to(device).eval())

@@ -3,6 +3,10 @@
 On resume from step ``s`` the file is cut back to the rows with ``step <= s`` (rows written after
 the checkpoint would otherwise appear twice), so a resumed run's log reads like an uninterrupted
 one.
+
+Writing never raises a bare ``OSError``: a full disk or a refused permission is a
+:class:`~shrinkssm.train.rundir.RunDirError` naming ``metrics.jsonl``. A row torn by a crash (a
+partial last line) is skipped when the file is read.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 import math
 import os
 from pathlib import Path
+
+from shrinkssm.train.rundir import atomic_write, os_errors
 
 __all__ = ["MetricsLog", "read_metrics"]
 
@@ -42,10 +48,11 @@ class MetricsLog:
                  tensorboard_dir: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         if resume_step is None:
-            self.path.write_text("")
+            atomic_write(self.path, "")
         else:
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            with os_errors(self.path, "read"):
+                kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._writer = None
         if tensorboard_dir is not None:
             try:
@@ -57,7 +64,7 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         row = {k: _clean(v) for k, v in row.items()}
-        with open(self.path, "a") as handle:
+        with os_errors(self.path), open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self._writer is not None:
             step = row["step"]

@@ -10,6 +10,15 @@ Run directory::
     checkpoints/last.pt    latest checkpoint          reductions.json  reduction history
     plots/*.png            curves, state sizes, HSVs  summary.json     final results
 
+One writer: the main process holds the run directory's :class:`~.rundir.RunLock` from
+construction to the end of :meth:`Trainer.fit` (a second trainer into the same directory fails with
+:class:`~.rundir.RunDirBusy`); on taking it, temporaries left by a killed writer are removed. Every
+file is written atomically, and an OS failure (disk full, permission denied) is a
+:class:`~.rundir.RunDirError` that names the file and the last good checkpoint.
+
+Interrupts: SIGINT and SIGTERM during :meth:`Trainer.fit` end the current step, write a checkpoint
+of it and return (a second signal stops at once). Every reduction point writes a checkpoint too.
+
 Determinism: the batch order depends only on (seed, epoch) and the checkpoint records the epoch and
 the position in it, the RNG states, and optimizer, scheduler and compressor states, so a run that
 is interrupted and resumed ends where the uninterrupted run would (bit for bit on the CPU).
@@ -23,9 +32,11 @@ rank 0 writes files; evaluation is sharded and its statistics summed over ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +56,8 @@ from shrinkssm.train.distributed import DistEnv, init_distributed
 from shrinkssm.train.metrics_log import MetricsLog, read_metrics
 from shrinkssm.train.objective import Objective, evaluate
 from shrinkssm.train.optim import build_optimizer, build_scheduler
+from shrinkssm.train.rundir import (RunDirError, RunLock, atomic_write, clean_stale_temporaries,
+                                    describe_os_error, write_files_atomically)
 
 __all__ = ["Trainer", "TrainingDiverged", "build_model", "build_compressor"]
 
@@ -112,15 +125,34 @@ class Trainer:
         Data to use instead of loading ``config.data`` (for tests and notebooks).
     stop_after : int, optional
         Stop (after checkpointing) once this many steps are done: simulates an interruption.
+    lock : RunLock, optional
+        The run directory's lock, already held by the caller (the CLI takes it before it opens
+        ``train.log``); otherwise the main process takes it here. Released at the end of
+        :meth:`fit` (or if construction fails).
     """
 
     def __init__(self, config: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
-                 splits: DataSplits | None = None, stop_after: int | None = None) -> None:
+                 splits: DataSplits | None = None, stop_after: int | None = None,
+                 lock: RunLock | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.stop_after = stop_after
-        checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt") if resume else None
+        self._lock = lock
+        self._stop_signal: int | None = None
+        self._saved_step: int | None = None
+        try:
+            self._setup(config, resume, splits)
+        except BaseException:
+            self._release()
+            raise
+
+    def _setup(self, config: RunConfig | None, resume: bool, splits: DataSplits | None) -> None:
+        checkpoint = load_checkpoint(self.checkpoint_path()) if resume else None
         if checkpoint is not None:
-            config = build_config(checkpoint["config"])
+            try:
+                config = build_config(checkpoint["config"])
+            except ConfigError as exc:
+                raise CheckpointError(f"checkpoint {self.checkpoint_path()} holds an invalid "
+                                      f"config: {exc}") from None
         elif config is None:
             raise ValueError("a new run needs a config")
         self.config: RunConfig = config
@@ -134,6 +166,12 @@ class Trainer:
             raise ConfigError(f"train.batch_size ({cfg.batch_size}) must be a multiple of the "
                               f"number of processes ({self.dist.world_size})")
         self.device = self.dist.device(cfg.device)
+        if self.dist.is_main:
+            if self._lock is None:
+                self._lock = RunLock(self.run_dir)
+            self._lock.acquire()
+            for path in clean_stale_temporaries(self.run_dir):
+                log.info("removed %s, left by an interrupted writer", path)
         torch.manual_seed(cfg.seed)
         self.splits = splits if splits is not None else _load_data(config)
         self.objective = Objective(self.splits.spec)
@@ -145,6 +183,7 @@ class Trainer:
         self.position = _Position()
         self.train_seconds = 0.0
         self._eval_seconds = 0.0
+        self._window = _Window()
         if checkpoint is not None:
             self._restore(checkpoint)
         else:
@@ -152,8 +191,7 @@ class Trainer:
         self._wrap()
         self.metrics = None
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(config.to_yaml())
+            atomic_write(self.run_dir / "config.yaml", config.to_yaml())
             self.metrics = MetricsLog(
                 self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None,
                 tensorboard_dir=self.run_dir / "tensorboard" if cfg.tensorboard else None)
@@ -191,17 +229,28 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.compressor.load_state_dict(ckpt["compressor"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint does not fit this model: {exc}") from None
+            states = ckpt["rng"]["torch_per_rank"]
+            rng_state = states[self.dist.rank] if self.dist.rank < len(states) else None
+            if self.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path()} does not fit this "
+                                  f"model: {exc}") from None
+        if rng_state is not None:               # a rank new to the job keeps its own seed
+            torch.set_rng_state(rng_state)
         self.step = int(ckpt["step"])
+        self._saved_step = self.step
         self.position = _Position(int(ckpt["epoch"]), int(ckpt["batch"]))
         self.initial_dims = list(ckpt["extra"]["initial_dims"])
         self.train_seconds = float(ckpt["extra"]["train_seconds"])
-        states = ckpt["rng"]["torch_per_rank"]
-        if self.dist.rank < len(states):        # a rank new to the job keeps its own seed
-            torch.set_rng_state(states[self.dist.rank])
-        if self.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        # the metrics window still open at the checkpoint (each rank sums its own batches); with
+        # another number of processes the first row after the resume covers the resumed steps only
+        windows = ckpt["extra"].get("windows_per_rank") or [ckpt["extra"].get("window")]
+        if len(windows) == self.dist.world_size:
+            self._window.load(windows[self.dist.rank])
+        else:
+            log.info("resuming on %d processes (checkpoint: %d): the first metrics row after the "
+                     "resume covers the resumed steps only", self.dist.world_size, len(windows))
 
     # -- data ---------------------------------------------------------------------------------------
     def _train_batches(self) -> Iterator[Batch]:
@@ -246,14 +295,27 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
 
+    @property
+    def saved_step(self) -> int | None:
+        """The step of the last checkpoint this run wrote or resumed from (None: none yet)."""
+        return self._saved_step
+
+    def last_good(self) -> str:
+        """Where the last good checkpoint of this run is, as a phrase for messages."""
+        if self._saved_step is None:
+            return "no checkpoint has been written yet"
+        return f"the last good checkpoint is {self.checkpoint_path()} (step {self._saved_step})"
+
     def save(self) -> Path:
-        """Write ``checkpoints/last.pt`` (rank 0; every rank takes part in gathering RNG states)."""
+        """Write ``checkpoints/last.pt`` (rank 0; every rank takes part in gathering RNG states)
+        and ``reductions.json``; refuses (:class:`TrainingDiverged`) to save non-finite weights."""
         for name, param in self.model.named_parameters():
             if not torch.isfinite(param).all():
                 raise TrainingDiverged(f"parameter {name} is not finite at step {self.step}; "
-                                       f"the last good checkpoint ({self.checkpoint_path()}) "
-                                       "was kept")
+                                       f"training stopped, {self.last_good()}. Try a lower "
+                                       "train.lr or train.grad_clip.")
         rng_states = self.dist.gather(torch.get_rng_state())
+        windows = self.dist.gather(self._window.state())
         if self.dist.is_main:
             save_checkpoint(self.checkpoint_path(), {
                 "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
@@ -268,11 +330,17 @@ class Trainer:
                 "rng": {"torch_per_rank": rng_states,
                         "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
                 "extra": {"initial_dims": self.initial_dims, "train_seconds": self.train_seconds,
-                          "world_size": self.dist.world_size},
+                          "world_size": self.dist.world_size, "window": windows[0],
+                          "windows_per_rank": windows},
             })
-            self.compressor.history.save(self.run_dir / "reductions.json")
+            self._saved_step = self.step
+            self._save_history()
         self.dist.barrier()
         return self.checkpoint_path()
+
+    def _save_history(self) -> None:
+        atomic_write(self.run_dir / "reductions.json",
+                     json.dumps(self.compressor.history.to_dict(), indent=1))
 
     # -- the loop ---------------------------------------------------------------------------------
     def _train_step(self, batch: Batch) -> tuple[float, dict] | None:
@@ -292,8 +360,8 @@ class Trainer:
         return loss.item(), stats
 
     def _non_finite(self, skipped: int) -> None:
-        good = self.checkpoint_path()
-        where = f"{good} (step {load_checkpoint(good)['step']})" if good.exists() else "none yet"
+        where = (f"{self.checkpoint_path()} (step {self._saved_step})"
+                 if self._saved_step is not None else "none yet")
         if self.config.train.nan_policy == "stop" or skipped > _MAX_SKIPPED:
             reason = "" if self.config.train.nan_policy == "stop" else \
                 f" ({skipped} steps in a row)"
@@ -303,11 +371,69 @@ class Trainer:
         log.warning("non-finite loss at step %d: step skipped", self.step + 1)
 
     def fit(self) -> dict:
-        """Train to ``train.steps`` (or ``stop_after``), then test and summarise."""
+        """Train to ``train.steps`` (or ``stop_after``), then test and summarise.
+
+        Returns the summary, or ``{"steps", "interrupted": True, "checkpoint"}`` (and
+        ``"signal"``, its name, after SIGINT/SIGTERM) when stopped early with a checkpoint.
+        Releases the run directory's lock however it ends. An OS failure is re-raised as
+        :class:`RunDirError` saying where the last good checkpoint is.
+        """
+        try:
+            with self._interrupts():
+                result = self._fit()
+            if result is None:
+                return self._finish()
+            return result
+        except RunDirError as exc:
+            raise RunDirError(f"{exc}; {self.last_good()}", exc.path, exc.errno) from None
+        except OSError as exc:                  # one not met at a known write (tensorboard, ...)
+            where = exc.filename or self.run_dir
+            raise RunDirError(f"cannot write {where}: {describe_os_error(exc)}; "
+                              f"{self.last_good()}", where, exc.errno) from None
+        finally:
+            self._close()
+
+    @contextlib.contextmanager
+    def _interrupts(self):
+        """While training: SIGINT/SIGTERM ask the loop to stop after the current step with a
+        checkpoint; a second SIGINT (Ctrl-C again) raises KeyboardInterrupt at once, a repeated
+        SIGTERM is the same request (supervisors such as torchrun send it to the process and its
+        group). Only in the main thread (elsewhere signals cannot be caught); the previous
+        handlers come back afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                return
+            self._stop_signal = signum
+            again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+            log.warning("%s: stopping after step %d with a checkpoint%s",
+                        signal.Signals(signum).name, self.step + 1, again)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _stop_requested(self) -> bool:
+        wanted = self._stop_signal is not None
+        if self.dist.enabled:                   # every rank stops at the same step
+            wanted = not self.dist.all_true(not wanted)
+        return wanted
+
+    def _fit(self) -> dict | None:
         cfg = self.config.train
         end = cfg.steps if self.stop_after is None else min(cfg.steps, self.stop_after)
         batches = self._train_batches()
-        window = _Window()
+        window = self._window
         skipped = 0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
                    desc="train", unit="step", dynamic_ncols=True)
@@ -334,15 +460,22 @@ class Trainer:
                 if event is not None:
                     self._on_reduction(event)
                 self._log(window, bar, last=self.step == end)
-                if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                stop = self._stop_requested()
+                if (self.step % cfg.checkpoint_every == 0 or self.step == end
+                        or event is not None or stop):
                     self.save()
                 bar.update(1)
+                if stop:
+                    break
         finally:
             bar.close()
         if self.step < cfg.steps:
-            self._close()
-            return {"steps": self.step, "interrupted": True}
-        return self._finish()
+            result = {"steps": self.step, "interrupted": True,
+                      "checkpoint": str(self.checkpoint_path())}
+            if self._stop_signal is not None:
+                result["signal"] = signal.Signals(self._stop_signal).name
+            return result
+        return None
 
     def _log(self, window: "_Window", bar, last: bool) -> None:
         """Write a metrics row when due (every rank joins the collectives, rank 0 writes)."""
@@ -405,8 +538,7 @@ class Trainer:
                      "reduction_seconds": event.seconds,
                      "val_score_before": event.metric_before,
                      "val_score_after": event.metric_after})
-        if self.dist.is_main:
-            self.compressor.history.save(self.run_dir / "reductions.json")
+        # reductions.json is written with the checkpoint that follows every reduction point
 
     def _finish(self) -> dict:
         test = self.evaluate_split("test")
@@ -432,21 +564,30 @@ class Trainer:
             summary["baseline_test"] = {"name": f"seasonal naive (season {baseline.get('season')})",
                                         **{k: v for k, v in baseline.items() if k != "season"}}
         if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            self.compressor.history.save(self.run_dir / "reductions.json")
+            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            self._save_history()
             self.plot()
-        self._close()
         return summary
 
     def _close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
+        metrics, self.metrics = getattr(self, "metrics", None), None
+        try:
+            if metrics is not None:
+                metrics.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def plot(self) -> list[Path]:
-        """Write the run's plots into ``run_dir/plots``."""
-        return plot_run(read_metrics(self.run_dir / "metrics.jsonl"), self.compressor.history,
-                        self.initial_dims, self.config.train.steps, self.run_dir / "plots",
-                        self.objective.metric)
+        """Write the run's plots into ``run_dir/plots`` (each PNG whole, or not at all)."""
+        rows = read_metrics(self.run_dir / "metrics.jsonl")
+        return write_files_atomically(
+            self.run_dir / "plots",
+            lambda staging: plot_run(rows, self.compressor.history, self.initial_dims,
+                                     self.config.train.steps, staging, self.objective.metric))
 
 
 class _Window:
@@ -454,6 +595,17 @@ class _Window:
 
     def __init__(self) -> None:
         self.clear()
+
+    def state(self) -> dict:
+        """The open window, for checkpoints (a resumed run's next row covers the same steps)."""
+        return {"loss": self.loss, "steps": self.steps, "seconds": self.seconds,
+                "stats": dict(self.stats)}
+
+    def load(self, state: dict | None) -> None:
+        self.clear()
+        if state:
+            self.loss, self.steps = float(state["loss"]), int(state["steps"])
+            self.seconds, self.stats = float(state["seconds"]), dict(state["stats"])
 
     def clear(self) -> None:
         self.loss, self.steps, self.seconds = 0.0, 0, 0.0
