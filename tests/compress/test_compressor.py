@@ -311,3 +311,21 @@ def test_a_layer_whose_reduction_fails_is_kept_and_training_goes_on(digits, monk
     assert model.state_dims() == [20, 10]
     losses = _train(model, opt, digits, 5, start=1)
     assert all(l == l for l in losses)            # finite, the optimizer holds every parameter
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "compress.output=real: the compressor asks for ceil(r/2) LRU states for a real order r, but "
+    "balanced_truncation lowers the real order when reduced eigenvalues are real (each costs a "
+    "whole LRU state), so more than tol of the Hankel energy can be discarded"))
+def test_tolerance_in_the_real_view_discards_at_most_tol():
+    """A layer with small phases (real reduced eigenvalues appear): each reduction keeps >= 1 - tol."""
+    from shrinkssm.nn import LRU
+
+    kept = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(LRU(2, 12, max_phase=0.3)).double()
+        (layer,) = Compressor([1], tol=0.2, output="real", gate=1.0).step(1, model, None).layers
+        assert layer.new < layer.old
+        kept.append(layer.kept_energy)
+    assert min(kept) >= 0.8, kept
