@@ -134,15 +134,47 @@ def test_history_shapes_and_groups_agree_after_reductions(digits):
     assert sum(losses[-5:]) < sum(losses[:5])
 
 
+_LRU_PARAMS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im", "D")
+
+
 @pytest.mark.parametrize("policy", ["reset", "slice", "restart"])
 def test_training_goes_on_after_a_reduction(digits, policy):
+    """Each policy does to Adam's state what it promises (values against a copy taken before the
+    reduction), the other parameters' state is untouched, and training goes on."""
     model = _model(d_state=48)
     opt = _optimizer(model)
     _train(model, opt, digits, 60)
+    prefix = _prefix(model, model.ssm_layers()[0])
+    replaced = {f"{prefix}.{name}" for name in _LRU_PARAMS}
+    before = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in model.named_parameters()}
+    others = {name: p for name, p in model.named_parameters() if name not in replaced}
+    assert len(others) > 0 and replaced <= set(before)
     Compressor([61], mode="fixed", fraction=0.5, optimizer_state=policy).step(61, model, opt)
     assert model.state_dims() == [24]
+    for name, p in model.named_parameters():
+        state, old = opt.state[p], before[name]
+        if name in others:                                   # not replaced: same object, same state
+            assert p is others[name]
+            for key, value in old.items():
+                assert torch.equal(state[key], value), (name, key)
+            continue
+        assert set(state) == {"step", "exp_avg", "exp_avg_sq"}, name
+        assert float(state["step"]) == (0.0 if policy == "restart" else 60.0), name
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert state[key].shape == p.shape, (name, key)
+            if policy == "slice":                            # the leading block of the old moment
+                want = old[key][tuple(slice(0, m) for m in p.shape)]
+                assert torch.equal(state[key], want), (name, key)
+                assert want.abs().sum() > 0, (name, key)     # a moment that was really trained
+            else:
+                assert not state[key].any(), (name, key)
     losses = _train(model, opt, digits, 60, start=61)
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+
+
+def _prefix(model, layer):
+    """The name of ``layer`` inside ``model`` (parameter names start with it)."""
+    return next(name for name, module in model.named_modules() if module is layer)
 
 
 def test_pragmatic_rolls_back_and_stops(digits):
@@ -205,13 +237,25 @@ def test_gate_and_min_rank():
     assert model.state_dims() == [5]
 
 
-def test_random_method_is_reproducible():
-    dims = []
-    for _ in range(2):
+def test_random_method_uses_its_own_seed():
+    """Same seed: same kept modes, whatever the global RNG says; another seed: other modes."""
+    def kept_modes(seed, global_seed):
         model = _model(d_state=20)
-        Compressor([3], mode="fixed", fraction=0.5, method="random", seed=7).step(3, model, None)
-        dims.append(model.ssm_layers()[0].eigenvalues().detach())
-    assert torch.equal(dims[0], dims[1])
+        before = model.ssm_layers()[0].eigenvalues().detach()
+        torch.manual_seed(global_seed)          # a random method that used the global RNG would follow this
+        Compressor([3], mode="fixed", fraction=0.5, method="random", seed=seed).step(3, model, None)
+        after = model.ssm_layers()[0].eigenvalues().detach()
+        # random truncation keeps whole modes: find which of the original ones survive
+        distance = (after[:, None] - before[None, :]).abs()
+        assert float(distance.min(1).values.max()) < 1e-5
+        return sorted(distance.argmin(1).tolist())
+
+    first = kept_modes(7, global_seed=1)
+    assert len(first) == 10 and len(set(first)) == 10
+    assert kept_modes(7, global_seed=12345) == first
+    assert kept_modes(7, global_seed=1) == first
+    others = {tuple(kept_modes(seed, global_seed=1)) for seed in (8, 9)}
+    assert tuple(first) not in others and len(others) == 2
 
 
 def test_state_dict_round_trip():
@@ -267,3 +311,21 @@ def test_a_layer_whose_reduction_fails_is_kept_and_training_goes_on(digits, monk
     assert model.state_dims() == [20, 10]
     losses = _train(model, opt, digits, 5, start=1)
     assert all(l == l for l in losses)            # finite, the optimizer holds every parameter
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "compress.output=real: the compressor asks for ceil(r/2) LRU states for a real order r, but "
+    "balanced_truncation lowers the real order when reduced eigenvalues are real (each costs a "
+    "whole LRU state), so more than tol of the Hankel energy can be discarded"))
+def test_tolerance_in_the_real_view_discards_at_most_tol():
+    """A layer with small phases (real reduced eigenvalues appear): each reduction keeps >= 1 - tol."""
+    from shrinkssm.nn import LRU
+
+    kept = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(LRU(2, 12, max_phase=0.3)).double()
+        (layer,) = Compressor([1], tol=0.2, output="real", gate=1.0).step(1, model, None).layers
+        assert layer.new < layer.old
+        kept.append(layer.kept_energy)
+    assert min(kept) >= 0.8, kept

@@ -58,11 +58,24 @@ def test_optimizer_keeps_working_after_swap():
     opt.load_state_dict(sd)
 
 
-def test_sgd_momentum_buffers_follow():
+@pytest.mark.parametrize("rows, cols", [(3, 4), (6, 2), (2, 3)])
+def test_sgd_momentum_buffers_follow(rows, cols):
+    """"slice" keeps exactly the leading block of the momentum, along every dimension that shrank;
+    the untouched parameter's buffer is the same tensor with the same values."""
     big, other, opt = _trained(torch.optim.SGD, momentum=0.9)
-    small = nn.Parameter(big.detach()[:3].clone())
+    old = opt.state[big]["momentum_buffer"].clone()
+    other_buffer = opt.state[other]["momentum_buffer"]
+    other_values = other_buffer.clone()
+    assert old.abs().min() > 0                      # every entry is informative
+    small = nn.Parameter(big.detach()[:rows, :cols].clone())
     swap_parameters(opt, [(big, small)], "slice")
-    assert opt.state[small]["momentum_buffer"].shape == (3, 4)
+    kept = opt.state[small]["momentum_buffer"]
+    assert kept.shape == (rows, cols)
+    for i in range(rows):                           # entry by entry against the old buffer
+        for j in range(cols):
+            assert kept[i, j].item() == old[i, j].item(), (i, j)
+    assert opt.state[other]["momentum_buffer"] is other_buffer
+    assert torch.equal(other_buffer, other_values)
 
 
 def test_a_parameter_the_optimizer_does_not_hold_is_an_error():

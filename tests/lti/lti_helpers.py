@@ -54,7 +54,7 @@ def np_sys(sys):
 
 
 def real_form(sys):
-    """The real 2N form of DESIGN §5, built independently of the library: (A, B, C, D) float64."""
+    """The real 2N form of docs/design.md §5, built independently of the library: (A, B, C, D) float64."""
     A, B, C, D = np_sys(sys)
     Ar = np.block([[A.real, -A.imag], [A.imag, A.real]])
     return Ar, np.vstack([B.real, B.imag]), np.hstack([C.real, -C.imag]), D

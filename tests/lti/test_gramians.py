@@ -79,7 +79,7 @@ def test_real_gramians_match_scipy_on_real_form(name):
 
 
 def test_gramians_solve_the_stein_equations_with_conjugate_on_the_right_side():
-    """Residuals of P = L P L^H + B B^H and Q = L^H Q L + C^H C (the trap of DESIGN §3)."""
+    """Residuals of P = L P L^H + B B^H and Q = L^H Q L + C^H C (the trap of docs/design.md §3.1)."""
     sys = random_lru(6, 2, seed=7)
     A, B, C, _ = np_sys(sys)
     P, Q = (x.numpy() for x in gramians(sys))
@@ -172,7 +172,7 @@ def test_hsv_equal_singular_values_of_the_hankel_matrix(output):
 @needs_slycot
 @pytest.mark.parametrize("name", ["lru", "lru_slow", "lru_rect", "dense"])
 def test_real_hsv_match_slycot(name):
-    """slycot ab09ad (dico='D') on the real 2N form returns the HSVs (DESIGN §5)."""
+    """slycot ab09ad (dico='D') on the real 2N form returns the HSVs (docs/design.md §5)."""
     sys = SYSTEMS[name]()
     A, B, C, _ = real_form(sys)
     n, m, p = A.shape[0], B.shape[1], C.shape[0]

@@ -102,7 +102,7 @@ def test_frozen():
 
 
 def test_real_realization_layout():
-    """The matrices are exactly the blocks of DESIGN §5."""
+    """The matrices are exactly the blocks of docs/design.md §5."""
     sys = random_lru(5, 2, 3, seed=1)
     rs = real_realization(sys)
     A, B, C, _ = real_form(sys)

@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from shrinkssm.train import (CheckpointError, Trainer, TrainingDiverged, apply_overrides,
@@ -10,8 +12,46 @@ from shrinkssm.train import (CheckpointError, Trainer, TrainingDiverged, apply_o
 from shrinkssm.train.metrics_log import read_metrics
 
 
-def test_a_run_writes_everything_a_user_expects(tiny_config, tmp_path):
-    summary = Trainer(tiny_config, tmp_path).fit()
+def _scipy_hsv(layer) -> np.ndarray:
+    """HSVs of an LRU's u -> C x from its raw parameters with scipy's Stein solver, descending
+    (lam = exp(-exp(nu_log) + i exp(theta_log)), B = gamma (B_re + i B_im)); no shrinkssm code."""
+    f = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    lam = np.exp(-np.exp(f(layer.nu_log)) + 1j * np.exp(f(layer.theta_log)))
+    B = np.exp(f(layer.gamma_log))[:, None] * (f(layer.B_re) + 1j * f(layer.B_im))
+    C = f(layer.C_re) + 1j * f(layer.C_im)
+    P = scipy.linalg.solve_discrete_lyapunov(np.diag(lam), B @ B.conj().T)
+    Q = scipy.linalg.solve_discrete_lyapunov(np.diag(lam.conj()), C.conj().T @ C)
+    return np.sort(np.sqrt(np.clip(np.linalg.eigvals(P @ Q).real, 0.0, None)))[::-1]
+
+
+def _energy_rank(hsv: np.ndarray, tau: float) -> int:
+    """Smallest r whose leading r HSVs hold a fraction 1 - tau of their plain sum."""
+    total, running = float(hsv.sum()), 0.0
+    for r, sigma in enumerate(hsv, start=1):
+        running += float(sigma)
+        if running >= (1 - tau) * total:
+            return r
+    return len(hsv)
+
+
+def _spy_on_reductions(trainer, monkeypatch) -> list:
+    """Record (step, HSVs from scipy, size) of the model's LRU at every reduction the trainer runs."""
+    seen = []
+    reduce = trainer.compressor.reduce
+
+    def spy(step, model, optimizer=None):
+        layer = trainer.model.ssm_layers()[0]
+        seen.append((step, _scipy_hsv(layer), layer.d_state))
+        return reduce(step, model, optimizer)
+
+    monkeypatch.setattr(trainer.compressor, "reduce", spy)
+    return seen
+
+
+def test_a_run_writes_everything_a_user_expects(tiny_config, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config, tmp_path)
+    seen = _spy_on_reductions(trainer, monkeypatch)
+    summary = trainer.fit()
     for name in ("config.yaml", "metrics.jsonl", "reductions.json", "summary.json",
                  "checkpoints/last.pt", "plots/curves.png", "plots/state_dims.png",
                  "plots/hsv_spectra.png"):
@@ -22,7 +62,17 @@ def test_a_run_writes_everything_a_user_expects(tiny_config, tmp_path):
                 "train_seconds", "steps"):
         assert key in saved
     assert saved["initial_state_dims"] == [24] and saved["steps"] == 40
-    assert saved["state_dims"][0] < 24                     # compression happened
+    # the sizes that tau = 0.05 and the gate 0.95 must give, from HSVs measured independently at
+    # each reduction step (compress.steps=[10, 20])
+    assert [step for step, _, _ in seen] == [10, 20]
+    size, sizes = 24, []
+    for _, hsv, before in seen:
+        assert before == size
+        rank = _energy_rank(hsv, 0.05)
+        size = rank if rank < 0.95 * size else size
+        sizes.append(size)
+    assert sizes[0] < 24                                   # the first point does compress
+    assert saved["state_dims"] == [sizes[-1]]
     assert 0.0 <= saved["test_accuracy"] <= 1.0
     rows = read_metrics(tmp_path / "metrics.jsonl")
     logged = [r for r in rows if "loss" in r]
@@ -34,6 +84,7 @@ def test_a_run_writes_everything_a_user_expects(tiny_config, tmp_path):
     history = json.loads((tmp_path / "reductions.json").read_text())["events"]
     assert [e["step"] for e in history] == [10, 20]
     assert history[-1]["layers"][0]["new"] == saved["state_dims"][0]
+    assert [e["layers"][0]["new"] for e in history] == sizes
 
 
 def test_resume_ends_where_the_uninterrupted_run_ends(tiny_config, tmp_path):
@@ -110,12 +161,31 @@ def test_skip_policy_skips_a_bad_step(tiny_config, tmp_path, monkeypatch):
     assert trainer.fit()["steps"] == 40
 
 
-def test_pragmatic_mode_runs_in_the_trainer(tiny_config, tmp_path):
-    cfg = apply_overrides(tiny_config, ["compress.mode=pragmatic", "compress.fraction=0.5"])
+@pytest.mark.parametrize("margin", [0.02, 0.0])
+def test_pragmatic_mode_runs_in_the_trainer(tiny_config, tmp_path, margin):
+    """The final size is the one the recorded validation scores imply: each point halves the
+    layer (fraction 0.5) unless the score after it falls by more than the margin, which undoes that
+    reduction and stops compression (with margin 0 any fall does)."""
+    cfg = apply_overrides(tiny_config, ["compress.mode=pragmatic", "compress.fraction=0.5",
+                                        f"compress.margin={margin}"])
     summary = Trainer(cfg, tmp_path).fit()
     history = json.loads((tmp_path / "reductions.json").read_text())["events"]
-    assert all(e["metric_before"] is not None and e["metric_after"] is not None for e in history)
-    assert summary["state_dims"][0] in (24, 12, 6)
+    assert [e["step"] for e in history] == [10, 20]
+    size, stopped = 24, False
+    for event in history:
+        (layer,) = event["layers"]
+        assert layer["old"] == size
+        if stopped:
+            assert layer["skipped"] == "stopped after a rollback" and event["metric_before"] is None
+            continue
+        before, after = event["metric_before"], event["metric_after"]
+        assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
+        assert layer["new"] == size // 2
+        fell = after < before - cfg.compress.margin
+        assert event["rolled_back"] == fell
+        stopped = fell
+        size = size if fell else size // 2
+    assert summary["state_dims"] == [size]
 
 
 def test_tensorboard_option(tiny_config, tmp_path):

@@ -4,13 +4,13 @@ At every step of its :class:`ReductionSchedule` the :class:`Compressor` measures
 layer (its Hankel singular values), picks a rank per layer from the mode, replaces the layer by its
 reduction (``layer.reduce_``) and fixes up the optimizer (:func:`swap_parameters`), so that the
 loop simply goes on. It knows *when* and *how much*; *how* is the layers' and ``shrinkssm.lti``'s
-business. Follows CompreSSM (arXiv 2510.02823), ``DESIGN.md`` §6.
+business. Follows CompreSSM (arXiv 2510.02823), ``docs/design.md`` §6.
 
 Two kinds of layer (see :func:`reducible_layers`):
 
 * :class:`ReducibleLayer` (the LRU): one LTI system per layer (``system()``), measured here, one
   rank per layer.
-* :class:`SelfPlanningLayer` (selective SSMs, ``DESIGN.md`` §7): the layer measures itself
+* :class:`SelfPlanningLayer` (selective SSMs, ``docs/design.md`` §7): the layer measures itself
   (per-channel surrogate HSVs) and applies the compressor's rank rule
   (:meth:`Compressor.channel_rank`) where it needs to, e.g. per channel; the compressor gates on
   the plan's total state count and passes the plan back to ``reduce_``.

@@ -20,7 +20,7 @@ Conventions (written down once; every other docstring in the package refers back
     ``A~ = diag(lam, conj(lam))``, ``B~ = [B; conj(B)]``, ``C~ = [C, conj(C)] / 2``. Its HSVs are
     the true HSVs of the layer; there are 2N of them (the *real order*). Matrices computed in
     this view (``gramians(sys, output="real")``, the reduction) use the equivalent real form with
-    state ``[Re x; Im x]`` (DESIGN §5, :func:`real_realization`), which has the same HSVs.
+    state ``[Re x; Im x]`` (``docs/design.md`` §5, :func:`real_realization`), which has the same HSVs.
 * **Gramians** solve Stein (discrete Lyapunov) equations, conjugate transposes (``^H``)
   everywhere::
 

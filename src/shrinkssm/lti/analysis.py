@@ -1,6 +1,6 @@
 """Input-output analysis of systems: impulse and frequency responses, H∞ and H2 norms.
 
-These are the Gramian-free checks of DESIGN §5 (and the measures a reduction is judged by). With
+These are the Gramian-free checks of ``docs/design.md`` §5 (and the measures a reduction is judged by). With
 the conventions of :mod:`shrinkssm.lti` (``x[k] = A x[k-1] + B u[k]``, ``y[k] = Re(C x[k]) + D u[k]``)
 the impulse response is ``h[0] = Re(C B) + D`` and ``h[k] = Re(C A^k B)``, and the frequency
 response is its discrete-time Fourier transform ``G(e^{iw}) = sum_k h[k] e^{-iwk}``, which for a

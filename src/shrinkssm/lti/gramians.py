@@ -1,10 +1,10 @@
 """Gramians, Hankel singular values and the energy rule that turns a tolerance into a rank.
 
-For a diagonal system the Gramians have a closed form (DESIGN §3), O(N² H) work and no solver::
+For a diagonal system the Gramians have a closed form (``docs/design.md`` §3), O(N² H) work and no solver::
 
     P_ij = (B B^H)_ij / (1 - lam_i conj(lam_j))        Q_ij = (C^H C)_ij / (1 - conj(lam_i) lam_j)
 
-(the conjugate sits on the *other* side in Q). The real 2N form of DESIGN §5 has a closed form
+(the conjugate sits on the *other* side in Q). The real 2N form of ``docs/design.md`` §5 has a closed form
 too, assembled from the same blocks (see :func:`gramians`). A dense system goes through a general
 Stein solver, :func:`discrete_lyapunov`, which is ``scipy.linalg.solve_discrete_lyapunov``
 (bilinear transformation to a continuous Lyapunov equation, then Bartels–Stewart on a Schur form;

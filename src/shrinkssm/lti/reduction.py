@@ -6,7 +6,7 @@ Every method takes a stable :class:`~shrinkssm.lti.DiagonalSystem` (or
 back re-diagonalised, ready to be written into a layer.
 
 Balanced truncation follows the square-root method (Laub, Heath, Paige & Ward 1987; Antoulas 2005,
-§7.3) in complex128 with conjugate transposes throughout (DESIGN §4):
+§7.3) in complex128 with conjugate transposes throughout (``docs/design.md`` §4):
 
 1. ``P = Lc Lc^H``, ``Q = Lo Lo^H`` (pivoted Cholesky, :mod:`shrinkssm.lti.gramians`);
 2. ``Lo^H Lc = U diag(sigma) V^H``;
@@ -35,7 +35,7 @@ Guards (what happens in the cases public code gets wrong):
   are, finite, counted in a note; the layer decides.
 * anything non-finite at the end raises ``ValueError``; no NaN is ever returned.
 
-``output="real"`` reduces the real 2N form (DESIGN §5, exact HSVs of ``u -> Re(C x)``) and maps
+``output="real"`` reduces the real 2N form (``docs/design.md`` §5, exact HSVs of ``u -> Re(C x)``) and maps
 the result back: a conjugate pair of reduced eigenvalues becomes one LRU state (``C`` doubled),
 a real eigenvalue one state. ``rank`` still counts LRU states: the real order starts at
 ``2 * rank`` and is lowered until the re-diagonalised system has at most ``rank`` states (each
@@ -445,7 +445,7 @@ def _zero_system(sys, sr, method, output, t0, notes, D) -> tuple[DiagonalSystem,
 def balanced_singular_perturbation(sys: DiagonalSystem | DenseSystem, rank: int, output: str = "complex",
                                    *, max_cond: float | None = None
                                    ) -> tuple[DiagonalSystem, ReductionInfo]:
-    """Balanced singular perturbation approximation: matches the DC gain exactly (DESIGN §4.5).
+    """Balanced singular perturbation approximation: matches the DC gain exactly (``docs/design.md`` §4.5).
 
     In balanced coordinates split into kept (1) and discarded (2) directions::
 

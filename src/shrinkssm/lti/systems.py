@@ -7,7 +7,7 @@ dataclasses of tensors that validate shapes, dtypes and finiteness once, at cons
 the numerical routines downstream can trust them. The conventions (discrete time, which output
 map, what ``N`` counts) are in the docstring of :mod:`shrinkssm.lti`.
 
-The two alternative realizations of the real map ``u -> Re(C x) + D u`` follow DESIGN §3 and §5:
+The two alternative realizations of the real map ``u -> Re(C x) + D u`` follow ``docs/design.md`` §3 and §5:
 
 * the **conjugate** 2N realization ``diag(lam, conj(lam))``, ``[B; conj(B)]``, ``[C, conj(C)] / 2``
   (:func:`conjugate_realization`), whose output is real by construction;
@@ -284,7 +284,7 @@ def to_dense(sys: DiagonalSystem | DenseSystem) -> DenseSystem:
 
 
 def conjugate_realization(sys: DiagonalSystem | DenseSystem) -> DiagonalSystem | DenseSystem:
-    """The 2N conjugate realization of the real map ``u -> Re(C x) + D u`` (DESIGN §3).
+    """The 2N conjugate realization of the real map ``u -> Re(C x) + D u`` (``docs/design.md`` §3.2).
 
     ``A~ = diag(A, conj(A))``, ``B~ = [B; conj(B)]``, ``C~ = [C, conj(C)] / 2``, ``D`` unchanged.
     Its output ``C~ x~`` is real, so ``Re(C~ x~) + D u`` is exactly the original real map.
@@ -306,7 +306,7 @@ def conjugate_realization(sys: DiagonalSystem | DenseSystem) -> DiagonalSystem |
 
 
 def real_realization(sys: DiagonalSystem | DenseSystem) -> DenseSystem:
-    """The real 2N form of the real map ``u -> Re(C x) + D u`` (DESIGN §5), state ``[Re x; Im x]``.
+    """The real 2N form of the real map ``u -> Re(C x) + D u`` (``docs/design.md`` §5), state ``[Re x; Im x]``.
 
     ``A = [[Re A, -Im A], [Im A, Re A]]`` (``A = diag(lam)`` for a diagonal system),
     ``B = [Re B; Im B]``, ``C = [Re C, -Im C]``, ``D`` unchanged.

@@ -1,7 +1,7 @@
 """The Linear Recurrent Unit (LRU) layer, and how it replaces itself by a smaller one.
 
 Follows Orvieto et al., "Resurrecting Recurrent Neural Networks for Long Sequences" (2023), with
-the parametrisation of ``DESIGN.md`` §2::
+the parametrisation of ``docs/design.md`` §2::
 
     x[k] = diag(lam) x[k-1] + (gamma * B) u[k]        lam_j = exp(-exp(nu_log_j) + i exp(theta_log_j))
     y[k] = Re(C x[k]) + D u[k]                        gamma_j = exp(gamma_log_j) (~ sqrt(1 - |lam_j|^2))

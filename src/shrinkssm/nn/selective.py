@@ -16,8 +16,8 @@ input term ``delta B`` (``selective_scan_ref``). The scan is
 :func:`shrinkssm.ops.selective_scan.selective_scan`
 (a fused CPU kernel with a sequential reference).
 
-The LTI surrogate (``DESIGN.md`` §7)
-------------------------------------
+The LTI surrogate (``docs/design.md`` §7)
+-----------------------------------------
 A selective layer has no single LTI system. Per channel ``c`` the paper averages the discretised
 matrices over inputs drawn from the data: ``A_bar = E[exp(delta A)]``, ``b_bar = E[delta B(x)]``,
 ``c_bar = E[C(x)]``, a SISO discrete-time system (conventions of :mod:`shrinkssm.lti`) whose
