@@ -45,85 +45,45 @@
 #undef RS
 #undef KERNEL_ARGS
 
-/* The kernels of each real type for each instruction set, VW lanes per native vector. */
-/* Baseline: 16-byte vectors (SSE2 on x86-64, NEON on aarch64, whatever the compiler makes of
- * them elsewhere). NEON has 32 vector registers, SSE2 16. */
+/* The kernels of each real type for each instruction set, with vectors one register wide.
+ * Baseline: 16-byte vectors (SSE2 on x86-64 with 16 registers, NEON on aarch64 with 32, whatever
+ * the compiler makes of them elsewhere). */
+#define ISA base
+#define VWF 4
+#define VWD 2
 #if defined(__aarch64__)
-#define BASE_NREG 32
+#define NREG 32
 #else
-#define BASE_NREG 16
+#define NREG 16
 #endif
-#define REAL float
-#define RS f32
-#define VW 4
-#define NREG BASE_NREG
-#define SFX f32_base
-#include "kernels.h"
-#undef REAL
-#undef RS
-#undef VW
+#include "kernels_isa.h"
+#undef ISA
+#undef VWF
+#undef VWD
 #undef NREG
-#undef SFX
-#define REAL double
-#define RS f64
-#define VW 2
-#define NREG BASE_NREG
-#define SFX f64_base
-#include "kernels.h"
-#undef REAL
-#undef RS
-#undef VW
-#undef NREG
-#undef SFX
 
 #ifdef HAVE_X86_VARIANTS
 TARGET_BEGIN(TARGET_AVX2)
-#define REAL float
-#define RS f32
-#define VW 8
+#define ISA avx2
+#define VWF 8
+#define VWD 4
 #define NREG 16
-#define SFX f32_avx2
-#include "kernels.h"
-#undef REAL
-#undef RS
-#undef VW
+#include "kernels_isa.h"
+#undef ISA
+#undef VWF
+#undef VWD
 #undef NREG
-#undef SFX
-#define REAL double
-#define RS f64
-#define VW 4
-#define NREG 16
-#define SFX f64_avx2
-#include "kernels.h"
-#undef REAL
-#undef RS
-#undef VW
-#undef NREG
-#undef SFX
 TARGET_END
 TARGET_BEGIN(TARGET_AVX512)
-#define REAL float
-#define RS f32
-#define VW 16
+#define ISA avx512
+#define VWF 16
+#define VWD 8
 #define NREG 32
-#define SFX f32_avx512
-#include "kernels.h"
-#undef REAL
-#undef RS
-#undef VW
+#include "kernels_isa.h"
+#undef ISA
+#undef VWF
+#undef VWD
 #undef NREG
-#undef SFX
-#define REAL double
-#define RS f64
-#define VW 8
-#define NREG 32
-#define SFX f64_avx512
-#include "kernels.h"
-#undef REAL
-#undef RS
-#undef VW
-#undef NREG
-#undef SFX
 TARGET_END
 #endif
 
