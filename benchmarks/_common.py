@@ -209,17 +209,20 @@ def check_machine_wide() -> list[str]:
     return problems
 
 
-def reexec_with_isa(path: str | None, machine_wide: bool = True) -> None:
-    """Restart this script in a new process whose environment is :func:`isa_env` of ``path``
-    (torch reads its dispatch variables only at start-up); returns at once if the environment is
-    already so or ``path`` is None. Call it before any timing."""
-    if path is None:
-        return
-    env = isa_env(path, machine_wide)
+def reexec_with_env(env: dict[str, str]) -> None:
+    """Restart this script (same arguments) in a new process with ``env`` added to the environment,
+    for settings that torch or its libraries read only at start-up; returns at once if the
+    environment already holds ``env``. Call it before any timing."""
     if all(os.environ.get(k) == v for k, v in env.items()):
         return
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+
+
+def reexec_with_isa(path: str | None, machine_wide: bool = True) -> None:
+    """:func:`reexec_with_env` with :func:`isa_env` of ``path`` (nothing if ``path`` is None)."""
+    if path is not None:
+        reexec_with_env(isa_env(path, machine_wide))
 
 
 # ------------------------------------------------------------------------------------------------
