@@ -209,14 +209,18 @@ def check_machine_wide() -> list[str]:
     return problems
 
 
+_REEXEC_MARK = "_SHRINKSSM_BENCH_REEXEC"
+
+
 def reexec_with_env(env: dict[str, str]) -> None:
     """Restart this script (same arguments) in a new process with ``env`` added to the environment,
     for settings that torch or its libraries read only at start-up; returns at once if the
-    environment already holds ``env``. Call it before any timing."""
-    if all(os.environ.get(k) == v for k, v in env.items()):
+    environment already holds ``env`` or this process is such a restart. Call it before any
+    timing."""
+    if os.environ.get(_REEXEC_MARK) or all(os.environ.get(k) == v for k, v in env.items()):
         return
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env, _REEXEC_MARK: "1"})
 
 
 def reexec_with_isa(path: str | None, machine_wide: bool = True) -> None:
@@ -240,10 +244,10 @@ def set_threads(n: int) -> None:
             pass
 
 
-def one_thread_env() -> dict[str, str]:
+def one_thread_env(xla_flags: str | None = None) -> dict[str, str]:
     """Environment variables that keep a new process's thread pools (OpenMP, MKL, OpenBLAS, XLA)
-    at one thread."""
-    xla = os.environ.get("XLA_FLAGS", "")
+    at one thread; the XLA flags are added to ``xla_flags`` (default: this process's)."""
+    xla = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
     for flag in ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"):
         if flag not in xla:
             xla = f"{xla} {flag}".strip()
