@@ -34,6 +34,7 @@ Usage::
     python benchmarks/isa.py --paths avx2 avx512   # some of them
     python benchmarks/isa.py --train               # also whole training runs (long)
     python benchmarks/isa.py --kernels-only        # restrict only our kernels, not torch / MKL
+    python benchmarks/isa.py --clock cpu           # CPU time instead of wall clock (busy machine)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ SELECTIVE_SHAPE = (32, 784, 32, 16)  # batch, length, d_model, N per channel
 TARGETS = {"fwd_share": 0.30, "layer_speedup": 5.0, "selective_speedup": 5.0, "step_ratio": 0.2,
            "train_seconds": 180.0, "test_accuracy": 0.85}
 RESULT_TAG = "ISA_RESULT "
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (this one-thread process's CPU time)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,7 +94,7 @@ def measure_lru(rounds: int) -> dict:
         with torch.no_grad():
             lru_recurrence(u, lam, B, C, backend="native")
 
-    t = _common.time_round_robin({"sgemm": lambda: a @ b, "fwd": fwd}, 3 * rounds, burn_in=2)
+    t = _common.time_round_robin({"sgemm": lambda: a @ b, "fwd": fwd}, 3 * rounds, burn_in=2, clock=CLOCK)
     sgemm = 2 * 1024**3 / t["sgemm"] / 1e9
     flops = batch * length * n * (8 * d_model + 8)
     fwd_gflops = flops / t["fwd"] / 1e9
@@ -105,7 +107,7 @@ def measure_lru(rounds: int) -> dict:
             layer.zero_grad(set_to_none=True)
         return run
 
-    tb = _common.time_round_robin({"native": fwd_bwd("native"), "ref": fwd_bwd("ref")}, rounds)
+    tb = _common.time_round_robin({"native": fwd_bwd("native"), "ref": fwd_bwd("ref")}, rounds, clock=CLOCK)
     return {"sgemm_gflops": sgemm, "fwd_ms": 1e3 * t["fwd"], "fwd_gflops": fwd_gflops,
             "fwd_share": fwd_gflops / sgemm, "fwd_err": err,
             "layer_native_ms": 1e3 * tb["native"], "layer_ref_ms": 1e3 * tb["ref"],
@@ -139,7 +141,7 @@ def measure_selective(rounds: int) -> dict:
     err = _rel_err(y_native, y_ref)
     if not err < 1e-4:
         raise SystemExit(f"the native selective scan disagrees with ref on this path: relative error {err:.1e}")
-    t = _common.time_round_robin({"native": scan("native"), "ref": scan("ref")}, max(3, rounds // 2))
+    t = _common.time_round_robin({"native": scan("native"), "ref": scan("ref")}, max(3, rounds // 2), clock=CLOCK)
     return {"selective_native_ms": 1e3 * t["native"], "selective_ref_ms": 1e3 * t["ref"],
             "selective_speedup": t["ref"] / t["native"]}
 
@@ -150,7 +152,7 @@ def measure_steps(rounds: int) -> dict:
     for n in (256, 13):
         model, opt = _common.smnist_model(n)
         steps[n] = _common.train_step_fn(model, opt, x, y)
-    t = _common.time_round_robin(steps, 2 * rounds, burn_in=2)
+    t = _common.time_round_robin(steps, 2 * rounds, burn_in=2, clock=CLOCK)
     return {"step256_ms": 1e3 * t[256], "step13_ms": 1e3 * t[13], "step_ratio": t[13] / t[256]}
 
 
@@ -173,10 +175,11 @@ def worker(path: str, rounds: int) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_worker(path: str, rounds: int, machine_wide: bool) -> dict:
+def run_worker(path: str, rounds: int, machine_wide: bool, clock: str) -> dict:
     env = {**os.environ, **_common.one_thread_env(), **_common.isa_env(path, machine_wide)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", path, "--rounds", str(rounds)],
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", path, "--rounds", str(rounds),
+                           "--clock", clock],
                           env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
@@ -271,8 +274,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="extra overrides for --train (e.g. train.steps=500 for a quick look)")
     parser.add_argument("--kernels-only", action="store_true",
                         help="restrict only our kernels (not torch's, MKL's, oneDNN's dispatch)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall-clock time, or the worker's CPU time (steadier on a busy machine)")
     parser.add_argument("--worker", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.worker:
         worker(args.worker, args.rounds)
         return
@@ -286,12 +293,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"isa.py: --paths {' '.join(unknown)}: not a native path of this CPU; "
                          f"valid: {', '.join(available)}")
     _common.print_header("machine (this process):")
-    print(f"  one process per path, 1 thread, float32, medians of round-robin rounds (--rounds {args.rounds}); "
+    print(f"  one process per path, 1 thread, float32, medians of round-robin rounds (--rounds {args.rounds}, "
+          f"clock: {args.clock}); "
           f"{'only our kernels restricted' if args.kernels_only else 'torch, MKL and oneDNN restricted alike'}")
     results = []
     for path in paths:
         print(f"  measuring {path} ...", flush=True)
-        result = run_worker(path, args.rounds, not args.kernels_only)
+        result = run_worker(path, args.rounds, not args.kernels_only, args.clock)
         if args.train and "error" not in result:
             print(f"  training {path} (shrinkssm train, 2 threads) ...", flush=True)
             result.update(run_training(path, not args.kernels_only, args.train_override))
