@@ -5,8 +5,8 @@ What is timed: one training step of the sMNIST model (``SSMModel(ModelConfig(d_s
 d_input=1, d_output=10)``, batch 50, length 784: forward, cross-entropy, backward, AdamW with the
 trainer's parameter groups), with ``torch.set_num_threads(1)`` and ``(2)`` alternating step by
 step. The conditions alternate in blocks: *idle* (nothing of ours running beside the step) and
-*loaded* (``--hogs`` plain CPU-bound processes, ``python -c "while True: pass"``, started for the
-block and killed after it; by default one per core beyond the first). Every block starts with one
+*loaded* (``--hogs`` plain CPU-bound processes, a Python busy loop like ``while True: pass``,
+started for the block and killed after it; by default one per core beyond the first). Every block starts with one
 untimed step per thread count. Reported: the median step time per condition and thread count,
 the ratio time(2 threads) / time(1 thread) per condition (median over all steps, and the worst
 block), and the target of the speed issue: under load, 2 threads never more than 10% slower than
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,9 @@ import torch
 
 import _common  # benchmarks/_common.py
 
-HOG = "while True: pass"
+# A plain CPU-bound loop that also ends by itself if this script dies without killing it (it checks
+# every few tens of milliseconds whether its parent is still the one that started it).
+HOG = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(1_000_000):\n        pass\n"
 
 
 def start_hogs(n: int) -> list[subprocess.Popen]:
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     _common.reexec_with_env(env)   # these are read at start-up: a new process if they are not set
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the busy processes are killed
     _common.init_native_isa()
     _common.print_header("device:")
     print(f"  OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset (runtime default)')}")

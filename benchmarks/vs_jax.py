@@ -51,6 +51,7 @@ import numpy as np
 LR, WEIGHT_DECAY, SSM_LR_FACTOR, BETAS, EPS = 4e-3, 0.05, 0.5, (0.9, 0.999), 1e-8  # TrainConfig defaults
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5
 TARGETS = {256: 10.0, 13: 3.0}
+ANSWER_TAG = "VS_JAX "
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def jax_worker(x64: bool) -> None:
             answer = {"wall": wall, "cpu": cpu}
         else:
             answer = {"error": f"unknown command {msg['cmd']!r}"}
-        print(json.dumps(answer), flush=True)
+        print(ANSWER_TAG + json.dumps(answer), flush=True)
 
 
 class JaxProcess:
@@ -173,10 +174,14 @@ class JaxProcess:
     def ask(self, **msg) -> dict:
         self.proc.stdin.write(json.dumps(msg) + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"vs_jax.py: the JAX process ended (exit code {self.proc.wait()}); see its error above")
-        answer = json.loads(line)
+        while True:  # skip anything else the JAX process may print
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"vs_jax.py: the JAX process ended (exit code {self.proc.wait()}); "
+                                 "see its error above")
+            if line.startswith(ANSWER_TAG):
+                break
+        answer = json.loads(line[len(ANSWER_TAG):])
         if "error" in answer:
             raise SystemExit(f"vs_jax.py: JAX process: {answer['error']}")
         return answer
