@@ -18,6 +18,8 @@ import statistics
 import subprocess
 import sys
 
+import _common  # benchmarks/_common.py
+
 WORKER = r"""
 import json, statistics, sys, time
 tuned, threads, sizes, steps = sys.argv[1] == "tuned", int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="processes of each kind, alternating")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per size and process")
     args = parser.parse_args()
+    _common.print_header("device (this process; the workers are fresh processes of the same machine):")
     for threads in args.threads:
         samples: dict[str, dict[int, list[float]]] = {k: {n: [] for n in args.sizes} for k in ("default", "tuned")}
         for _ in range(args.rounds):

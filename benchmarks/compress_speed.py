@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -29,19 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from shrinkssm.nn import ModelConfig, SSMModel
-from shrinkssm.ops import native_available
 from shrinkssm.train import Trainer, apply_overrides
 from shrinkssm.train.allocator import keep_freed_memory
 from shrinkssm.train.config import RunConfig
 from shrinkssm.train.metrics_log import read_metrics
 
+import _common  # benchmarks/_common.py
+
 
 PUBLISHED_INTERVAL = 5_000  # steps between reduction points in the paper's sMNIST run (200k steps)
-
-
-def device_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {torch.get_num_threads()} threads, native scan: {native_available()}"
 
 
 def step_times(dims: list[int], repeats: int, batch: int = 50, length: int = 784) -> dict[int, float]:
@@ -100,7 +95,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()          # as the trainer does (train.keep_freed_memory), for both parts
-    print(device_name())
+    _common.init_native_isa()
+    _common.print_header("device:")
 
     print("\n1. One training step of the sMNIST model (batch 50, length 784, d_model 8)")
     times = step_times(args.sizes, args.repeats)

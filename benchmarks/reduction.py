@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import time
 
 import numpy as np
@@ -30,6 +29,8 @@ from shrinkssm.lti import (
     hankel_singular_values,
     rank_for_energy,
 )
+
+import _common  # benchmarks/_common.py
 
 
 def trained_looking(N: int, H: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -91,17 +92,6 @@ def interleaved_best(fns, repeats) -> list[tuple[float, object]]:
     return best
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024], help="state sizes N")
@@ -121,7 +111,7 @@ def main() -> None:
         threadpool_limits(args.blas_threads)
         torch.set_num_threads(args.blas_threads)
 
-    print(f"device: {cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__} "
+    print(f"device: {_common.cpu_model()} ({os.cpu_count()} logical cores), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}, "
           f"BLAS threads: {args.blas_threads or 'library default'}")
     print("times are the best of the repetitions (the two routes alternate); ratio = reference / shrinkssm")

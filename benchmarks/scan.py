@@ -41,15 +41,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
 from shrinkssm import ops
-from shrinkssm.ops import _native_backend, lru_recurrence
+from shrinkssm.ops import lru_recurrence
+
+import _common  # benchmarks/_common.py
 
 try:
     from shrinkssm.nn import LRU
@@ -71,34 +71,8 @@ CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU time of the who
 
 
 def time_round_robin(fns: dict[str, Callable[[], object]], rounds: int, burn_in: int = 2) -> dict[str, float]:
-    """Median wall-clock seconds of each function, timed one call each per round."""
-    for _ in range(burn_in):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = CLOCK()
-            fn()
-            samples[name].append(CLOCK() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def load_average() -> float:
-    try:
-        with open("/proc/loadavg") as f:
-            return float(f.read().split()[0])
-    except OSError:
-        return float("nan")
-
-
-def device_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    """Median seconds of each function, timed one call each per round (on the --clock)."""
+    return _common.time_round_robin(fns, rounds, burn_in, clock=CLOCK)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -434,14 +408,9 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
-    print(f"device: {device_name()}")
-    load = load_average()
-    print(f"load average (1 min) before the run: {load:.2f}"
-          + ("  -- other processes are busy: absolute times and ratios are distorted" if load > 0.7 else ""))
-    isa = _native_backend.native_isa()
-    threading = _native_backend._ext.threading() if isa else None
-    print(f"native kernels: {'loaded (' + isa + ', ' + threading + ')' if isa else 'not available'}; "
-          f"timed: {'shrinkssm.nn.LRU' if LRU is not None else 'lru_recurrence + D*u'}; "
+    _common.init_native_isa()
+    _common.print_header("device:")
+    print(f"   timed: {'shrinkssm.nn.LRU' if LRU is not None else 'lru_recurrence + D*u'}; "
           f"median of {rounds} round-robin rounds; clock: {args.clock}")
     results = {name: run_shape(name, rounds) for name in args.shapes}
     run_n_scaling(max(3, rounds // 2))
@@ -454,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
             run_shape_jax(result, rounds)
     for name, result in results.items():
         print_shape(name, result)
-    print(f"\nload average (1 min) after the run: {load_average():.2f}")
+    print(f"\nload average (1 min) after the run: {_common.load_average():.2f}")
 
 
 if __name__ == "__main__":

@@ -30,46 +30,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 from shrinkssm.nn.selective import SelectiveSSM
-from shrinkssm.ops import native_available
+
+import _common  # benchmarks/_common.py
+from _common import time_round_robin
 
 FULL_N = (4, 8, 16, 32, 64)
 REDUCED_R = (4, 8, 16, 32)
-
-
-def time_round_robin(fns: dict[str, Callable[[], object]], rounds: int, burn_in: int = 1) -> dict[str, float]:
-    """Median seconds per call of every candidate, timed in interleaved rounds."""
-    for fn in fns.values():
-        for _ in range(burn_in):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def device_name() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} torch thread(s)"
 
 
 def with_statistics(layer: SelectiveSSM, u: torch.Tensor) -> SelectiveSSM:
@@ -124,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     rounds, length = (3, 256) if args.quick else (args.rounds, args.length)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"device: {device_name()}; native kernel: {native_available()}; "
-          f"load average: {os.getloadavg()[0]:.2f}")
+    _common.init_native_isa()
+    _common.print_header("device:")
     print(f"shape: batch {args.batch}, length {length}, d_model {args.d_model} "
           f"(E = {2 * args.d_model} channels), float32; median of {rounds} rounds\n")
     u = torch.randn(args.batch, length, args.d_model)
@@ -171,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nnative vs sequential reference (scan f+b, full N=16): ref {1e3 * ref['scan f+b']:.1f} ms, "
           f"native {1e3 * results['full N=16']['scan f+b']:.1f} ms, "
           f"fast/ref speed-up {ref['scan f+b'] / results['full N=16']['scan f+b']:.1f}x")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    print(f"load average at the end: {_common.load_average():.2f}")
 
 
 if __name__ == "__main__":
