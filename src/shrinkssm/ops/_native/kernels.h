@@ -286,39 +286,39 @@ static inline ALWAYS_INLINE void NAME(dots_all)(const REAL *pr, const REAL *pi, 
     }
 
 /* Adjoint step of vectors [j, j + NJ): g = conj(lam) g (when carry) + C^H gy[k], written to
- * (gr, gi) and to (sr, si). */
+ * (gr, gi) and to (sr, si). C^H gy[k] does not depend on g, so it is summed first and the chain
+ * from one step's g to the next is only the multiplication by conj(lam) and one add. */
 #define DEFINE_ADJOINT(NJ)                                                                      \
     static inline ALWAYS_INLINE void NAME(adjoint##NJ)(const CAT(lru_args, RS) *a, const REAL *gyk, \
                                                        int carry, REAL *gr, REAL *gi, REAL *sr,  \
                                                        REAL *si, idx j)                          \
     {                                                                                           \
         const idx Np = a->Np, Ho = a->Ho;                                                       \
-        VEC vr[NJ], vi[NJ];                                                                     \
-        for (int q = 0; q < NJ; q++) {                                                          \
-            const idx o = (j + q) * VW;                                                         \
-            vr[q] = NAME(ld)(gr + o);                                                           \
-            vi[q] = NAME(ld)(gi + o);                                                           \
-            if (carry) {                                                                        \
-                const VEC lr = NAME(ld)(a->lr + o), li = NAME(ld)(a->li + o);                   \
-                const VEC tr = lr * vr[q] + li * vi[q];                                         \
-                vi[q] = lr * vi[q] - li * vr[q];                                                \
-                vr[q] = tr;                                                                     \
-            }                                                                                   \
-        }                                                                                       \
+        VEC cr_[NJ], ci_[NJ];                                                                   \
+        for (int q = 0; q < NJ; q++) cr_[q] = ci_[q] = NAME(splat)(0);                          \
         for (idx o = 0; o < Ho; o++) {                                                          \
             const VEC g = NAME(splat)(gyk[o]);                                                  \
             const REAL *cr = a->Cr + o * Np + j * VW, *ci = a->Ci + o * Np + j * VW;            \
             for (int q = 0; q < NJ; q++) {                                                      \
-                vr[q] += NAME(ld)(cr + q * VW) * g;                                             \
-                vi[q] -= NAME(ld)(ci + q * VW) * g;                                             \
+                cr_[q] += NAME(ld)(cr + q * VW) * g;                                            \
+                ci_[q] -= NAME(ld)(ci + q * VW) * g;                                            \
             }                                                                                   \
         }                                                                                       \
         for (int q = 0; q < NJ; q++) {                                                          \
             const idx o = (j + q) * VW;                                                         \
-            NAME(st)(gr + o, vr[q]);                                                            \
-            NAME(st)(gi + o, vi[q]);                                                            \
-            NAME(st)(sr + o, vr[q]);                                                            \
-            NAME(st)(si + o, vi[q]);                                                            \
+            VEC vr = NAME(ld)(gr + o), vi = NAME(ld)(gi + o);                                   \
+            if (carry) {                                                                        \
+                const VEC lr = NAME(ld)(a->lr + o), li = NAME(ld)(a->li + o);                   \
+                const VEC tr = lr * vr + li * vi;                                               \
+                vi = lr * vi - li * vr;                                                         \
+                vr = tr;                                                                        \
+            }                                                                                   \
+            vr += cr_[q];                                                                       \
+            vi += ci_[q];                                                                       \
+            NAME(st)(gr + o, vr);                                                               \
+            NAME(st)(gi + o, vi);                                                               \
+            NAME(st)(sr + o, vr);                                                               \
+            NAME(st)(si + o, vi);                                                               \
         }                                                                                       \
     }
 
@@ -362,11 +362,105 @@ DEFINE_ADJOINT(8)
 
 /* Forward of one work item: batch row b, states [64 u0, 64 u1) bytes.
  * ydst receives y (overwritten when acc == 0, added to when acc == 1). ws: 2 * Np reals. */
+/* Forward of one batch row whose states fill NJ = 1 or 2 vectors (small N, as after compression):
+ * the state stays in registers across steps, the sum over the inputs runs as two interleaved
+ * chains, and each step's outputs are reduced together, so that the step is not bound by the
+ * latency of one chain of multiply-adds or by store-to-load round trips of the state. */
+#define DEFINE_FWD_SMALL(NJ)                                                                    \
+    static inline ALWAYS_INLINE void NAME(lru_fwd_small##NJ)(const CAT(lru_args, RS) *a, idx b,  \
+                                                             idx j0, REAL *ydst, int acc)        \
+    {                                                                                           \
+        const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T;                       \
+        VEC xr[NJ], xi[NJ], lr[NJ], li[NJ];                                                     \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            const idx o = (j0 + q) * VW;                                                        \
+            xr[q] = a->h0r ? NAME(ld)(a->h0r + b * Np + o) : NAME(splat)(0);                    \
+            xi[q] = a->h0i ? NAME(ld)(a->h0i + b * Np + o) : NAME(splat)(0);                    \
+            lr[q] = NAME(ld)(a->lr + o);                                                        \
+            li[q] = NAME(ld)(a->li + o);                                                        \
+        }                                                                                       \
+        const REAL *u = a->u + b * L * Hi, *Br = a->Br + j0 * VW, *Bi = a->Bi + j0 * VW;        \
+        const REAL *Cr = a->Cr + j0 * VW, *Ci = a->Ci + j0 * VW;                                \
+        REAL *y = ydst + b * L * Ho;                                                            \
+        idx next_ck = 0;                                                                        \
+        for (idx k = 0; k < L; k++) {                                                           \
+            if (a->ckr && k == next_ck) {                                                       \
+                REAL *cr = a->ckr + (b * a->n_chunks + k / T) * Np + j0 * VW;                   \
+                REAL *ci = a->cki + (b * a->n_chunks + k / T) * Np + j0 * VW;                   \
+                for (int q = 0; q < NJ; q++) {                                                  \
+                    NAME(st)(cr + q * VW, xr[q]);                                               \
+                    NAME(st)(ci + q * VW, xi[q]);                                               \
+                }                                                                               \
+                next_ck += T;                                                                   \
+            }                                                                                   \
+            const REAL *uk = u + k * Hi;                                                        \
+            VEC br0[NJ], bi0[NJ], br1[NJ], bi1[NJ];                                             \
+            for (int q = 0; q < NJ; q++) br0[q] = bi0[q] = br1[q] = bi1[q] = NAME(splat)(0);    \
+            idx h = 0;                                                                          \
+            for (; h + 2 <= Hi; h += 2) {                                                       \
+                const VEC ua = NAME(splat)(uk[h]), ub = NAME(splat)(uk[h + 1]);                 \
+                for (int q = 0; q < NJ; q++) {                                                  \
+                    br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                              \
+                    bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                              \
+                    br1[q] += NAME(ld)(Br + (h + 1) * Np + q * VW) * ub;                        \
+                    bi1[q] += NAME(ld)(Bi + (h + 1) * Np + q * VW) * ub;                        \
+                }                                                                               \
+            }                                                                                   \
+            if (h < Hi) {                                                                       \
+                const VEC ua = NAME(splat)(uk[h]);                                              \
+                for (int q = 0; q < NJ; q++) {                                                  \
+                    br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                              \
+                    bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                              \
+                }                                                                               \
+            }                                                                                   \
+            for (int q = 0; q < NJ; q++) {                                                      \
+                const VEC tr = lr[q] * xr[q] - li[q] * xi[q] + (br0[q] + br1[q]);               \
+                xi[q] = lr[q] * xi[q] + li[q] * xr[q] + (bi0[q] + bi1[q]);                      \
+                xr[q] = tr;                                                                     \
+            }                                                                                   \
+            REAL *yk = y + k * Ho, r[8];                                                        \
+            idx o = 0;                                                                          \
+            for (; o + 8 <= Ho; o += 8) {                                                       \
+                VEC sv[8];                                                                      \
+                for (int p = 0; p < 8; p++) {                                                   \
+                    sv[p] = NAME(ld)(Cr + (o + p) * Np) * xr[0] - NAME(ld)(Ci + (o + p) * Np) * xi[0]; \
+                    for (int q = 1; q < NJ; q++)                                                \
+                        sv[p] += NAME(ld)(Cr + (o + p) * Np + q * VW) * xr[q] -                 \
+                                 NAME(ld)(Ci + (o + p) * Np + q * VW) * xi[q];                  \
+                }                                                                               \
+                NAME(hsum8)(sv, r);                                                             \
+                for (int p = 0; p < 8; p++) yk[o + p] = acc ? yk[o + p] + r[p] : r[p];          \
+            }                                                                                   \
+            for (; o < Ho; o++) {                                                               \
+                VEC sv = NAME(ld)(Cr + o * Np) * xr[0] - NAME(ld)(Ci + o * Np) * xi[0];          \
+                for (int q = 1; q < NJ; q++)                                                    \
+                    sv += NAME(ld)(Cr + o * Np + q * VW) * xr[q] - NAME(ld)(Ci + o * Np + q * VW) * xi[q]; \
+                const REAL v = NAME(hsum)(sv);                                                  \
+                yk[o] = acc ? yk[o] + v : v;                                                    \
+            }                                                                                   \
+        }                                                                                       \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            NAME(st)(a->hlr + b * Np + (j0 + q) * VW, xr[q]);                                   \
+            NAME(st)(a->hli + b * Np + (j0 + q) * VW, xi[q]);                                   \
+        }                                                                                       \
+    }
+DEFINE_FWD_SMALL(1)
+DEFINE_FWD_SMALL(2)
+#undef DEFINE_FWD_SMALL
+
 static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, idx b, idx u0, idx u1,
                                                     REAL *ydst, int acc, REAL *ws)
 {
     const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T;
     const idx j0 = u0 * VPU, j1 = u1 * VPU; /* vectors */
+    if (j1 - j0 == 1) {
+        NAME(lru_fwd_small1)(a, b, j0, ydst, acc);
+        return;
+    }
+    if (j1 - j0 == 2) {
+        NAME(lru_fwd_small2)(a, b, j0, ydst, acc);
+        return;
+    }
     REAL *xr = ws, *xi = ws + Np;
     for (idx j = j0; j < j1; j++) {
         VEC zr = NAME(splat)(0), zi = zr;
