@@ -54,6 +54,7 @@ __all__ = [
     "stein_gramians",
     "psd_factor",
     "square_root",
+    "balance_batch",
     "modal_form",
     "truncate",
     "balanced_truncation_batch",
@@ -203,6 +204,14 @@ def square_root(P: np.ndarray, Q: np.ndarray) -> SquareRoot | list[SquareRoot]:
     return SquareRoot(Lc, Lo, U, s, Vh, hsv, k)
 
 
+@limited_blas
+def balance_batch(A: np.ndarray, Sb: np.ndarray, Sc: np.ndarray) -> list[SquareRoot]:
+    """Steps 1-2 for a batch: :func:`square_root` of :func:`stein_gramians` of ``(S, n, n)`` arrays,
+    one :class:`SquareRoot` per system."""
+    return square_root(*stein_gramians(np.asarray(A), np.asarray(Sb), np.asarray(Sc)))
+
+
+@limited_blas
 def coordinate_energy(sr: SquareRoot) -> np.ndarray:
     """Hankel energy attributed to each state coordinate: ``e[i] = sum_k sigma_k |T[i, k] T^-[k, i]|``
     over the nonzero sigma (full balancing transforms); (n,) float64, zero for a coordinate the input
@@ -275,7 +284,7 @@ def clamp_real_part(lam: np.ndarray, notes: list[str]) -> np.ndarray:
     over = lam.real > -REAL_PART_MARGIN
     if over.any():
         top = float(lam.real.max())
-        lam = lam.copy()
+        lam = lam.astype(np.complex128)  # a copy (eig returns a real array when every eigenvalue is)
         lam[over] = -REAL_PART_MARGIN + 1j * lam[over].imag
         notes.append(f"{int(over.sum())} reduced eigenvalue(s) with real part > -{REAL_PART_MARGIN:g} "
                      f"(max {top:.3g}) moved to the floor Re = -{REAL_PART_MARGIN:g}")
@@ -364,9 +373,11 @@ def _check_finite(*arrays: np.ndarray) -> None:
                          "ill-posed at this rank); try another rank or method")
 
 
+@limited_blas
 def truncate(sr: SquareRoot, F, B: np.ndarray, C: np.ndarray, order: int, *, real: bool,
-             domain: str = "discrete", max_states: int | None = None, max_cond: float = 1e8,
-             selection: str = "largest", eigvals: np.ndarray | None = None) -> Truncation:
+             fold_pairs: bool = True, domain: str = "discrete", max_states: int | None = None,
+             max_cond: float = 1e8, selection: str = "largest",
+             eigvals: np.ndarray | None = None) -> Truncation:
     """Balanced truncation of one system to ``order`` balanced directions, in diagonal form.
 
     Parameters
@@ -381,7 +392,12 @@ def truncate(sr: SquareRoot, F, B: np.ndarray, C: np.ndarray, order: int, *, rea
     order : int >= 1
         Balanced directions wanted; capped at the nonzero HSVs, lowered by the guards.
     real : bool
-        The system is real: conjugate pairs fold into one state (:func:`modal_form`).
+        The system is real (``F``, ``B``, ``C`` real): its eigenvalues come in exact conjugate
+        pairs, and the silent state of a zero map is the member with ``Im >= 0``.
+    fold_pairs : bool
+        For a real system, fold each conjugate pair into one state (:func:`modal_form`); False
+        returns both members (``B' = W^-1 T^- B``, ``C' = C T W`` exactly, ``B' F C' = diag(lam)``
+        when ``B``, ``C`` are identities).
     domain : {"discrete", "continuous"}
         Which stability clamp applies to the eigenvalues of ``T^- F T``.
     max_states : int, optional
@@ -418,19 +434,20 @@ def truncate(sr: SquareRoot, F, B: np.ndarray, C: np.ndarray, order: int, *, rea
     def build(k: int):
         return F_b[:k, :k], B_b[:k], C_b[:, :k], None
 
-    order, modal, _ = search_order(build, order, max_states, real, max_cond, notes)
+    order, modal, _ = search_order(build, order, max_states, real and fold_pairs, max_cond, notes)
     lam = _clamp(modal.lam, domain, notes)
     _check_finite(lam, modal.B, modal.C)
-    return Truncation(lam, np.asarray(modal.B, complex), np.asarray(modal.C, complex), order, idx[:order],
-                      tuple(notes))
+    return Truncation(np.asarray(lam, complex), np.asarray(modal.B, complex), np.asarray(modal.C, complex),
+                      order, idx[:order], tuple(notes))
 
 
 @limited_blas
 def balanced_truncation_batch(A: np.ndarray, Sb: np.ndarray, Sc: np.ndarray, orders: Sequence[int], *,
                               F: np.ndarray | None = None, B: np.ndarray | None = None,
                               C: np.ndarray | None = None, balancing: Sequence[SquareRoot] | None = None,
-                              domain: str = "discrete", max_states: Sequence[int | None] | None = None,
-                              max_cond: float = 1e8, selection: str = "largest") -> list[Truncation]:
+                              fold_pairs: bool = True, domain: str = "discrete",
+                              max_states: Sequence[int | None] | None = None, max_cond: float = 1e8,
+                              selection: str = "largest") -> list[Truncation]:
     """Square-root balanced truncation of a batch of systems of equal size n (real or complex).
 
     Parameters
@@ -448,8 +465,9 @@ def balanced_truncation_batch(A: np.ndarray, Sb: np.ndarray, Sc: np.ndarray, ord
         are then ``W^-1 T^-`` and ``T W``).
     balancing : S SquareRoot, optional
         Precomputed :func:`square_root` data of these systems (skips steps 1-2).
-    domain, max_cond, selection
-        As in :func:`truncate`; ``max_states`` one budget per system (or None).
+    fold_pairs, domain, max_cond, selection
+        As in :func:`truncate` (the batch is real when every array is); ``max_states`` one budget
+        per system (or None).
 
     Returns
     -------
@@ -460,7 +478,7 @@ def balanced_truncation_batch(A: np.ndarray, Sb: np.ndarray, Sc: np.ndarray, ord
     S, n = A.shape[0], A.shape[-1]
     real = not any(np.iscomplexobj(x) for x in (A, Sb, Sc, F, B, C) if x is not None)
     if balancing is None:
-        balancing = square_root(*stein_gramians(A, np.asarray(Sb), np.asarray(Sc)))
+        balancing = balance_batch(A, Sb, Sc)
     if len(balancing) != S or len(orders) != S:
         raise ValueError(f"need one order and one balancing per system ({S}), got {len(orders)} and "
                          f"{len(balancing)}")
@@ -469,6 +487,6 @@ def balanced_truncation_batch(A: np.ndarray, Sb: np.ndarray, Sc: np.ndarray, ord
     for i in range(S):
         budget = None if max_states is None else max_states[i]
         out.append(truncate(balancing[i], A[i] if F is None else F[i], eye if B is None else B[i],
-                            eye if C is None else C[i], int(orders[i]), real=real, domain=domain,
-                            max_states=budget, max_cond=max_cond, selection=selection))
+                            eye if C is None else C[i], int(orders[i]), real=real, fold_pairs=fold_pairs,
+                            domain=domain, max_states=budget, max_cond=max_cond, selection=selection))
     return out
