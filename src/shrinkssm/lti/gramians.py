@@ -10,7 +10,7 @@ Stein solver, :func:`discrete_lyapunov`, which is ``scipy.linalg.solve_discrete_
 (bilinear transformation to a continuous Lyapunov equation, then Bartels–Stewart on a Schur form;
 O(N³)).
 
-Hankel singular values are computed by the square-root method (Laub et al. 1987; Antoulas,
+Hankel singular values are computed by the square-root method of :mod:`shrinkssm.lti.balancing` (Laub et al. 1987; Antoulas,
 *Approximation of Large-Scale Dynamical Systems*, 2005, §7.3): factor ``P = Lc Lc^H`` and
 ``Q = Lo Lo^H`` by Cholesky with complete pivoting (LAPACK ``?pstrf``, which stops at the numerical
 rank of a semidefinite matrix), then ``sigma = svd(Lo^H Lc)``. In exact arithmetic this equals

@@ -17,7 +17,9 @@ Balanced truncation follows the square-root method (Laub, Heath, Paige & Ward 19
 Balanced singular perturbation (Liu & Anderson 1989) matches the DC gain instead, modal
 truncation keeps whole modes, random truncation is the ablation.
 
-Guards (what happens in the cases public code gets wrong):
+The square-root mathematics and the guards are :mod:`shrinkssm.lti.balancing` (shared with the
+selective layer's per-channel reduction); this module applies them to a system. Guards (what
+happens in the cases public code gets wrong):
 
 * **sigma = 0** (uncontrollable or unobservable directions, at or below ``n * eps * sigma_1``):
   never kept; a rank above their count is capped to it, with a note. If every sigma is zero (the
@@ -46,7 +48,6 @@ from __future__ import annotations
 import inspect
 import operator
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
