@@ -39,8 +39,6 @@ from shrinkssm.lti.reduction import (
     MAX_COND_DROPS,
     MODULUS_MARGIN,
     _balanced_reduced_dense,
-    _clamp_modulus,
-    _modal_form,
 )
 
 try:
@@ -322,28 +320,6 @@ def test_repeated_eigenvalues(output):
     red, info = balanced_truncation(sys, 4, output=output)
     assert_valid(red, info, sys)
     assert max_error(sys, red) <= info.error_bound * (1 + 1e-8) + 1e-12
-
-
-def test_clamp_modulus_moves_eigenvalues_inside_the_disk():
-    notes = []
-    lam = np.array([0.5 + 0.1j, 1.0 + 0j, 0.8 + 0.8j, 1 - 1e-9 + 0j])
-    out = _clamp_modulus(lam, notes)
-    assert np.abs(out).max() <= 1 - MODULUS_MARGIN + 1e-16
-    np.testing.assert_allclose(np.angle(out), np.angle(lam))
-    assert out[0] == lam[0] and len(notes) == 1 and "3 reduced eigenvalue" in notes[0]
-    assert np.float32(np.abs(out).max()) < 1.0  # still below 1 when stored in float32
-
-
-def test_modal_form_of_a_real_matrix_maps_pairs_to_one_state():
-    rng = np.random.default_rng(15)
-    A = rng.standard_normal((5, 5)) * 0.3
-    B, C = rng.standard_normal((5, 2)), rng.standard_normal((3, 5))
-    modal = _modal_form(A, B, C, real=True)
-    n_real = int(np.count_nonzero(np.linalg.eigvals(A).imag == 0))
-    assert modal.lam.size == n_real + (5 - n_real) // 2
-    red = DiagonalSystem(torch.from_numpy(modal.lam), torch.from_numpy(modal.B), torch.from_numpy(modal.C), torch.zeros(3, 2))
-    ref = np.array([C @ np.linalg.matrix_power(A, k) @ B for k in range(30)])
-    np.testing.assert_allclose(impulse_response(red, 30).numpy(), ref, atol=1e-12)
 
 
 def test_real_reduced_eigenvalues_are_kept_finite_and_noted():

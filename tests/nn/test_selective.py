@@ -8,11 +8,13 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from shrinkssm import lti
+from shrinkssm.lti.balancing import balance_batch
 from shrinkssm.nn import ModelConfig, SSMModel
 from shrinkssm.nn.selective import (
     ALPHA_FLOOR,
@@ -225,8 +227,8 @@ def test_second_moment_surrogate_dominates_the_mean_one():
     mean = copy.deepcopy(sm)
     mean.surrogate = "mean"
     for s, m in zip(sm._realizations(), mean._realizations()):
-        assert torch.linalg.eigvalsh(s["Sb"] - m["Sb"]).min() > -1e-12
-        assert torch.linalg.eigvalsh(s["Sc"] - m["Sc"]).min() > -1e-12
+        assert torch.linalg.eigvalsh(s.Sb - m.Sb).min() > -1e-12
+        assert torch.linalg.eigvalsh(s.Sc - m.Sc).min() > -1e-12
     energy = lambda layer: sum(h.sum() for h in layer.hankel_singular_values())  # noqa: E731
     assert energy(sm) >= energy(mean)
 
@@ -259,7 +261,6 @@ def test_balance_channel_transforms_are_lti_balanced_truncation():
     constant step d the run-time transition exp(d alpha) approaches the balanced truncation as d -> 0
     (the transitions differ by O(d^2), the projection and the exponential commuting to first order
     only; the frequency responses, whose DC gain divides by I - A = O(d), by O(d))."""
-    from shrinkssm.nn.selective import _balance
     g_ = torch.Generator().manual_seed(0)
     n, r = 7, 3
     g = -(torch.rand(n, generator=g_, dtype=torch.float64) * 3.7 + 0.3)
@@ -278,7 +279,8 @@ def test_balance_channel_transforms_are_lti_balanced_truncation():
         full, _ = response(torch.exp(d * g), b, c)
         bt, info = lti.balanced_truncation(full, r)
         expect = lti.frequency_response(bt, w)
-        T, Tm = _balance(A_bar, torch.outer(b, b), torch.outer(c, c)).transforms(torch.arange(r))
+        sr = balance_batch(A_bar[None].numpy(), torch.outer(b, b)[None].numpy(), torch.outer(c, c)[None].numpy())[0]
+        T, Tm = (torch.from_numpy(t) for t in sr.transforms(np.arange(r)))
         torch.testing.assert_close(Tm @ T, torch.eye(r, dtype=torch.float64), atol=1e-10, rtol=0)
         reduced = lti.DenseSystem(Tm @ A_bar @ T, (Tm @ b)[:, None], (c @ T)[None, :], zero)
         ours = lti.frequency_response(reduced, w)

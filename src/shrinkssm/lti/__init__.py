@@ -50,10 +50,12 @@ Conventions (written down once; every other docstring in the package refers back
 
 Modules
 -------
-:mod:`~shrinkssm.lti.systems` (containers, realizations), :mod:`~shrinkssm.lti.gramians`
-(Gramians, HSVs, the energy rule), :mod:`~shrinkssm.lti.reduction` (balanced truncation and
-alternatives; the guards against sigma = 0, |mu| >= 1 and near-defective reduced matrices are
-listed in its docstring), :mod:`~shrinkssm.lti.analysis` (impulse / frequency responses, norms).
+:mod:`~shrinkssm.lti.systems` (containers, realizations), :mod:`~shrinkssm.lti.balancing`
+(the square-root method on arrays, batched, and its guards against sigma = 0, |mu| >= 1 and
+near-defective reduced matrices: the one balancing both layer kinds use),
+:mod:`~shrinkssm.lti.gramians` (Gramians, HSVs, the energy rule), :mod:`~shrinkssm.lti.reduction`
+(balanced truncation and alternatives of a system), :mod:`~shrinkssm.lti.analysis` (impulse /
+frequency responses, norms).
 """
 from ._blas import blas_threads, set_blas_threads
 from .analysis import frequency_response, h2_norm, hinf_norm, impulse_response

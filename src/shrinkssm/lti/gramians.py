@@ -10,7 +10,7 @@ Stein solver, :func:`discrete_lyapunov`, which is ``scipy.linalg.solve_discrete_
 (bilinear transformation to a continuous Lyapunov equation, then Bartels–Stewart on a Schur form;
 O(N³)).
 
-Hankel singular values are computed by the square-root method (Laub et al. 1987; Antoulas,
+Hankel singular values are computed by the square-root method of :mod:`shrinkssm.lti.balancing` (Laub et al. 1987; Antoulas,
 *Approximation of Large-Scale Dynamical Systems*, 2005, §7.3): factor ``P = Lc Lc^H`` and
 ``Q = Lo Lo^H`` by Cholesky with complete pivoting (LAPACK ``?pstrf``, which stops at the numerical
 rank of a semidefinite matrix), then ``sigma = svd(Lo^H Lc)``. In exact arithmetic this equals
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 import torch
-from scipy.linalg import lapack
 
 from ._blas import limited_blas
+from .balancing import SquareRoot, diagonal_gramians, square_root
 from .systems import (
     _REAL_OF,
     DenseSystem,
@@ -169,9 +169,7 @@ def _hermitian_part(X: np.ndarray) -> np.ndarray:
 def _gramians_numeric(num: _Numeric) -> tuple[np.ndarray, np.ndarray]:
     """(P, Q) of the working representation, Hermitian (symmetric for real), (n, n) each."""
     if num.kind == "diagonal":
-        lam = num.lam
-        P = (num.B @ num.B.conj().T) / (1.0 - lam[:, None] * lam.conj()[None, :])
-        Q = (num.C.conj().T @ num.C) / (1.0 - lam.conj()[:, None] * lam[None, :])
+        P, Q = diagonal_gramians(num.lam, num.B @ num.B.conj().T, num.C.conj().T @ num.C)
     elif num.kind == "real_diagonal":
         lam = num.lam
         N = lam.shape[0]
@@ -272,60 +270,9 @@ def discrete_lyapunov(A, Q) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------- square-root factors, HSVs
-def _psd_factor(X: np.ndarray) -> np.ndarray:
-    """``L`` of shape (n, k) with ``X ~= L L^H``, k the numerical rank of the PSD matrix X.
-
-    Cholesky with complete pivoting (LAPACK ``?pstrf``, default tolerance
-    ``n * eps * max(diag X)``): it stops at the numerical rank, so a semidefinite or
-    rank-deficient Gramian needs neither clipping nor jitter.
-    """
-    n = X.shape[0]
-    if n == 0 or not np.any(np.diag(X).real > 0):
-        return np.zeros((n, 0), dtype=X.dtype)
-    pstrf = lapack.zpstrf if np.iscomplexobj(X) else lapack.dpstrf
-    c, piv, rank, info = pstrf(X, lower=1)
-    if info < 0:  # pragma: no cover - an argument error inside LAPACK would be a bug here
-        raise RuntimeError(f"?pstrf failed with info={info}")
-    L = np.tril(c)[:, :rank]
-    out = np.empty_like(L)
-    out[piv - 1] = L  # undo the pivoting: X = Pi L L^H Pi^T
-    return out
-
-
-@dataclass
-class _SquareRoot:
-    """Square-root balancing data: factors, the SVD ``Lo^H Lc = U diag(s) Vh`` and all n HSVs."""
-
-    Lc: np.ndarray  # (n, k_c)
-    Lo: np.ndarray  # (n, k_o)
-    U: np.ndarray  # (k_o, m)
-    s: np.ndarray  # (m,) descending, m = min(k_o, k_c)
-    Vh: np.ndarray  # (m, k_c)
-    hsv: np.ndarray  # (n,) float64 descending (s padded with zeros)
-    n_nonzero: int  # number of sigma treated as nonzero (see _nonzero_count)
-
-
-def _nonzero_count(s: np.ndarray, n: int) -> int:
-    """HSVs at or below ``n * eps * sigma_1`` are treated as exact zeros (no direction to keep)."""
-    if s.size == 0 or s[0] <= 0:
-        return 0
-    return int(np.count_nonzero(s > n * np.finfo(np.float64).eps * s[0]))
-
-
-def _square_root(num: _Numeric) -> _SquareRoot:
-    P, Q = _gramians_numeric(num)
-    Lc, Lo = _psd_factor(P), _psd_factor(Q)
-    M = Lo.conj().T @ Lc  # (k_o, k_c)
-    if min(M.shape) == 0:
-        U = np.zeros((M.shape[0], 0), dtype=M.dtype)
-        s = np.zeros(0)
-        Vh = np.zeros((0, M.shape[1]), dtype=M.dtype)
-    else:
-        U, s, Vh = scipy.linalg.svd(M, full_matrices=False, overwrite_a=True, check_finite=False)
-    n_nonzero = _nonzero_count(s, num.n)
-    hsv = np.zeros(num.n)
-    hsv[:n_nonzero] = s[:n_nonzero]  # the rest cannot be told from zero: reported as 0
-    return _SquareRoot(Lc, Lo, U, s, Vh, hsv, n_nonzero)
+def _square_root(num: _Numeric) -> SquareRoot:
+    """Square-root balancing data of the working representation (:func:`~shrinkssm.lti.balancing.square_root`)."""
+    return square_root(*_gramians_numeric(num))
 
 
 def _state_tensors(sys) -> tuple[torch.Tensor, ...]:
@@ -337,7 +284,7 @@ def _fingerprint(sys) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in _state_tensors(sys))
 
 
-def _balancing(sys: DiagonalSystem | DenseSystem, output: str, what: str) -> tuple[_Numeric, _SquareRoot]:
+def _balancing(sys: DiagonalSystem | DenseSystem, output: str, what: str) -> tuple[_Numeric, SquareRoot]:
     """Validated working representation and square-root data of ``sys``, cached on the object.
 
     The common sequence ``hsv = hsvd(sys)``, ``r = rank_for_energy(hsv, tau)``,

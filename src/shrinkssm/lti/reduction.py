@@ -17,7 +17,9 @@ Balanced truncation follows the square-root method (Laub, Heath, Paige & Ward 19
 Balanced singular perturbation (Liu & Anderson 1989) matches the DC gain instead, modal
 truncation keeps whole modes, random truncation is the ablation.
 
-Guards (what happens in the cases public code gets wrong):
+The square-root mathematics and the guards are :mod:`shrinkssm.lti.balancing` (shared with the
+selective layer's per-channel reduction); this module applies them to a system. Guards (what
+happens in the cases public code gets wrong):
 
 * **sigma = 0** (uncontrollable or unobservable directions, at or below ``n * eps * sigma_1``):
   never kept; a rank above their count is capped to it, with a note. If every sigma is zero (the
@@ -46,13 +48,24 @@ from __future__ import annotations
 import inspect
 import operator
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ._blas import limited_blas
+from .balancing import (
+    MAX_COND_DROPS,
+    MODULUS_MARGIN,
+    Modal,
+    SquareRoot,
+    capped_order,
+    clamp_modulus,
+    modal_form,
+    search_order,
+    silent_state,
+    truncate,
+)
 from .gramians import (
     _balancing,
     _D_numpy,
@@ -60,7 +73,6 @@ from .gramians import (
     _Numeric,
     _numeric,
     _square_root,
-    _SquareRoot,
     _to_numpy,
 )
 from .systems import DenseSystem, DiagonalSystem, _check_system
@@ -77,8 +89,6 @@ __all__ = [
     "MAX_COND_DROPS",
 ]
 
-MODULUS_MARGIN = 1e-7  # reduced eigenvalues are kept at |mu| <= 1 - MODULUS_MARGIN
-MAX_COND_DROPS = 8  # near-defective reduced A: how many times the order may be lowered
 _MAX_COND_BY_DTYPE = {torch.complex64: 1e4, torch.complex128: 1e8}  # default of max_cond=None
 
 
@@ -168,60 +178,6 @@ def _check_max_cond(max_cond, sys) -> float:
 
 
 # --------------------------------------------------------------------------- back to LRU form
-@dataclass
-class _Modal:
-    """A diagonal (LRU) form in complex128: ``lam (r,)``, ``B (r, H_in)``, ``C (H_out, r)``."""
-
-    lam: np.ndarray
-    B: np.ndarray
-    C: np.ndarray
-    cond: float
-
-
-def _modal_form(A: np.ndarray, B: np.ndarray, C: np.ndarray, real: bool) -> _Modal:
-    """Diagonalise ``(A, B, C)``: ``A = W diag(mu) W^-1``, ``B' = W^-1 B``, ``C' = C W``.
-
-    For a real realization (``real=True``, output ``C x`` real) each conjugate pair of eigenvalues
-    becomes one LRU state (the one with positive imaginary part, C doubled) and each real
-    eigenvalue one state with real B and C rows, so that ``Re(C' z)`` is the original output.
-    ``cond`` is the 2-norm condition number of W (unit-norm columns); inf when W is singular.
-    """
-    mu, W = np.linalg.eig(A)
-    if real:
-        # LAPACK ?geev on a real matrix returns exact conjugate pairs (and exactly real eigenvalues).
-        is_real = mu.imag == 0
-        keep = is_real | (mu.imag > 0)
-    else:
-        is_real = np.zeros(mu.shape, dtype=bool)
-        keep = np.ones(mu.shape, dtype=bool)
-    cond = float(np.linalg.cond(W)) if A.shape[0] > 1 else 1.0
-    if not np.isfinite(cond):  # singular W: only the eigenvalue count is meaningful
-        return _Modal(mu[keep], B[:0], C[:, :0], np.inf)
-    Bm = np.linalg.solve(W, B)  # (r, H_in)
-    Cm = C @ W  # (H_out, r)
-    if not real:
-        return _Modal(mu, Bm, Cm, cond)
-    lam = mu[keep]
-    Bk = Bm[keep]
-    Ck = Cm[:, keep] * np.where(is_real[keep], 1.0, 2.0)[None, :]
-    real_k = is_real[keep]
-    Bk[real_k] = Bk[real_k].real  # exact in theory; drop rounding residue
-    Ck[:, real_k] = Ck[:, real_k].real
-    return _Modal(lam, Bk, Ck, cond)
-
-
-def _clamp_modulus(lam: np.ndarray, notes: list[str]) -> np.ndarray:
-    limit = 1.0 - MODULUS_MARGIN
-    mod = np.abs(lam)
-    over = mod > limit
-    if over.any():
-        lam = lam.copy()
-        lam[over] = lam[over] / mod[over] * limit
-        notes.append(f"{int(over.sum())} reduced eigenvalue(s) with |mu| >= 1 - {MODULUS_MARGIN:g} "
-                     f"(max {mod.max():.12g}) moved radially to |mu| = 1 - {MODULUS_MARGIN:g}")
-    return lam
-
-
 def _eigenvalue_notes(lam: np.ndarray, notes: list[str]) -> None:
     n_real = int(np.count_nonzero(lam.imag == 0))
     if n_real:
@@ -231,9 +187,10 @@ def _eigenvalue_notes(lam: np.ndarray, notes: list[str]) -> None:
         notes.append(f"{n_zero} reduced eigenvalue(s) are exactly 0")
 
 
-def _to_system(modal: _Modal, D: torch.Tensor, like: DiagonalSystem | DenseSystem,
-               notes: list[str]) -> DiagonalSystem:
-    lam = _clamp_modulus(modal.lam, notes)
+def _to_system(modal: Modal, D: torch.Tensor, like: DiagonalSystem | DenseSystem,
+               notes: list[str], clamp: bool = True) -> DiagonalSystem:
+    """A diagonal form as a DiagonalSystem of ``like``'s dtype and device (clamped unless already)."""
+    lam = clamp_modulus(modal.lam, notes) if clamp else modal.lam
     _eigenvalue_notes(lam, notes)
     arrays = (lam, modal.B, modal.C)
     if not all(np.isfinite(a).all() for a in arrays):
@@ -243,47 +200,9 @@ def _to_system(modal: _Modal, D: torch.Tensor, like: DiagonalSystem | DenseSyste
     return DiagonalSystem(lam_t, B_t, C_t, D)
 
 
-# --------------------------------------------------------------------------- order search loop
-BuildFn = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]
-
-
-def _search_order(build: BuildFn, order_max: int, rank: int, real: bool, max_cond: float,
-                  notes: list[str]) -> tuple[int, _Modal, np.ndarray | None]:
-    """Largest order <= order_max whose diagonal form has <= rank LRU states and cond(W) <= max_cond.
-
-    ``build(order)`` returns the reduced ``(A, B, C, D_extra)`` of that order.
-    """
-    order, drops = order_max, 0
-    while order >= 1:
-        A, B, C, D_extra = build(order)
-        modal = _modal_form(A, B, C, real)
-        n_lru = modal.lam.shape[0]
-        if n_lru > rank:  # real view: real eigenvalues cost a whole LRU state each
-            order -= max(1, n_lru - rank)
-            continue
-        if modal.cond > max_cond:
-            drops += 1
-            notes.append(f"reduced A of order {order} is near-defective (cond(W) = {modal.cond:.3g} > "
-                         f"max_cond = {max_cond:.3g}); order lowered by one")
-            if drops >= MAX_COND_DROPS:
-                raise ValueError(
-                    f"the reduced state matrix stayed near-defective (cond(W) > {max_cond:.3g}) after "
-                    f"{drops} order reductions from order {order_max}; the diagonal form would be "
-                    "numerically meaningless. Try another rank, output or method, or raise max_cond")
-            order -= 1
-            continue
-        return order, modal, D_extra
-    raise AssertionError("unreachable: order 1 always has one state and cond(W) = 1")  # pragma: no cover
-
-
 # ---------------------------------------------------------------------------- shared plumbing
-def _target_order(rank: int, sr: _SquareRoot, output: str, notes: list[str]) -> int:
-    want = rank if output == "complex" else 2 * rank
-    if sr.n_nonzero < want:
-        notes.append(f"only {sr.n_nonzero} nonzero Hankel singular value(s) (of {sr.hsv.size}); "
-                     f"order capped at {sr.n_nonzero} (directions with sigma = 0 are never kept)")
-        return sr.n_nonzero
-    return want
+def _target_order(rank: int, sr: SquareRoot, output: str, notes: list[str]) -> int:
+    return capped_order(rank if output == "complex" else 2 * rank, sr, notes)
 
 
 def _energy(hsv: np.ndarray, kept: np.ndarray) -> float:
@@ -291,11 +210,11 @@ def _energy(hsv: np.ndarray, kept: np.ndarray) -> float:
     return 1.0 if total == 0.0 else float(hsv[kept].sum()) / total
 
 
-def _hsv_tensor(sr: _SquareRoot) -> torch.Tensor:
+def _hsv_tensor(sr: SquareRoot) -> torch.Tensor:
     return torch.from_numpy(sr.hsv.copy())
 
 
-def _noop(sys, sr: _SquareRoot, method: str, output: str, t0: float, max_cond: float,
+def _noop(sys, sr: SquareRoot, method: str, output: str, t0: float, max_cond: float,
           dense_D: bool = False) -> tuple[DiagonalSystem, ReductionInfo]:
     """rank >= N: return the system unchanged (a DenseSystem is only diagonalised)."""
     N = sys.n_states
@@ -314,7 +233,7 @@ def _noop(sys, sr: _SquareRoot, method: str, output: str, t0: float, max_cond: f
 
 def _diagonalize_dense(sys: DenseSystem, D: torch.Tensor, max_cond: float, notes: list[str]) -> DiagonalSystem:
     A, B, C = (_to_numpy(t, True) for t in (sys.A, sys.B, sys.C))
-    modal = _modal_form(A, B, C, real=False)
+    modal = modal_form(A, B, C, real=False)
     if modal.cond > max_cond:
         raise ValueError(f"the DenseSystem's A is near-defective (cond(W) = {modal.cond:.3g} > max_cond = "
                          f"{max_cond:.3g}) and cannot be diagonalised reliably; ask for a lower rank")
@@ -322,12 +241,24 @@ def _diagonalize_dense(sys: DenseSystem, D: torch.Tensor, max_cond: float, notes
     return _to_system(modal, D, sys, notes)
 
 
-def _balanced_coordinates(num: _Numeric, sr: _SquareRoot, idx: np.ndarray):
+class _StateOperator:
+    """The working representation's state matrix as an operator: ``op @ X`` without forming A for
+    the diagonal kinds; ``eigvals()`` the original eigenvalues (LRU form)."""
+
+    def __init__(self, num: _Numeric, sys) -> None:
+        self.num, self.sys = num, sys
+
+    def __matmul__(self, X: np.ndarray) -> np.ndarray:
+        return self.num.apply_A(X)
+
+    def eigvals(self) -> np.ndarray:
+        sys = self.sys
+        return _to_numpy(sys.lam, True) if isinstance(sys, DiagonalSystem) else np.linalg.eigvals(_to_numpy(sys.A, True))
+
+
+def _balanced_coordinates(num: _Numeric, sr: SquareRoot, idx: np.ndarray):
     """``(A_b, B_b, C_b)`` of the balanced coordinates ``idx`` (ordered): T^- A T, T^- B, C T."""
-    s = sr.s[idx]
-    scale = 1.0 / np.sqrt(s)  # (k,) finite: idx holds nonzero sigma only
-    T = (sr.Lc @ sr.Vh[idx].conj().T) * scale[None, :]  # (n, k)
-    Tm = scale[:, None] * (sr.U[:, idx].conj().T @ sr.Lo.conj().T)  # (k, n), Tm @ T = I
+    T, Tm = sr.transforms(idx)  # idx holds nonzero sigma only
     return Tm @ num.apply_A(T), Tm @ num.B, num.C @ T
 
 
@@ -403,20 +334,15 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
     num, sr = _balancing(sys, output, "balanced_truncation")
     if rank >= sys.n_states:
         return _noop(sys, sr, "balanced", output, t0, max_cond)
-    notes: list[str] = []
-    order_max = _target_order(rank, sr, output, notes)
-    if order_max == 0:
+    if sr.n_nonzero == 0:
+        notes: list[str] = []
+        _target_order(rank, sr, output, notes)
         return _zero_system(sys, sr, "balanced", output, t0, notes, sys.D)
-    nz = sr.n_nonzero
-    idx = np.arange(order_max) if selection == "largest" else np.arange(nz - order_max, nz)
-    A_b, B_b, C_b = _balanced_coordinates(num, sr, idx)
-
-    def build(order: int):
-        return A_b[:order, :order], B_b[:order], C_b[:, :order], None
-
-    order, modal, _ = _search_order(build, order_max, rank, num.real, max_cond, notes)
-    kept = idx[:order]
-    reduced = _to_system(modal, sys.D, sys, notes)
+    tr = truncate(sr, _StateOperator(num, sys), num.B, num.C, rank if output == "complex" else 2 * rank,
+                  real=num.real, domain="discrete", max_states=rank, max_cond=max_cond, selection=selection)
+    notes = list(tr.notes)
+    order, kept = tr.order, tr.kept
+    reduced = _to_system(Modal(tr.lam, tr.B, tr.C, 1.0), sys.D, sys, notes, clamp=False)
     discarded = np.ones(sr.hsv.size, dtype=bool)
     discarded[kept] = False
     info = ReductionInfo("balanced", output, sys.n_states, reduced.n_states, order, _hsv_tensor(sr),
@@ -427,14 +353,13 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
 
 def _zero_system(sys, sr, method, output, t0, notes, D) -> tuple[DiagonalSystem, ReductionInfo]:
     """Every sigma is zero: the map is ``D`` alone. One silent state keeps the layer well-formed."""
-    lam0 = _to_numpy(sys.lam, True) if isinstance(sys, DiagonalSystem) else np.linalg.eigvals(_to_numpy(sys.A, True))
-    slowest = lam0[np.abs(lam0).argmax()]
+    slowest = silent_state(_StateOperator(None, sys).eigvals(), "discrete", upper=False)
     notes.append("every Hankel singular value is zero (the map is D alone): returned one state with "
                  "B = 0 and C = 0 at the slowest original eigenvalue")
     out = DiagonalSystem(_from_numpy(np.array([slowest]), sys.dtype, sys.device),
                          torch.zeros(1, sys.n_inputs, dtype=sys.dtype, device=sys.device),
                          torch.zeros(sys.n_outputs, 1, dtype=sys.dtype, device=sys.device), D)
-    order = 1 if output == "complex" or slowest.imag == 0 else 2
+    order = 1 if output == "complex" or slowest.imag == 0 else 2  # a pair in the real view
     info = ReductionInfo(method, output, sys.n_states, 1, order, _hsv_tensor(sr),
                          0.0, 1.0, tuple(notes), time.perf_counter() - t0)
     return out, info
@@ -508,7 +433,7 @@ def balanced_singular_perturbation(sys: DiagonalSystem | DenseSystem, rank: int,
         A12, C2 = A_b[:k, k:], C_b[:, k:]
         return A_b[:k, :k] + A12 @ X_A, B_b[:k] + A12 @ X_B, C_b[:, :k] + C2 @ X_A, C2 @ X_B
 
-    order, modal, D_extra = _search_order(build, order_max, rank, num.real, max_cond, notes)
+    order, modal, D_extra = search_order(build, order_max, rank, num.real, max_cond, notes)
     D_r = _from_numpy(_D_numpy(sys) + D_extra.real, sys.D.dtype, sys.device)
     reduced = _to_system(modal, D_r, sys, notes)
     kept = np.arange(order)
@@ -526,7 +451,7 @@ def _modes(sys, max_cond: float, notes: list[str]) -> DiagonalSystem:
 
 
 def _truncate_modes(sys, modes: DiagonalSystem, keep: torch.Tensor, method: str, output: str,
-                    num: _Numeric, sr: _SquareRoot, t0: float, notes: list[str]) -> tuple[DiagonalSystem, ReductionInfo]:
+                    num: _Numeric, sr: SquareRoot, t0: float, notes: list[str]) -> tuple[DiagonalSystem, ReductionInfo]:
     keep = torch.sort(keep).values
     reduced = DiagonalSystem(modes.lam[keep], modes.B[keep], modes.C[:, keep], modes.D)
     dropped = torch.ones(modes.n_states, dtype=torch.bool)
