@@ -73,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from shrinkssm.train.checkpoint import load_checkpoint
     from shrinkssm.train.config import build_config, load_config
     from shrinkssm.train.distributed import init_distributed, shutdown_distributed
+    from shrinkssm.train.loading import check_run_dir
     from shrinkssm.train.trainer import Trainer
 
     if args.resume:
@@ -80,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise _UsageError("--resume continues a run with its saved config; it takes no "
                               "--config, --out or overrides")
         run_dir = Path(args.resume)
+        check_run_dir(run_dir, "--resume")
         config = build_config(load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"])
     else:
         config = load_config(args.config, args.overrides)
@@ -160,7 +162,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from shrinkssm.train.generate import generate, tokens_per_second
+    from shrinkssm.train.generate import decoding_speed, format_decoding, generate
     from shrinkssm.train.loading import load_run
     from shrinkssm.train.trainer import build_model
 
@@ -175,22 +177,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tokens = generate(run.model, prompt, args.length, temperature=args.temperature,
                       top_k=args.top_k, generator=generator)
     print("".join(vocab[i] if i else "?" for i in tokens[0].tolist()))
-    speed = tokens_per_second(run.model, n_tokens=args.speed_tokens, batch_size=args.speed_batch)
     initial = run.checkpoint["extra"]["initial_dims"]
-    print(f"\nrecurrent decoding ({args.speed_batch} stream(s)): {speed:,.0f} tokens/s at state "
-          f"sizes {run.model.state_dims()}",
-          file=sys.stderr)
+    models = [run.model]
     if initial != run.model.state_dims():
-        uncompressed = build_model(run.config, run.splits).eval()     # the initial sizes
-        base = tokens_per_second(uncompressed, n_tokens=args.speed_tokens,
-                                 batch_size=args.speed_batch)
-        print(f"                    {base:,.0f} tokens/s at the initial sizes {initial} "
-              f"-> {speed / base:.2f}x faster after compression", file=sys.stderr)
+        models.append(build_model(run.config, run.splits).eval())     # the initial sizes
+    speeds, ratios = decoding_speed(models, n_tokens=args.speed_tokens,
+                                    batch_size=args.speed_batch, repeats=args.speed_repeats)
+    print(format_decoding(speeds, ratios, [run.model.state_dims(), initial], args.speed_tokens,
+                          args.speed_batch), file=sys.stderr)
     return 0
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from shrinkssm.data.prepare import prepare
+    from shrinkssm.data.wording import for_prepare
     from shrinkssm.train.config import parse_overrides
 
     options = {}
@@ -202,7 +202,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     try:
         path = prepare(args.name, args.dest, **options)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise _UsageError(f"data prepare {args.name}: {exc}") from None
+        raise _UsageError(f"data prepare {args.name}: {for_prepare(str(exc), args.name)}") from None
     print(f"{args.name}: ready in {path}")
     return 0
 
@@ -225,6 +225,8 @@ class _UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shrinkssm.data.prepare import PREPARERS, describe_preparers
+
     parser = argparse.ArgumentParser(
         prog="shrinkssm",
         description="Train deep State Space Models that start large and shrink while they train.")
@@ -255,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl = data_sub.add_parser("list", help="what is available, installed, and how to install it")
     dl.set_defaults(func=cmd_data_list)
     dp = data_sub.add_parser("prepare", help="build or fetch a data set's files (listops, "
-                             "shakespeare, pathfinder)")
-    dp.add_argument("name")
-    dp.add_argument("--dest", help="directory (default: where the loader looks)")
+                             "shakespeare, pathfinder)", epilog=describe_preparers(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    dp.add_argument("name", help=", ".join(sorted(PREPARERS)))
+    dp.add_argument("--dest", metavar="DIR", help="directory (default: where the loader looks)")
     dp.add_argument("options", nargs="*", metavar="KEY=VALUE", help="preparer options")
     dp.set_defaults(func=cmd_data_prepare)
 
@@ -272,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens per timing run of the decoding speed")
     gen.add_argument("--speed-batch", type=int, default=1,
                      help="streams decoded side by side when timing (tokens/s counts all)")
+    gen.add_argument("--speed-repeats", type=int, default=7,
+                     help="timed runs per model, after one untimed warm-up (median and range "
+                     "are reported)")
     gen.set_defaults(func=cmd_generate)
     return parser
 

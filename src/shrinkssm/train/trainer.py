@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from shrinkssm.compress import Compressor, ReductionEvent, ReductionSchedule
 from shrinkssm.data import Batch, DataFileError, DataSplits, SequenceData, load_dataset
+from shrinkssm.data.wording import for_train
 from shrinkssm.nn import SSMModel
 from shrinkssm.plots import plot_run
 from shrinkssm.train.allocator import keep_freed_memory
@@ -65,8 +66,8 @@ def _load_data(config: RunConfig) -> DataSplits:
                             **config.data.options)
     except DataFileError:
         raise
-    except ValueError as exc:
-        raise ConfigError(f"data: {exc}") from None
+    except ValueError as exc:                   # in the config's words: data.options.X, data.root
+        raise ConfigError(for_train(str(exc), config.data.name)) from None
 
 
 def build_model(config: RunConfig, splits: DataSplits) -> SSMModel:
