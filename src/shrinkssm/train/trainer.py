@@ -378,8 +378,10 @@ class Trainer:
     def _postfix(self, row: dict) -> dict:
         post = {"loss": f"{row['loss']:.3f}"}
         metric = self.objective.metric
-        if f"val_{metric}" in row:
-            post[f"val_{metric}"] = f"{row[f'val_{metric}']:.3f}"
+        if f"val_{metric}" in row:              # shown until the next validation
+            self._bar_val = f"{row[f'val_{metric}']:.3f}"
+        if getattr(self, "_bar_val", None) is not None:
+            post[f"val_{metric}"] = self._bar_val
         post["N"] = "+".join(str(n) for n in row["state_dims"])
         return post
 
