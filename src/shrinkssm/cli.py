@@ -208,13 +208,17 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from shrinkssm.data import available_datasets
+    from shrinkssm.data import available_datasets, dataset_options
+    from shrinkssm.data.wording import yaml_value
 
     rows = available_datasets()
     width = max(len(r.name) for r in rows)
     for r in rows:
         status = "installed" if r.installed else "not installed"
         print(f"{r.name:<{width}}  {status:<13}  {r.description}")
+        if options := dataset_options(r.name):
+            print(f"{'':<{width}}  {'':<13}  options: " + ", ".join(
+                f"data.options.{k}={yaml_value(v)}" for k, v in options.items()))
         if not r.installed:
             print(f"{'':<{width}}  {'':<13}  -> {r.how_to_install}")
     return 0

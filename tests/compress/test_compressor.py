@@ -269,3 +269,13 @@ def test_a_layer_whose_reduction_fails_is_kept_and_training_goes_on(digits, monk
     assert model.state_dims() == [20, 10]
     losses = _train(model, opt, digits, 5, start=1)
     assert all(l == l for l in losses)            # finite, the optimizer holds every parameter
+
+
+def test_history_records_from_before_the_split_of_the_times_read_as_reduction_alone():
+    from shrinkssm.compress.history import ReductionHistory
+    old = {"events": [{"step": 5, "mode": "tolerance", "method": "balanced", "output": "complex",
+                       "layers": [], "seconds": 2.5, "eval_seconds": 2.0}]}
+    event = ReductionHistory.from_dict(old).events[0]
+    assert event.reduction_seconds == pytest.approx(0.5) and event.eval_seconds == 2.0
+    again = ReductionHistory.from_dict(ReductionHistory([event]).to_dict()).events[0]
+    assert again.reduction_seconds == pytest.approx(0.5)
