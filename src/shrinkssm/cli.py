@@ -27,12 +27,24 @@ __all__ = ["main"]
 log = logging.getLogger("shrinkssm")
 
 
+class _AboveTheBar(logging.StreamHandler):
+    """A stderr handler that prints above a running progress bar instead of onto its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:                       # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+
+
 def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bool = False) -> None:
     """Log to stderr (warnings only when ``quiet``: the other ranks of a data-parallel job) and,
     with ``run_dir``, to ``run_dir/train.log``."""
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    if not any(type(h) is logging.StreamHandler for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(type(h) is _AboveTheBar for h in log.handlers):
+        handler = _AboveTheBar(sys.stderr)
         handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
         log.addHandler(handler)
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
@@ -230,6 +242,7 @@ class _UsageError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     from shrinkssm.data.prepare import PREPARERS, describe_preparers
+    from shrinkssm.train.config import CADENCE_HELP
 
     parser = argparse.ArgumentParser(
         prog="shrinkssm",
@@ -240,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (default: sequential MNIST, tau=0.01)",
                            description="Train with in-training compression. Settings come from "
                            "the defaults, then --config, then KEY=VALUE overrides "
-                           "(e.g. train.steps=2000 model.d_state=64 compress.tol=0.02).")
-    train.add_argument("--config", help="YAML config file (see configs/)")
-    train.add_argument("--out", help="run directory (default: runs/<time>-<data>-<mode>)")
+                           "(e.g. train.steps=2000 model.d_state=64 compress.tol=0.02).",
+                           epilog=CADENCE_HELP)
+    train.add_argument("--config", metavar="FILE.yaml", help="YAML config file (see configs/)")
+    train.add_argument("--out", metavar="DIR",
+                       help="run directory (default: runs/<time>-<data>-<mode>)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     train.set_defaults(func=cmd_train)

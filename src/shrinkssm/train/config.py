@@ -37,8 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shrinkssm.nn.model import ModelConfig
 
 __all__ = ["RunConfig", "DataConfig", "TrainConfig", "CompressConfig", "ConfigError",
-           "load_config", "parse_overrides", "apply_overrides", "auto_eval_every",
+           "load_config", "parse_overrides", "apply_overrides", "auto_eval_every", "CADENCE_HELP",
            "auto_warmup_steps", "auto_log_every"]
+
+
+CADENCE_HELP = ("Short runs: unless set, train.eval_every, train.warmup_steps and train.log_every "
+                "follow train.steps (T): validation every ceil(T/20) steps (about 20 points), "
+                "warm-up min(100, T/20) steps (at most 5%), a metrics row every min(25, T/100) "
+                "steps. compress.mode=none trains the uncompressed baseline. Every key, its type "
+                "and range: src/shrinkssm/train/config.py; data sets: shrinkssm data list.")
 
 
 def auto_eval_every(steps: int) -> int:
