@@ -27,14 +27,15 @@ __all__ = ["main"]
 log = logging.getLogger("shrinkssm")
 
 
-class _AboveTheBar(logging.StreamHandler):
-    """A stderr handler that prints above a running progress bar instead of onto its line."""
+class _AboveTheBar(logging.Handler):
+    """A handler that prints to the current ``sys.stderr``, above a running progress bar
+    instead of onto its line."""
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:                       # noqa: BLE001 - logging's own convention
             self.handleError(record)
 
@@ -44,7 +45,7 @@ def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bo
     with ``run_dir``, to ``run_dir/train.log``."""
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if not any(type(h) is _AboveTheBar for h in log.handlers):
-        handler = _AboveTheBar(sys.stderr)
+        handler = _AboveTheBar()
         handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
         log.addHandler(handler)
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
