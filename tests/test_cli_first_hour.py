@@ -5,6 +5,7 @@ times without the validation around them, and messages in the command line's own
 import json
 
 import pytest
+import torch
 
 from shrinkssm.cli import main
 
@@ -108,3 +109,22 @@ def test_data_prepare_help_lists_the_data_sets_and_options(capsys):
     for text in ("listops:", "pathfinder:", "shakespeare:", "n_train=96000", "n_val=auto",
                  "sdist=null", "--dest DIR"):
         assert text in out, text
+
+
+def test_divergence_is_reported_once_with_the_step(tmp_path, capsys, monkeypatch):
+    from shrinkssm.train.objective import Objective
+
+    real = Objective.loss
+    calls = {"n": 0}
+
+    def poisoned(self, out, batch):
+        loss, stats = real(self, out, batch)
+        calls["n"] += torch.is_grad_enabled()          # training steps, not validations
+        return (loss * float("nan"), stats) if calls["n"] == 3 else (loss, stats)
+
+    monkeypatch.setattr(Objective, "loss", poisoned)
+    assert main(["train", "--out", str(tmp_path / "r"), *SMALL, "train.steps=10",
+                 "compress.mode=none"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("shrinkssm: training stopped: the loss is not finite at step 3.")
+    assert err.count("stopped") == 1 and "Last good checkpoint: none yet" in err
