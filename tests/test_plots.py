@@ -110,3 +110,14 @@ def test_nothing_is_clipped(tmp_path, figures):
     plots.plot_run(_rows(lm=True), _history(), [32, 32, 16], 200, tmp_path, "bits_per_char")
     plots.plot_run(_rows(), _history(dims=(256,)), [256], 200, tmp_path / "one", "accuracy")
     assert figures["clipped"] == []
+
+
+def test_a_log_loss_axis_has_plain_labelled_ticks(tmp_path, figures):
+    rows = [{"step": s, "wall_seconds": s / 10, "loss": 2.3 * 0.98 ** s} for s in range(1, 200)]
+    plots.plot_training_curves(rows, tmp_path / "curves.png")
+    ax = figures["curves.png"].axes[0]
+    assert ax.get_yscale() == "log"                       # 2.3 -> 0.04 spans more than 10x
+    low, high = ax.get_ylim()
+    labels = [t.get_text() for t in ax.get_yticklabels()
+              if low <= t.get_position()[1] <= high and t.get_text()]
+    assert len(labels) >= 3 and all(set(label) <= set("0123456789.") for label in labels), labels

@@ -157,7 +157,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"run {run.run_dir}: step {run.step} of {run.config.train.steps}, "
           f"mode {run.config.compress.mode}, method {run.config.compress.method}")
     print(f"{'step':>8}  {'layer':>5}  {'before':>6}  {'after':>6}  {'bound':>10}  "
-          f"{'kept energy':>11}  {'seconds':>8}  note")
+          f"{'kept energy':>11}  {'reduce s':>8}  note")
     for event in history:
         for le in event.layers:
             bound = f"{le.error_bound:.3e}" if le.error_bound is not None else "-"

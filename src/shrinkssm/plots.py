@@ -27,7 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from shrinkssm.compress.history import ReductionHistory  # noqa: E402
 
@@ -75,9 +75,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def _plain_numbers(ax) -> None:
-    """Tick labels as plain numbers (2.4, 0.5), also on a log axis (no 2.4x10^0)."""
+    """A log y axis with ticks at 1, 2 and 5 times the powers of ten, labelled as plain numbers
+    (0.2, 0.5, 1, 2: no 2x10^-1)."""
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_training_curves(rows: Sequence[dict], path: str | os.PathLike, metric: str = "accuracy",
