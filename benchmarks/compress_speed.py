@@ -128,7 +128,7 @@ def main() -> None:
         for dims, seconds in phase_step_times(rows):
             print(f"  N={dims:>8}: {1000 * seconds:7.2f} ms/step")
         points = [e["step"] for e in history["events"]]
-        costs = [e["seconds"] - e.get("eval_seconds", 0.0) for e in history["events"]]
+        costs = [e["reduction_seconds"] for e in history["events"]]
         evals = [e.get("eval_seconds", 0.0) for e in history["events"]]
         interval = points[0] if points else args.steps
         per_step = summary["train_seconds"] / summary["steps"]

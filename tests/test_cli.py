@@ -50,7 +50,7 @@ def test_interrupted_run_resumes(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["compress.tolerance=0.1"], "unknown key"),
-    (["train.steps=zero"], "valid integer"),
+    (["train.steps=zero"], "train.steps: must be an integer"),
     (["data.name=imagenet"], "imagenet"),
 ])
 def test_bad_configs_exit_2_with_a_message(tmp_path, capsys, args, message):

@@ -28,18 +28,27 @@ __all__ = ["main"]
 log = logging.getLogger("shrinkssm")
 
 
+class _AboveTheBar(logging.Handler):
+    """A handler that prints to the current ``sys.stderr``, above a running progress bar
+    instead of onto its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:                       # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+
+
 def _setup_logging(run_dir: Path | None = None, verbose: bool = False, quiet: bool = False) -> None:
     """Log to stderr (warnings only when ``quiet``: the other ranks of a data-parallel job) and,
     with ``run_dir``, to ``run_dir/train.log``."""
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    streams = [h for h in log.handlers if type(h) is logging.StreamHandler]
-    if not streams:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(type(h) is _AboveTheBar for h in log.handlers):
+        handler = _AboveTheBar()   # writes to the current sys.stderr (several runs, one process)
         handler.setFormatter(logging.Formatter("shrinkssm: %(message)s"))
         log.addHandler(handler)
-    for handler in streams:
-        if handler.stream is not sys.stderr:   # stderr replaced since (several runs, one process)
-            handler.stream = sys.stderr        # (not setStream: it flushes the old one)
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)              # a previous run's log file (several runs, one process)
         old.close()
@@ -120,7 +129,7 @@ def _resume_config(run_dir: Path):
                           f"there is nothing to resume; start it again with --out {run_dir} "
                           "--force (shrinkssm analyze shows what it logged)")
     if kind in ("missing", "file"):
-        raise _UsageError(f"--resume {run_dir}: no such run directory")
+        raise _UsageError(f"--resume {run_dir}: no such directory")
     path = run_dir / "checkpoints" / "last.pt"
     try:
         return build_config(load_checkpoint(path)["config"])
@@ -275,7 +284,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"run {run_dir}: step {step} of {config.train.steps}, "
           f"mode {config.compress.mode}, method {config.compress.method}; from its {source}")
     print(f"{'step':>8}  {'layer':>5}  {'before':>6}  {'after':>6}  {'bound':>10}  "
-          f"{'kept energy':>11}  {'seconds':>8}  note")
+          f"{'kept energy':>11}  {'reduce s':>8}  note")
     for event in history:
         for le in event.layers:
             bound = f"{le.error_bound:.3e}" if le.error_bound is not None else "-"
@@ -293,7 +302,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from shrinkssm.train.generate import generate, tokens_per_second
+    from shrinkssm.train.generate import decoding_speed, format_decoding, generate
     from shrinkssm.train.loading import load_run
     from shrinkssm.train.trainer import build_model
 
@@ -309,22 +318,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tokens = generate(run.model, prompt, args.length, temperature=args.temperature,
                       top_k=args.top_k, generator=generator)
     print("".join(vocab[i] if i else "?" for i in tokens[0].tolist()))
-    speed = tokens_per_second(run.model, n_tokens=args.speed_tokens, batch_size=args.speed_batch)
     initial = run.checkpoint["extra"]["initial_dims"]
-    print(f"\nrecurrent decoding ({args.speed_batch} stream(s)): {speed:,.0f} tokens/s at state "
-          f"sizes {run.model.state_dims()}",
-          file=sys.stderr)
+    models = [run.model]
     if initial != run.model.state_dims():
-        uncompressed = build_model(run.config, run.splits).eval()     # the initial sizes
-        base = tokens_per_second(uncompressed, n_tokens=args.speed_tokens,
-                                 batch_size=args.speed_batch)
-        print(f"                    {base:,.0f} tokens/s at the initial sizes {initial} "
-              f"-> {speed / base:.2f}x faster after compression", file=sys.stderr)
+        models.append(build_model(run.config, run.splits).eval())     # the initial sizes
+    speeds, ratios = decoding_speed(models, n_tokens=args.speed_tokens,
+                                    batch_size=args.speed_batch, repeats=args.speed_repeats)
+    print(format_decoding(speeds, ratios, [run.model.state_dims(), initial], args.speed_tokens,
+                          args.speed_batch), file=sys.stderr)
     return 0
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from shrinkssm.data.prepare import prepare
+    from shrinkssm.data.wording import for_prepare
     from shrinkssm.train.config import parse_overrides
 
     options = {}
@@ -336,19 +343,23 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     try:
         path = prepare(args.name, args.dest, **options)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise _UsageError(f"data prepare {args.name}: {exc}") from None
+        raise _UsageError(f"data prepare {args.name}: {for_prepare(str(exc), args.name)}") from None
     print(f"{args.name}: ready in {path}")
     return 0
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from shrinkssm.data import available_datasets
+    from shrinkssm.data import available_datasets, dataset_options
+    from shrinkssm.data.wording import yaml_value
 
     rows = available_datasets()
     width = max(len(r.name) for r in rows)
     for r in rows:
         status = "installed" if r.installed else "not installed"
         print(f"{r.name:<{width}}  {status:<13}  {r.description}")
+        if options := dataset_options(r.name):
+            print(f"{'':<{width}}  {'':<13}  options: " + ", ".join(
+                f"data.options.{k}={yaml_value(v)}" for k, v in options.items()))
         if not r.installed:
             print(f"{'':<{width}}  {'':<13}  -> {r.how_to_install}")
     return 0
@@ -362,6 +373,9 @@ _NONFINITE_HELP = "load a checkpoint even if its weights hold NaN or infinite va
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shrinkssm.data.prepare import PREPARERS, describe_preparers
+    from shrinkssm.train.config import CADENCE_HELP
+
     parser = argparse.ArgumentParser(
         prog="shrinkssm",
         description="Train deep State Space Models that start large and shrink while they train.")
@@ -371,9 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (default: sequential MNIST, tau=0.01)",
                            description="Train with in-training compression. Settings come from "
                            "the defaults, then --config, then KEY=VALUE overrides "
-                           "(e.g. train.steps=2000 model.d_state=64 compress.tol=0.02).")
-    train.add_argument("--config", help="YAML config file (see configs/)")
-    train.add_argument("--out", help="run directory (default: runs/<time>-<data>-<mode>)")
+                           "(e.g. train.steps=2000 model.d_state=64 compress.tol=0.02).",
+                           epilog=CADENCE_HELP)
+    train.add_argument("--config", metavar="FILE.yaml", help="YAML config file (see configs/)")
+    train.add_argument("--out", metavar="DIR",
+                       help="run directory (default: runs/<time>-<data>-<mode>)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
     train.add_argument("--force", action="store_true",
                        help="use an --out directory that is not empty: a previous run in it is "
@@ -398,9 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl = data_sub.add_parser("list", help="what is available, installed, and how to install it")
     dl.set_defaults(func=cmd_data_list)
     dp = data_sub.add_parser("prepare", help="build or fetch a data set's files (listops, "
-                             "shakespeare, pathfinder)")
-    dp.add_argument("name")
-    dp.add_argument("--dest", help="directory (default: where the loader looks)")
+                             "shakespeare, pathfinder)", epilog=describe_preparers(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    dp.add_argument("name", help=", ".join(sorted(PREPARERS)))
+    dp.add_argument("--dest", metavar="DIR", help="directory (default: where the loader looks)")
     dp.add_argument("options", nargs="*", metavar="KEY=VALUE", help="preparer options")
     dp.set_defaults(func=cmd_data_prepare)
 
@@ -416,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens per timing run of the decoding speed")
     gen.add_argument("--speed-batch", type=int, default=1,
                      help="streams decoded side by side when timing (tokens/s counts all)")
+    gen.add_argument("--speed-repeats", type=int, default=7,
+                     help="timed runs per model, after one untimed warm-up (median and range "
+                     "are reported)")
     gen.set_defaults(func=cmd_generate)
     return parser
 

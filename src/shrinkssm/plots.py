@@ -1,11 +1,24 @@
 """Plots of a run: training curves, state size over training, HSV spectra at each reduction.
 
 Every function takes plain data (metric rows, a :class:`~shrinkssm.compress.ReductionHistory`)
-and writes one PNG; matplotlib runs on its file-only "Agg" backend, so no display is needed.
+and writes one PNG; matplotlib runs on its file-only "Agg" backend, so no display is needed, and
+every figure is made and closed inside the call (the global matplotlib settings are not touched).
+
+Conventions shared by the three plots:
+
+* Layer ``i`` has the same colour everywhere (:func:`layer_color`: the tab10 palette); the
+  curves, which are of the whole model, are black (validation) and grey (training), and
+  reduction points are dotted grey lines.
+* Every axis says its unit. Losses are cross-entropies in nats (natural logarithm) for
+  classification and language models, mean squared errors of the (standardised) targets for
+  regression; time is the training wall-clock in seconds, validation excluded (the
+  ``wall_seconds`` of ``metrics.jsonl``). State sizes are counts of complex LRU states on linear
+  integer axes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -14,100 +27,197 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from shrinkssm.compress.history import ReductionHistory  # noqa: E402
 
-__all__ = ["plot_training_curves", "plot_state_dims", "plot_hsv_spectra", "plot_run"]
+__all__ = ["plot_training_curves", "plot_state_dims", "plot_hsv_spectra", "plot_run",
+           "layer_color", "loss_label", "metric_label"]
+
+_DPI = 110
+_NICE = [1, 2, 2.5, 5, 10]          # integer tick steps: 0, 50, 100 rather than 0, 30, 60
+_METRICS = {
+    "accuracy": "accuracy (fraction correct)",
+    "bits_per_char": "bits per character",
+    "perplexity": "perplexity (per character)",
+    "mse": "mean squared error",
+    "rmse": "root mean squared error",
+    "mae": "mean absolute error",
+}
+
+
+def layer_color(layer: int) -> tuple:
+    """The colour of layer ``layer`` in every plot (tab10, cycling after 10 layers)."""
+    return plt.get_cmap("tab10")(layer % 10)
+
+
+def loss_label(rows: Sequence[dict]) -> str:
+    """The loss axis label of a run, from what its ``metrics.jsonl`` rows hold."""
+    keys = {k for r in rows for k in r}
+    if keys & {"val_mse", "train_mse", "val_rmse"}:
+        return "loss: mean squared error"
+    if keys & {"val_bits_per_char", "train_bits_per_char"}:
+        return "loss: cross-entropy (nats per character)"
+    return "loss: cross-entropy (nats)"
+
+
+def metric_label(metric: str) -> str:
+    """``"accuracy"`` -> ``"accuracy (fraction correct)"``; unknown names are spelt out."""
+    return _METRICS.get(metric, metric.replace("_", " "))
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return path
 
 
+def _plain_numbers(ax) -> None:
+    """A log y axis with ticks at 1, 2 and 5 times the powers of ten, labelled as plain numbers
+    (0.2, 0.5, 1, 2: no 2x10^-1)."""
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_training_curves(rows: Sequence[dict], path: str | os.PathLike, metric: str = "accuracy",
                          reduction_steps: Sequence[int] = ()) -> Path:
-    """Loss and validation ``metric`` against steps (left) and wall-clock seconds (right).
+    """Loss and validation ``metric`` against steps (left) and training seconds (right).
 
     ``rows`` are ``metrics.jsonl`` records: ``step``, ``wall_seconds``, ``loss`` and, on
-    evaluation rows, ``val_loss`` and ``val_<metric>``. Reduction steps are marked.
+    evaluation rows, ``val_loss`` and ``val_<metric>``. Reduction steps are dotted lines. The loss
+    axis is logarithmic only when the loss spans more than a factor of 10.
     """
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if f"val_{metric}" in r]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharey="row")
-    for col, xkey, xlabel in ((0, "step", "step"), (1, "wall_seconds", "wall-clock seconds")):
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex="col", sharey="row",
+                             layout="constrained")
+    losses = [r["loss"] for r in train] + [r["val_loss"] for r in val if "val_loss" in r]
+    positive = [v for v in losses if v > 0]
+    log_loss = bool(positive) and len(positive) == len(losses) and max(positive) > 10 * min(positive)
+    by_step = {r["step"]: r["wall_seconds"] for r in rows}
+    for col, xkey, xlabel in ((0, "step", "step"),
+                              (1, "wall_seconds", "training time (s, validation excluded)")):
         ax = axes[0, col]
-        ax.plot([r[xkey] for r in train], [r["loss"] for r in train], lw=1, label="train")
+        ax.plot([r[xkey] for r in train], [r["loss"] for r in train], color="0.55", lw=1,
+                label="training (mean since last row)")
         if val:
-            ax.plot([r[xkey] for r in val], [r["val_loss"] for r in val], "o-", ms=3, label="val")
-        ax.set_yscale("log")
-        ax.set_ylabel("loss")
-        ax.legend(loc="upper right")
+            ax.plot([r[xkey] for r in val], [r["val_loss"] for r in val], "o-", color="k",
+                    ms=3, lw=1.2, label="validation")
+        if log_loss:
+            ax.set_yscale("log")
+            _plain_numbers(ax)
         ax = axes[1, col]
         if val:
-            ax.plot([r[xkey] for r in val], [r[f"val_{metric}"] for r in val], "o-", ms=3,
-                    color="C1")
-        ax.set_ylabel(f"validation {metric}")
+            ax.plot([r[xkey] for r in val], [r[f"val_{metric}"] for r in val], "o-", color="k",
+                    ms=3, lw=1.2)
         ax.set_xlabel(xlabel)
-    by_step = {r["step"]: r["wall_seconds"] for r in rows}
-    for step in reduction_steps:
-        for row in range(2):
-            axes[row, 0].axvline(step, color="grey", ls=":", lw=0.8)
-            if step in by_step:
-                axes[row, 1].axvline(by_step[step], color="grey", ls=":", lw=0.8)
-    axes[0, 0].set_title("against steps (dotted: reductions)")
-    axes[0, 1].set_title("against wall-clock time")
+        for step in reduction_steps:
+            x = step if col == 0 else by_step.get(step)
+            if x is None:
+                continue
+            for row in range(2):
+                axes[row, col].axvline(x, color="0.6", ls=":", lw=1)
+    if reduction_steps:
+        axes[0, 0].plot([], [], color="0.6", ls=":", lw=1, label="reduction point")
+    axes[0, 0].set_ylabel(loss_label(rows))
+    axes[1, 0].set_ylabel(f"validation {metric_label(metric)}")
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[0, 0].set_title("against steps")
+    axes[0, 1].set_title("against training time")
+    if len(val) <= 1:
+        axes[1, 0].text(0.5, 0.5, "one validation point: lower train.eval_every for a curve",
+                        transform=axes[1, 0].transAxes, ha="center", fontsize=8, color="0.4")
     return _save(fig, path)
 
 
 def plot_state_dims(history: ReductionHistory, initial: Sequence[int], total_steps: int,
                     path: str | os.PathLike) -> Path:
-    """Per-layer state size against step: a staircase per layer, and the total."""
+    """State size of every layer against step: a staircase per layer on a linear integer axis.
+
+    The x axis covers the reduction points with some room after the last one (they sit in the
+    first part of training); the state sizes hold from there to ``total_steps``, which the plot
+    says. With several layers the total is given in the title.
+    """
     points = history.state_dims(list(initial))
-    steps = [s for s, _ in points] + [total_steps]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for layer in range(len(initial)):
+    last = points[-1][0]
+    end = total_steps if last == 0 or last > 0.6 * total_steps else min(total_steps, round(last * 1.6))
+    steps = [s for s, _ in points] + [end]
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    n = len(initial)
+    for layer in range(n):
         dims = [d[layer] for _, d in points]
-        ax.step(steps, dims + dims[-1:], where="post", label=f"layer {layer}")
+        width = 1.6 + 2.4 * (n - 1 - layer) / max(1, n - 1)   # equal sizes: both colours show
+        ax.step(steps, dims + dims[-1:], where="post", color=layer_color(layer), lw=width,
+                zorder=2 + layer, label=f"layer {layer}: {dims[0]} \u2192 {dims[-1]}")
+        ax.plot([s for s, _ in points[1:]], dims[1:], "o", color=layer_color(layer),
+                ms=2.5 + width, zorder=2 + layer)
+    ax.set_xlim(0, end)
+    ax.set_ylim(0, max(max(initial, default=1), 1) * 1.08)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=_NICE))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=_NICE))
+    xlabel = "step"
+    if end < total_steps:
+        xlabel += f" (sizes stay as at step {last} until the end of training, step {total_steps:,})"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("state size (complex states per layer)")
+    ax.legend(fontsize=8, loc="upper right")
+    title = "state size over training"
     if len(initial) > 1:
-        totals = [sum(d) for _, d in points]
-        ax.step(steps, totals + totals[-1:], where="post", color="k", lw=2, label="total")
-    ax.set_xlabel("step")
-    ax.set_ylabel("state size (complex states)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.set_title("state size over training")
+        title += f" (total {sum(points[0][1])} \u2192 {sum(points[-1][1])})"
+    ax.set_title(title)
     return _save(fig, path)
 
 
+def _shade(color: tuple, t: float) -> tuple:
+    """``color`` mixed with white: ``t`` = 0 light, 1 the full colour."""
+    mix = 0.3 + 0.7 * t
+    return tuple(1 - mix * (1 - c) for c in color[:3])
+
+
 def plot_hsv_spectra(history: ReductionHistory, path: str | os.PathLike) -> Path:
-    """HSVs (normalised by the largest) of each layer at each reduction point, cut marked."""
+    """HSVs (normalised by the largest) of each layer at each reduction point, the cut marked.
+
+    One panel per layer in the layer's colour, light (first point) to full (last point); a
+    dashed line marks the kept size where a layer was reduced.
+    """
     n_layers = max((len(e.layers) for e in history), default=1)
     cols = min(n_layers, 3)
     rows = -(-n_layers // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
-    colors = plt.cm.viridis([i / max(1, len(history) - 1) for i in range(len(history))])
-    for event, color in zip(history, colors):
+    width = {1: 7.0, 2: 5.0}.get(cols, 4.3)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.3 * rows), squeeze=False,
+                             layout="constrained")
+    n_events = len(history)
+    smallest: dict[int, float] = {}
+    for k, event in enumerate(history):
+        t = k / max(1, n_events - 1)
         for le in event.layers:
             ax = axes[le.layer // cols, le.layer % cols]
-            hsv = [h / le.hsv[0] if le.hsv and le.hsv[0] > 0 else 0.0 for h in le.hsv]
-            ax.semilogy(range(1, len(hsv) + 1), [max(h, 1e-16) for h in hsv], color=color,
-                        lw=1, label=f"step {event.step}: {le.old}\u2192{le.new}")
+            color = _shade(layer_color(le.layer), t) if n_events > 1 else layer_color(le.layer)
+            top = le.hsv[0] if le.hsv and le.hsv[0] > 0 else 1.0
+            hsv = [max(h / top, 1e-16) for h in le.hsv]
+            smallest[le.layer] = min([smallest.get(le.layer, 1.0)] + hsv)
+            change = f"{le.old} \u2192 {le.new}" if le.new < le.old else f"{le.old} kept"
+            ax.semilogy(range(1, len(hsv) + 1), hsv, color=color, lw=1.3,
+                        label=f"step {event.step}: {change}")
             if le.new < le.old:
-                ax.axvline(le.new + 0.5, color=color, ls="--", lw=0.8)
+                ax.axvline(le.new + 0.5, color=color, ls="--", lw=0.9)
     for index in range(rows * cols):
         ax = axes[index // cols, index % cols]
         if index >= n_layers:
             ax.axis("off")
             continue
-        ax.set_title(f"layer {index}")
-        ax.set_xlabel("index (dashed: kept rank)")
-        ax.set_ylabel("\u03c3 / \u03c3\u2081")
-        ax.legend(fontsize=7)
+        ax.set_title(f"layer {index}", color=layer_color(index))
+        ax.set_xlabel("state index, largest first (dashed: states kept)")
+        ax.set_ylabel("\u03c3\u1d62 / \u03c3\u2081 (Hankel singular value, relative)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=_NICE))
+        ax.set_xlim(left=0)
+        # whole decades, so that the axis has labelled powers of ten and no 6x10^-1 labels
+        ax.set_ylim(10.0 ** math.floor(math.log10(smallest.get(index, 0.1))), 1.5)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=8, loc="upper right")
     fig.suptitle("Hankel singular values at each reduction point")
     return _save(fig, path)
 

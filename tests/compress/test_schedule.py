@@ -43,3 +43,11 @@ def test_steps_must_be_positive():
 
 def test_zero_points_is_an_empty_schedule():
     assert len(ReductionSchedule.equidistant(100, n_points=0)) == 0
+
+
+def test_a_run_schedule_follows_mode_and_explicit_steps():
+    assert ReductionSchedule.for_run(1000, 4, 0.1).steps == (25, 50, 75, 100)
+    assert ReductionSchedule.for_run(1000, 4, 0.1, steps=[7, 3]).steps == (3, 7)
+    # the uncompressed baseline has no points, even where the window could not hold them
+    assert ReductionSchedule.for_run(10, 4, 0.1, mode="none").steps == ()
+    assert ReductionSchedule.for_run(1000, 4, 0.1, steps=[5], mode="none").steps == ()

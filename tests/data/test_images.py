@@ -131,7 +131,7 @@ def test_standard_normalisation_uses_training_statistics_only(mnist):
         (dict(permute=1), ValueError, "permute must be True or False"),
         (dict(permute=True, permute_seed=-3), ValueError, "permute_seed must be a non-negative int"),
         (dict(test_fraction=0.0), ValueError, r"test_fraction must be a number in \(0, 1\)"),
-        (dict(root="/tmp"), ValueError, "takes no root.*mnist-idx"),
+        (dict(root="/tmp"), ValueError, "root: not used by .mnist.*mnist-idx"),
     ],
 )
 def test_mnist_options_are_checked(kwargs, error, message):

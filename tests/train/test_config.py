@@ -39,11 +39,16 @@ def test_override_values_are_yaml():
     ("compress.tolerance=0.1", "compress.tolerance: unknown key (did you mean 'tol'?); valid keys in 'compress': mode, tol"),
     ("model.d_stat=3", "did you mean 'd_state'"),
     ("nonsense.key=1", "valid keys in 'the config': data, model, train, compress"),
-    ("train.steps=-3", "train.steps: Input should be greater than or equal to 1"),
-    ("train.steps=abc", "train.steps: Input should be a valid integer"),
+    ("train.steps=-3", "train.steps: must be >= 1 (got -3)"),
+    ("train.steps=abc", "train.steps: must be an integer (got 'abc')"),
     ("compress.mode=aggressive", "'tolerance', 'fixed', 'pragmatic' or 'none'"),
-    ("compress.tol=1.5", "compress.tol: Input should be less than 1"),
-    ("model.r_min=0.9999", "model.r_min (0.9999) must be below model.r_max"),
+    ("compress.tol=1.5", "compress.tol: must be < 1"),
+    ("model.r_min=0.9999", "model.r_min: must be below model.r_max (0.999), got 0.9999"),
+    # a check of a whole section names the key it is about, with no library prefix
+    ("model.d_state=0", "model.d_state: must be >= 1, got 0"),
+    ("model.d_state=x", "model.d_state: must be an integer or a list of integers"),
+    ("model.d_state=[8, x]", "model.d_state[1]: must be an integer (got 'x')"),
+    ("train.progress=maybe", "train.progress: must be true or false (got 'maybe')"),
 ])
 def test_bad_overrides_name_the_key_and_the_rule(override, message):
     with pytest.raises(ConfigError) as info:
@@ -97,7 +102,49 @@ def test_quick_config_is_the_default_run():
 
 
 def test_reduction_points_must_fit_the_window():
-    with pytest.raises(ConfigError, match="do not fit into the first 2 steps"):
+    with pytest.raises(ConfigError) as info:
         apply_overrides(RunConfig(), ["train.steps=20", "compress.n_points=4"])
+    # the window is a fraction of the run, and is printed as one, beside the steps it holds
+    assert "compress.n_points: 4 reduction points do not fit into the first 0.1 of " \
+        "train.steps=20 (2 steps)" in str(info.value)
     cfg = apply_overrides(RunConfig(), ["train.steps=20", "compress.n_points=0"])
     assert cfg.compress.n_points == 0
+
+
+@pytest.mark.parametrize("override", ["model.d_state=0", "model.dt_min=0.5", "train.steps=0"])
+def test_messages_carry_no_library_prefixes(override):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), [override])
+    text = str(info.value)
+    assert "Value error" not in text and "Input should" not in text
+    assert text.splitlines()[1].strip().startswith(override.split("=")[0] + ":")
+
+
+def test_the_baseline_needs_no_room_for_reduction_points():
+    cfg = apply_overrides(RunConfig(), ["train.steps=10", "compress.mode=none"])
+    assert cfg.train.steps == 10
+    cfg = apply_overrides(RunConfig(), ["train.steps=10", "compress.mode=none",
+                                        "compress.steps=[50]"])
+    assert cfg.compress.mode == "none"
+
+
+@pytest.mark.parametrize("steps, eval_every, warmup, log_every", [
+    (40, 2, 2, 1), (300, 15, 15, 3), (3000, 150, 100, 25), (200_000, 10_000, 100, 25),
+])
+def test_cadence_follows_the_length_of_the_run(steps, eval_every, warmup, log_every):
+    train = apply_overrides(RunConfig(), [f"train.steps={steps}", "compress.mode=none"]).train
+    assert (train.eval_every, train.warmup_steps, train.log_every) == (None, None, None)
+    done = train.resolved()
+    assert (done.eval_every, done.warmup_steps, done.log_every) == (eval_every, warmup, log_every)
+    points = sum(1 for s in range(1, steps + 1) if s % done.eval_every == 0)
+    assert 19 <= points <= 20                           # about 20 validation points
+    assert done.warmup_steps <= 0.05 * steps
+
+
+def test_explicit_cadence_wins_and_resolving_is_idempotent():
+    cfg = apply_overrides(RunConfig(), ["train.steps=300", "train.eval_every=7",
+                                        "train.warmup_steps=0", "train.log_every=50"]).resolved()
+    assert (cfg.train.eval_every, cfg.train.warmup_steps, cfg.train.log_every) == (7, 0, 50)
+    assert cfg.resolved() == cfg
+    # a resolved config written to config.yaml reads back as the same run
+    assert apply_overrides(cfg, []) == cfg

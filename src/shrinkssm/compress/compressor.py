@@ -267,7 +267,7 @@ class Compressor:
             if snapshot is not None and event.metric_after < event.metric_before - self.margin:
                 self._restore(layers, optimizer, snapshot)
                 event.rolled_back, self.stopped = True, True
-        event.seconds = time.perf_counter() - start
+        event.reduction_seconds = time.perf_counter() - start - event.eval_seconds
         self.history.append(event)
         return event
 

@@ -37,7 +37,12 @@ class LayerEvent:
 
 @dataclass
 class ReductionEvent:
-    """One reduction point: the step, every layer, and the before/after evaluation if any."""
+    """One reduction point: the step, every layer, and the before/after evaluation if any.
+
+    Times are wall-clock seconds: ``reduction_seconds`` is what the reduction itself costs,
+    ``eval_seconds`` the validation run before and after it (only when an ``evaluate`` callback
+    was given and some layer was due to change).
+    """
 
     step: int
     mode: str
@@ -47,8 +52,8 @@ class ReductionEvent:
     metric_before: float | None = None
     metric_after: float | None = None
     rolled_back: bool = False
-    seconds: float = 0.0              # the whole point, including the evaluations below
-    eval_seconds: float = 0.0         # of which the before/after evaluations took this much
+    reduction_seconds: float = 0.0    # the reduction alone: HSVs, truncation, optimizer surgery
+    eval_seconds: float = 0.0         # the before/after validation around it (not included above)
 
     @property
     def state_dims_before(self) -> list[int]:
@@ -83,6 +88,8 @@ class ReductionHistory:
         for e in data.get("events", []):
             e = dict(e)
             e["layers"] = [LayerEvent(**layer) for layer in e["layers"]]
+            if "seconds" in e:          # older records: "seconds" was the point with its evaluations
+                e["reduction_seconds"] = e.pop("seconds") - e.get("eval_seconds", 0.0)
             events.append(ReductionEvent(**e))
         return cls(events)
 

@@ -56,9 +56,24 @@ class ReductionSchedule:
             raise ValueError(f"window must lie in (0, 1], got {window}")
         last = window * total_steps
         if n_points > last:
-            raise ValueError(f"{n_points} reduction points do not fit into the first "
-                             f"{last:g} steps; lengthen training or widen the window")
+            raise ValueError(f"{n_points} reduction points do not fit into the first {window:g} "
+                             f"of {total_steps} steps ({int(last)}); lengthen training or widen "
+                             "the window")
         return cls(tuple(max(1, round(last * i / n_points)) for i in range(1, n_points + 1)))
+
+    @classmethod
+    def for_run(cls, total_steps: int, n_points: int = 4, window: float = 0.1,
+                steps: Iterable[int] | None = None, mode: str = "tolerance") -> "ReductionSchedule":
+        """The schedule of a run (the ``compress`` section of a config).
+
+        Explicit ``steps`` win over ``n_points`` / ``window``; ``mode="none"`` (the uncompressed
+        baseline) has no reduction points at all, so nothing is measured or reported.
+        """
+        if mode == "none":
+            return cls(())
+        if steps:
+            return cls.at(steps)
+        return cls.equidistant(total_steps, n_points, window)
 
     def is_due(self, step: int) -> bool:
         return step in self.steps

@@ -81,16 +81,16 @@ INSTALL = {
     "digits": "pip install scikit-learn (the digits ship inside it)",
     "fashion-mnist": (
         "apt-get install -y dataset-fashion-mnist (puts the four IDX .gz files in "
-        f"{FASHION_MNIST_ROOT}), or pass root=DIR holding "
+        f"{FASHION_MNIST_ROOT}), or set data.root=DIR, a directory holding "
         + ", ".join(f"{f}[.gz]" for f in IDX_FILES.values())
     ),
     "mnist-idx": (
         "copy the four original MNIST IDX files ("
         + ", ".join(f"{f}[.gz]" for f in IDX_FILES.values())
-        + ") into one directory and pass root=DIR (default: $SHRINKSSM_DATA/mnist)"
+        + ") into one directory and set data.root=DIR (default: $SHRINKSSM_DATA/mnist)"
     ),
     "cifar10": (
-        "unpack the official CIFAR-10 python version (cifar-10-python.tar.gz) and pass root=DIR, "
+        "unpack the official CIFAR-10 python version (cifar-10-python.tar.gz) and set data.root=DIR, "
         f"either the {CIFAR10_DIR} directory or its parent; it must hold "
         + ", ".join(CIFAR10_FILES)
         + f" (default: $SHRINKSSM_DATA/{CIFAR10_DIR})"
@@ -229,7 +229,7 @@ def _test_split(
 
 def _no_root(name: str, root: Path | None, hint: str) -> None:
     if root is not None:
-        raise ValueError(f"{name!r} ships inside a package and takes no root ({hint})")
+        raise ValueError(f"root: not used by {name!r}, which ships inside a package ({hint})")
 
 
 # --------------------------------------------------------------------------------- loaders

@@ -73,8 +73,9 @@ _VAL_STREAM = 2  # SeedSequence stream of the validation split (as in images.py)
 
 INSTALL = (
     "run `shrinkssm data prepare listops` (generates the LRA-sized set from the specification into "
-    "$SHRINKSSM_DATA/listops; `prepare('listops', dest, n_train=..., min_len=..., max_len=...)` for a "
-    f"smaller one), or unpack the LRA release and pass root=.../lra_release/{RELEASE_DIR}"
+    "$SHRINKSSM_DATA/listops; `shrinkssm data prepare listops --dest DIR n_train=... min_len=... "
+    "max_len=...` for a smaller one, then data.root=DIR), or unpack the LRA release and set "
+    f"data.root=.../lra_release/{RELEASE_DIR}"
 )
 
 # A tree node: a digit, or (operator, arguments).

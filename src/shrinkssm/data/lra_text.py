@@ -70,12 +70,12 @@ _VAL_STREAM = 2
 
 INSTALL = {
     "imdb": (
-        "unpack the official aclImdb_v1.tar.gz (Large Movie Review Dataset) and pass root=DIR, the "
+        "unpack the official aclImdb_v1.tar.gz (Large Movie Review Dataset) and set data.root=DIR, the "
         f"{IMDB_DIR} directory or its parent (default: $SHRINKSSM_DATA/{IMDB_DIR}); it must hold "
         "train/pos, train/neg, test/pos, test/neg with one <id>_<rating>.txt per review"
     ),
     "aan": (
-        "unpack the LRA release (lra_release.gz) and pass root=.../lra_release/tsv_data holding "
+        "unpack the LRA release (lra_release.gz) and set data.root=.../lra_release/tsv_data holding "
         + ", ".join(AAN_FILES.values())
         + " (default: $SHRINKSSM_DATA/aan)"
     ),

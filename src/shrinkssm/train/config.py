@@ -8,11 +8,26 @@ what was wrong and, for unknown keys, the valid ones::
     config error: compress.tolerance: unknown key; valid keys in 'compress': mode, tol, ...
 
 Overrides use dotted names and YAML values: ``train.steps=2000 compress.tol=0.02``.
+
+Cadence that scales with the run. ``train.eval_every``, ``train.warmup_steps`` and
+``train.log_every`` default to null, which :meth:`RunConfig.resolved` (called by the trainer, so
+``config.yaml`` in a run directory holds the numbers that ran) turns into values that follow
+``train.steps`` (T):
+
+* ``eval_every``   = ceil(T / 20): about 20 validation points per run (plus the last step);
+* ``warmup_steps`` = min(100, floor(T / 20)): at most 5% of the steps, 100 for long runs;
+* ``log_every``    = min(25, max(1, T // 100)): about 100 metrics rows for short runs, every 25
+  steps from T = 2,500 on.
+
+An explicit value always wins. ``compress.mode=none`` schedules no reduction points at all, so
+its ``n_points`` / ``window`` / ``steps`` need not fit the run.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +37,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shrinkssm.nn.model import ModelConfig
 
 __all__ = ["RunConfig", "DataConfig", "TrainConfig", "CompressConfig", "ConfigError",
-           "load_config", "parse_overrides", "apply_overrides"]
+           "load_config", "parse_overrides", "apply_overrides", "auto_eval_every", "CADENCE_HELP",
+           "auto_warmup_steps", "auto_log_every"]
+
+
+CADENCE_HELP = ("Short runs: unless set, train.eval_every, train.warmup_steps and train.log_every "
+                "follow train.steps (T): validation every ceil(T/20) steps (about 20 points), "
+                "warm-up min(100, T/20) steps (at most 5%), a metrics row every min(25, T/100) "
+                "steps. compress.mode=none trains the uncompressed baseline. Every key, its type "
+                "and range: src/shrinkssm/train/config.py; data sets: shrinkssm data list.")
+
+
+def auto_eval_every(steps: int) -> int:
+    """Validation interval for a run of ``steps`` steps: about 20 validation points."""
+    return max(1, math.ceil(steps / 20))
+
+
+def auto_warmup_steps(steps: int) -> int:
+    """Linear warm-up length: at most 5% of ``steps``, and at most 100 steps."""
+    return min(100, steps // 20)
+
+
+def auto_log_every(steps: int) -> int:
+    """Metrics-row interval: about 100 rows for short runs, every 25 steps for long ones."""
+    return min(25, max(1, steps // 100))
 
 
 class ConfigError(ValueError):
@@ -53,13 +91,16 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.05, ge=0.0)
     optimizer: Literal["adamw", "adam"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="linear warm-up steps; null = "
+                                     "min(100, 5% of train.steps)")
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm, null = off")
     seed: int = 0
-    eval_every: int = Field(250, ge=1, description="validate every this many steps")
+    eval_every: int | None = Field(None, ge=1, description="validate every this many steps; "
+                                   "null = train.steps / 20, rounded up (about 20 points)")
     eval_batches: int | None = Field(None, ge=1, description="cap on validation batches, null = all")
-    log_every: int = Field(25, ge=1, description="metrics.jsonl line every this many steps")
+    log_every: int | None = Field(None, ge=1, description="metrics.jsonl line every this many "
+                                  "steps; null = train.steps / 100, at most 25")
     checkpoint_every: int = Field(500, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads, null = torch default")
@@ -72,6 +113,14 @@ class TrainConfig(_Section):
     tensorboard: bool = False
     dist_timeout: float = Field(600.0, gt=0.0, description="seconds a process waits for its "
                                 "peers in data-parallel runs before failing")
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the null cadence settings (``eval_every``, ``warmup_steps``,
+        ``log_every``) replaced by the values that follow ``steps`` (see the module docstring)."""
+        auto = {"eval_every": auto_eval_every, "warmup_steps": auto_warmup_steps,
+                "log_every": auto_log_every}
+        return self.model_copy(update={key: rule(self.steps) for key, rule in auto.items()
+                                       if getattr(self, key) is None})
 
 
 class CompressConfig(_Section):
@@ -105,34 +154,60 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
         if self.model.r_min >= self.model.r_max:
-            raise ValueError(f"model.r_min ({self.model.r_min}) must be below model.r_max "
-                             f"({self.model.r_max})")
-        window = self.compress.window * self.train.steps
-        if not self.compress.steps and self.compress.n_points > window:
-            raise ValueError(f"compress.n_points ({self.compress.n_points}) reduction points do "
-                             f"not fit into the first {window:g} steps (compress.window x "
-                             "train.steps); lengthen training, widen the window or set "
-                             "compress.steps")
-        if self.compress.steps and max(self.compress.steps) > self.train.steps:
-            raise ValueError(f"compress.steps {self.compress.steps} go beyond train.steps "
-                             f"({self.train.steps})")
+            raise ValueError(f"model.r_min: must be below model.r_max ({self.model.r_max:g}), "
+                             f"got {self.model.r_min:g}")
+        c, steps = self.compress, self.train.steps
+        if c.mode == "none":                    # the baseline: no reduction points at all
+            return self
+        window = math.floor(c.window * steps)
+        if not c.steps and c.n_points > window:
+            raise ValueError(f"compress.n_points: {c.n_points} reduction points do not fit into "
+                             f"the first {c.window:g} of train.steps={steps} ({window} "
+                             f"step{'s' if window != 1 else ''}); lengthen train.steps, widen "
+                             "compress.window, set compress.steps=[...] or compress.mode=none")
+        if c.steps and max(c.steps) > steps:
+            raise ValueError(f"compress.steps: {c.steps} go beyond train.steps={steps}")
         return self
+
+    def resolved(self) -> "RunConfig":
+        """A copy whose ``train`` section has its cadence filled in (:meth:`TrainConfig.resolved`)."""
+        return self.model_copy(update={"train": self.train.resolved()})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def _walk(loc: tuple) -> tuple[list[str], type[BaseModel], list[str]]:
+    """Split an error location into the dotted key parts, the section model they end in, and
+    the union-member tags pydantic appends (``('model', 'd_state', 'int')`` -> key
+    ``model.d_state``, tags ``['int']``); list indices stay in the key as ``[i]``."""
+    model: type[BaseModel] = RunConfig
+    key: list[str] = []
+    tags: list[str] = []
+    in_field = False
+    for part in loc:
+        if isinstance(part, int) and tags:          # an element inside a union member
+            tags.append(f"[{part}]")
+        elif isinstance(part, int):
+            key[-1:] = [f"{key[-1]}[{part}]"] if key else [f"[{part}]"]
+        elif not in_field and str(part) in model.model_fields:
+            key.append(str(part))
+            annotation = getattr(model.model_fields[str(part)], "annotation", None)
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+            else:
+                in_field = True
+        elif in_field:
+            tags.append(str(part))
+        else:
+            key.append(str(part))
+    return key, model, tags
+
+
 def _valid_keys(loc: tuple) -> tuple[str, list[str]]:
     """The section name and the valid keys at the place an error points to."""
-    model: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    where = ".".join(str(p) for p in loc[:-1]) or "the config"
-    return where, list(model.model_fields)
+    key, model, _ = _walk(loc[:-1])
+    return ".".join(key) or "the config", list(model.model_fields)
 
 
 def _closest(key: str, valid: list[str]) -> list[str]:
@@ -143,20 +218,96 @@ def _closest(key: str, valid: list[str]) -> list[str]:
     return close
 
 
+_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+          "list[int]": "a list of integers, e.g. [64, 32]", "none": "null",
+          "list[float]": "a list of numbers"}
+
+
+def _rule(err: dict) -> str:
+    """What a pydantic error asks for, in the config's words (no library prefixes)."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[kind]} {limit}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')}"
+    if kind.startswith("int_"):
+        return "must be an integer"
+    if kind.startswith("float_"):
+        return "must be a number"
+    if kind.startswith("bool_"):
+        return "must be true or false"
+    if kind.startswith("string_"):
+        return "must be a string"
+    if kind in ("list_type", "tuple_type"):
+        return "must be a list, e.g. [1, 2]"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return "must be a mapping of keys"
+    if kind == "missing":
+        return "is required"
+    msg = err["msg"]
+    return msg[:1].lower() + msg[1:]
+
+
+def _section_message(section: list[str], model: type[BaseModel], message: str) -> tuple[str, str]:
+    """A check of a whole section (``"d_state must be >= 1, got 0"`` in ``model``) as the key it
+    is about and the rule: ``("model.d_state", "must be >= 1, got 0")``."""
+    dotted = re.match(r"^([a-z_]+\.[a-z_]+): (.*)$", message, re.S)
+    if dotted:                                          # already "section.key: rule"
+        return dotted.group(1), dotted.group(2)
+    prefix = ".".join(section)
+    fields = list(model.model_fields) if section else []
+
+    def qualify(text: str) -> str:                      # bare field names -> dotted keys
+        return re.sub(r"\b([a-z]+_[a-z_]+)\b",
+                      lambda m: f"{prefix}.{m.group(1)}" if m.group(1) in fields else m.group(1),
+                      text)
+
+    first = re.match(r"^([a-z_]+)\s+(.*)$", message, re.S)
+    if first and first.group(1) in fields:
+        rest = first.group(2)
+        value = re.match(r"^\(([^)]*)\)\s*(.*)$", rest, re.S)   # "dt_min (0.5) must be ..."
+        if value:
+            rest = f"{value.group(2)}, got {value.group(1)}"
+        return f"{prefix}.{first.group(1)}", qualify(rest)
+    named = next((f for f in fields if re.search(rf"\b{f}\b", message)), None)
+    key = f"{prefix}.{named}" if named else (prefix or "the config")
+    return key, qualify(message)
+
+
 def _explain(error: ValidationError) -> str:
-    lines = []
+    lines: list[str] = []
+    unions: dict[str, tuple[list[str], object]] = {}
     for err in error.errors():
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        key_parts, model, tags = _walk(loc)
+        key = ".".join(key_parts) or "the config"
+        given = err.get("input")
+        shown = f" (got {given!r})" if not isinstance(given, dict) else ""
         if err["type"] == "extra_forbidden":
             where, valid = _valid_keys(loc)
             close = _closest(str(loc[-1]), valid)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             lines.append(f"{key}: unknown key{hint}; valid keys in {where!r}: {', '.join(valid)}")
+        elif err["type"] == "value_error":
+            message = str((err.get("ctx") or {}).get("error", err["msg"]))
+            where, rule = _section_message(key_parts, model, message)
+            lines.append(f"{where}: {rule}")
+        elif tags:                                  # one member of a union type: say them all
+            kinds, inner = unions.setdefault(key, ([], []))
+            if len(tags) == 1:
+                kinds.append((_KINDS.get(tags[0], tags[0]), given))
+            else:                                   # an element of a list member is wrong
+                inner.append(f"{key}{''.join(tags[1:])}: {_rule(err)}{shown}")
         else:
-            given = err.get("input")
-            shown = f" (got {given!r})" if not isinstance(given, dict) else ""
-            lines.append(f"{key}: {err['msg']}{shown}")
+            lines.append(f"{key}: {_rule(err)}{shown}")
+    for key, (kinds, inner) in unions.items():
+        if inner:
+            lines.extend(inner)
+        elif kinds:
+            lines.append(f"{key}: must be {' or '.join(k for k, _ in kinds)} (got {kinds[0][1]!r})")
     return "config error:\n  " + "\n  ".join(lines)
 
 

@@ -16,7 +16,23 @@ from shrinkssm.nn import SSMModel
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint
 from shrinkssm.train.config import ConfigError, RunConfig, build_config
 
-__all__ = ["LoadedRun", "load_run"]
+__all__ = ["LoadedRun", "check_run_dir", "load_run"]
+
+
+def check_run_dir(run_dir: str | Path, what: str = "RUN") -> None:
+    """Raise :class:`CheckpointError` saying plainly what is wrong with a run directory named on
+    the command line as ``what`` (``--resume``, ``RUN``): it does not exist, is not a
+    directory, or holds no checkpoint yet. Nothing is read beyond the directory listing."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise CheckpointError(f"{what} {run_dir}: no such directory")
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{what} {run_dir}: not a directory (a run directory holds "
+                              "checkpoints/last.pt)")
+    if not (run_dir / "checkpoints" / "last.pt").exists():
+        raise CheckpointError(f"{what} {run_dir}: the directory holds no checkpoint "
+                              "(checkpoints/last.pt); a run writes its first one after "
+                              "train.checkpoint_every steps")
 
 
 @dataclass
@@ -42,6 +58,7 @@ def load_run(run_dir: str | Path, *, with_model: bool = True,
     from shrinkssm.train.trainer import _load_data, build_model
 
     run_dir = Path(run_dir)
+    check_run_dir(run_dir)
     path = run_dir / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(path, map_location=device, allow_nonfinite=allow_nonfinite)
     try:

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from shrinkssm.compress import Compressor, ReductionEvent, ReductionSchedule
 from shrinkssm.data import Batch, DataFileError, DataSplits, SequenceData, load_dataset
+from shrinkssm.data.wording import for_train
 from shrinkssm.nn import SSMModel
 from shrinkssm.plots import plot_run
 from shrinkssm.train.allocator import keep_freed_memory
@@ -78,8 +79,8 @@ def _load_data(config: RunConfig) -> DataSplits:
                             **config.data.options)
     except DataFileError:
         raise
-    except ValueError as exc:
-        raise ConfigError(f"data: {exc}") from None
+    except ValueError as exc:                   # in the config's words: data.options.X, data.root
+        raise ConfigError(for_train(str(exc), config.data.name)) from None
 
 
 def build_model(config: RunConfig, splits: DataSplits) -> SSMModel:
@@ -93,10 +94,7 @@ def build_model(config: RunConfig, splits: DataSplits) -> SSMModel:
 def build_compressor(config: RunConfig, evaluate_fn=None, agree=None) -> Compressor:
     """The compressor of the ``compress`` section, scheduled over ``train.steps``."""
     c = config.compress
-    if c.steps:
-        schedule = ReductionSchedule.at(c.steps)
-    else:
-        schedule = ReductionSchedule.equidistant(config.train.steps, c.n_points, c.window)
+    schedule = ReductionSchedule.for_run(config.train.steps, c.n_points, c.window, c.steps, c.mode)
     return Compressor(schedule, mode=c.mode, tol=c.tol, fraction=c.fraction, method=c.method,
                       output=c.output, selection=c.selection, gate=c.gate, min_rank=c.min_rank,
                       optimizer_state=c.optimizer_state, evaluate=evaluate_fn, margin=c.margin,
@@ -155,6 +153,7 @@ class Trainer:
                                       f"config: {exc}") from None
         elif config is None:
             raise ValueError("a new run needs a config")
+        config = config.resolved()              # eval, warm-up and log cadence from train.steps
         self.config: RunConfig = config
         cfg = config.train
         if cfg.threads:
@@ -366,8 +365,8 @@ class Trainer:
             reason = "" if self.config.train.nan_policy == "stop" else \
                 f" ({skipped} steps in a row)"
             raise TrainingDiverged(
-                f"the loss is not finite at step {self.step + 1}{reason}; training stopped. "
-                f"Last good checkpoint: {where}. Try a lower train.lr or train.grad_clip.")
+                f"the loss is not finite at step {self.step + 1}{reason}. Last good checkpoint: "
+                f"{where}. Try a lower train.lr or set train.grad_clip.")
         log.warning("non-finite loss at step %d: step skipped", self.step + 1)
 
     def fit(self) -> dict:
@@ -512,8 +511,10 @@ class Trainer:
     def _postfix(self, row: dict) -> dict:
         post = {"loss": f"{row['loss']:.3f}"}
         metric = self.objective.metric
-        if f"val_{metric}" in row:
-            post[f"val_{metric[:3]}"] = f"{row[f'val_{metric}']:.3f}"
+        if f"val_{metric}" in row:              # shown until the next validation
+            self._bar_val = f"{row[f'val_{metric}']:.3f}"
+        if getattr(self, "_bar_val", None) is not None:
+            post[f"val_{metric}"] = self._bar_val
         post["N"] = "+".join(str(n) for n in row["state_dims"])
         return post
 
@@ -535,7 +536,8 @@ class Trainer:
             log.info("step %d: reduced %s%s", event.step, dims, extra)
         self._write({"step": self.step, "wall_seconds": self.train_seconds,
                      "reduction": True, "state_dims": self.model.state_dims(),
-                     "reduction_seconds": event.seconds,
+                     "reduction_seconds": event.reduction_seconds,
+                     "eval_seconds": event.eval_seconds,
                      "val_score_before": event.metric_before,
                      "val_score_after": event.metric_after})
         # reductions.json is written with the checkpoint that follows every reduction point
@@ -552,7 +554,8 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 3), "steps": self.step,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "reductions": [{"step": e.step, "dims": e.state_dims_after,
-                            "rolled_back": e.rolled_back} for e in self.compressor.history],
+                            "rolled_back": e.rolled_back, "reduction_seconds": e.reduction_seconds,
+                            "eval_seconds": e.eval_seconds} for e in self.compressor.history],
             "processes": self.dist.world_size,
             "run_dir": str(self.run_dir),
         }
