@@ -121,6 +121,7 @@ def _vet_new_run_dir(run_dir: Path, force: bool) -> None:
 def _resume_config(run_dir: Path):
     from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint
     from shrinkssm.train.config import ConfigError, build_config
+    from shrinkssm.train.loading import check_run_dir
     from shrinkssm.train.rundir import inspect_run_dir
 
     kind, _ = inspect_run_dir(run_dir)
@@ -128,8 +129,7 @@ def _resume_config(run_dir: Path):
         raise _UsageError(f"--resume {run_dir}: the run stopped before its first checkpoint, so "
                           f"there is nothing to resume; start it again with --out {run_dir} "
                           "--force (shrinkssm analyze shows what it logged)")
-    if kind in ("missing", "file"):
-        raise _UsageError(f"--resume {run_dir}: no such directory")
+    check_run_dir(run_dir, "--resume")  # missing, not a directory, no checkpoint: says which
     path = run_dir / "checkpoints" / "last.pt"
     try:
         return build_config(load_checkpoint(path)["config"])
