@@ -1,0 +1,696 @@
+/* shrinkssm.ops._native_scan, block part: the elementwise tail of an SSM block, fused.
+ *
+ * After its mixer, a block of shrinkssm.nn.model computes, at every position m (H channels):
+ *
+ *   z = y + D * u                      skip term (D elementwise; absent for mixers without one)
+ *   g = GELU(z) = z Phi(z)             Phi the standard normal CDF, 0.5 (1 + erf(z / sqrt 2))
+ *   a = W[:H] g + bias[:H]             the GLU's linear layer, W: (2H, H) as torch.nn.Linear
+ *   c = W[H:] g + bias[H:]
+ *   out = x + a * sigmoid(c)           GLU, then the residual x
+ *
+ * torch runs this as ~6 kernels forward and ~12 backward, each a full pass over (M, H) arrays,
+ * and F.glu's strided halves are slow on a CPU. Here the forward is one pass that reads y, u, x
+ * and writes out; the backward is one pass that recomputes g, a, c from y and u (nothing else is
+ * saved) and writes dL/dy and dL/du, accumulating dL/dW, dL/dbias and dL/dD per thread.
+ *
+ * Layout: every (M, H) array is row-major, positions m = 0..M-1 (batch and time flattened), H
+ * contiguous channels each. Positions are processed in tiles of BLK_P; inside a tile all
+ * elementwise work runs over BLK_P * H contiguous values (vectorised by the compiler at the width
+ * of the instruction set it is compiled for) and the linear layer is H broadcast-multiply-adds of
+ * 2H-wide rows per position. H = 8 and 16 get specialised copies (constant H).
+ *
+ * float: erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7) and exp by a Taylor polynomial
+ * after range reduction, both branch-free so that they vectorise; double: libm's erf and exp (the
+ * double path is for tests against torch in float64). The backward derivatives are the exact
+ * ones of GELU and sigmoid, as torch's.
+ *
+ * Threads: positions are split into one contiguous range per thread; the parameter gradients of
+ * each range are reduced in range order afterwards, so results are reproducible for a given
+ * thread count. Instruction set: scan_module.c's choice (set_isa), as the selective scan does.
+ *
+ * Entry points (registered in scan_module.c's method table): block_forward, block_backward. They
+ * take the data pointers of contiguous tensors as integers; shrinkssm/ops/block.py checks
+ * shapes, dtypes and contiguity before calling.
+ */
+#ifndef BLOCK_BODY
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef Py_ssize_t idx;
+#define BLK_INLINE static inline __attribute__((always_inline))
+#define BLK_P 32           /* positions per tile */
+#define BLK_MAX_THREADS 64
+#define BLK_MAX_H 64        /* widest block the kernels take */
+
+/* ---- double maths: libm (the double path is for tests against torch in float64) ---- */
+
+BLK_INLINE void blk_gelu_arr_f64(const double *z, double *g, double *dg, idx n)
+{
+    for (idx k = 0; k < n; k++) {
+        const double phi = 0.5 * (1.0 + erf(z[k] * 0.70710678118654752440));
+        g[k] = z[k] * phi;
+        if (dg) dg[k] = phi + z[k] * exp(-0.5 * z[k] * z[k]) * 0.39894228040143267794;
+    }
+}
+
+BLK_INLINE void blk_sigmoid_arr_f64(const double *c, double *s, idx n)
+{
+    for (idx k = 0; k < n; k++) s[k] = 1.0 / (1.0 + exp(-c[k]));
+}
+
+/* ---- the kernels, once per real type ---- */
+
+/* Kernels for each real type (REAL, suffix SFX) and vector width VB in bytes (16: SSE2 / NEON
+ * baseline, 32: AVX2, 64: AVX-512), so that every variant uses the registers its target has.
+ * BLK_TYPES marks the first instantiation of a type, which also defines its argument struct. */
+#define BLOCK_BODY
+#define REAL float
+#define SFX f32
+#define BLK_FLOAT 1
+#define BLK_TYPES 1
+#define VB 16
+#include "block.c"
+#undef VB
+#undef BLK_TYPES
+#define BLK_TYPES 0
+#define VB 32
+#include "block.c"
+#undef VB
+#define VB 64
+#include "block.c"
+#undef VB
+#undef BLK_TYPES
+#undef BLK_FLOAT
+#undef REAL
+#undef SFX
+#define REAL double
+#define SFX f64
+#define BLK_FLOAT 0
+#define BLK_TYPES 1
+#define VB 16
+#include "block.c"
+#undef VB
+#undef BLK_TYPES
+#define BLK_TYPES 0
+#define VB 32
+#include "block.c"
+#undef VB
+#define VB 64
+#include "block.c"
+#undef VB
+#undef BLK_TYPES
+#undef BLK_FLOAT
+#undef REAL
+#undef SFX
+#undef BLOCK_BODY
+
+/* ------------------------------------------------------------------------------------------ */
+/* Per-ISA workers                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef void (*blk_range_fn)(const void *args, idx m0, idx m1, void *ws);
+
+#define BLK_WORKERS(SFXv, VBv, ISA, ATTR)                                                       \
+    ATTR static void blk_fwd_##SFXv##_##ISA(const void *a, idx m0, idx m1, void *ws)            \
+    {                                                                                           \
+        blk_fwd_range_##SFXv##_##VBv((const blk_args_##SFXv *)a, m0, m1, ws);                   \
+    }                                                                                           \
+    ATTR static void blk_bwd_##SFXv##_##ISA(const void *a, idx m0, idx m1, void *ws)            \
+    {                                                                                           \
+        blk_bwd_range_##SFXv##_##VBv((const blk_args_##SFXv *)a, m0, m1, ws);                   \
+    }
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BLK_ATTR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+#define BLK_ATTR_AVX2 __attribute__((target("avx2,fma")))
+BLK_WORKERS(f32, 64, avx512, BLK_ATTR_AVX512)
+BLK_WORKERS(f64, 64, avx512, BLK_ATTR_AVX512)
+BLK_WORKERS(f32, 32, avx2, BLK_ATTR_AVX2)
+BLK_WORKERS(f64, 32, avx2, BLK_ATTR_AVX2)
+#define BLK_HAVE_X86 1
+#endif
+BLK_WORKERS(f32, 16, base, )
+BLK_WORKERS(f64, 16, base, )
+
+/* blk_table[isa][0 float, 1 double][0 forward, 1 backward]; isa as in scan_module.c */
+#define BLK_ROW(ISA) {{blk_fwd_f32_##ISA, blk_bwd_f32_##ISA}, {blk_fwd_f64_##ISA, blk_bwd_f64_##ISA}}
+static const blk_range_fn blk_table[3][2][2] = {
+    BLK_ROW(base),
+#ifdef BLK_HAVE_X86
+    BLK_ROW(avx2),
+    BLK_ROW(avx512),
+#else
+    BLK_ROW(base),
+    BLK_ROW(base),
+#endif
+};
+
+int shrinkssm_native_isa_index(void); /* scan_module.c: the instruction set in use */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Threads                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    blk_range_fn fn;
+    const void *args;
+    idx M;
+    int n_parts;
+    void **ws;
+} blk_job;
+
+static void blk_part(const blk_job *j, int t)
+{
+    /* part t: positions [t M / n, (t + 1) M / n), boundaries on whole tiles */
+    const idx tiles = (j->M + BLK_P - 1) / BLK_P;
+    const idx m0 = (idx)t * tiles / j->n_parts * BLK_P;
+    idx m1 = (idx)(t + 1) * tiles / j->n_parts * BLK_P;
+    if (m1 > j->M) m1 = j->M;
+    if (m0 < m1) j->fn(j->args, m0, m1, j->ws[t]);
+}
+
+#ifndef _OPENMP
+typedef struct {
+    const blk_job *job;
+    int t;
+} blk_thread_arg;
+
+static void *blk_thread_main(void *p)
+{
+    blk_thread_arg *a = (blk_thread_arg *)p;
+    blk_part(a->job, a->t);
+    return NULL;
+}
+#endif
+
+static void blk_run(const blk_job *j)
+{
+    if (j->n_parts <= 1) {
+        blk_part(j, 0);
+        return;
+    }
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(j->n_parts) schedule(static, 1)
+    for (int t = 0; t < j->n_parts; t++) blk_part(j, t);
+#else
+    pthread_t th[BLK_MAX_THREADS];
+    blk_thread_arg ta[BLK_MAX_THREADS];
+    int started[BLK_MAX_THREADS];
+    for (int t = 1; t < j->n_parts; t++) {
+        ta[t].job = j;
+        ta[t].t = t;
+        started[t] = pthread_create(&th[t], NULL, blk_thread_main, &ta[t]) == 0;
+    }
+    blk_part(j, 0);
+    for (int t = 1; t < j->n_parts; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else blk_part(j, t); /* could not start a thread: do its share here */
+    }
+#endif
+}
+
+/* Allocate one workspace per part, run, and (backward) reduce the parts' parameter gradients
+ * in part order into the outputs. Returns 0, or -1 when out of memory. */
+static int blk_launch(int dbl, int dir, const void *args, idx M, idx H, int n_threads,
+                      void *gW, void *gbias, void *gD, int has_D)
+{
+    const size_t rs = dbl ? sizeof(double) : sizeof(float);
+    const idx ws_len = dbl ? blk_ws_len_f64(H) : blk_ws_len_f32(H);
+    int nt = n_threads < 1 ? 1 : (n_threads > BLK_MAX_THREADS ? BLK_MAX_THREADS : n_threads);
+    if ((double)M * H < 1e5) nt = 1; /* threads only pay off on larger arrays */
+    void *ws[BLK_MAX_THREADS] = {0};
+    int rc = 0;
+    for (int t = 0; t < nt; t++) {
+        ws[t] = calloc((size_t)ws_len + 16, rs); /* zeroed: tile tails are computed, never used */
+        if (!ws[t]) rc = -1;
+    }
+    if (!rc) {
+        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][dir], args, M, nt, ws};
+        blk_run(&j);
+        if (dir == 1) {
+            if (dbl) blk_reduce_f64(ws, nt, M, H, has_D, (double *)gW, (double *)gbias, (double *)gD);
+            else blk_reduce_f32(ws, nt, M, H, has_D, (float *)gW, (float *)gbias, (float *)gD);
+        }
+    }
+    for (int t = 0; t < nt; t++) free(ws[t]);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Python entry points                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+#define BLK_PTR(x) ((void *)(uintptr_t)(x))
+
+static int blk_check(const char *name, idx M, idx H, unsigned long long p_u, unsigned long long p_D)
+{
+    if (M < 1 || H < 1 || H > BLK_MAX_H || (p_D && !p_u)) {
+        PyErr_Format(PyExc_ValueError, "%s: invalid sizes or arguments (M=%zd, H=%zd, at most %d)",
+                     name, M, H, BLK_MAX_H);
+        return -1;
+    }
+    return 0;
+}
+
+/* block_forward(dbl, n_threads, M, H, y, u, D, W, bias, x, out); u and D may be 0 (no skip). */
+PyObject *shrinkssm_block_forward(PyObject *self, PyObject *args)
+{
+    int dbl, n_threads;
+    idx M, H;
+    unsigned long long p_y, p_u, p_D, p_W, p_b, p_x, p_out;
+    if (!PyArg_ParseTuple(args, "iinnKKKKKKK", &dbl, &n_threads, &M, &H, &p_y, &p_u, &p_D, &p_W, &p_b,
+                          &p_x, &p_out))
+        return NULL;
+    if (blk_check("block_forward", M, H, p_u, p_D)) return NULL;
+    blk_args_f32 a32;
+    blk_args_f64 a64;
+    memset(&a32, 0, sizeof a32);
+    memset(&a64, 0, sizeof a64);
+#define BLK_FILL(a, TY)                                                                         \
+    a.M = M; a.H = H; a.y = (const TY *)BLK_PTR(p_y);                                           \
+    a.u = p_D ? (const TY *)BLK_PTR(p_u) : NULL; a.D = (const TY *)BLK_PTR(p_D);                \
+    a.W = (const TY *)BLK_PTR(p_W); a.bias = (const TY *)BLK_PTR(p_b);
+    if (dbl) {
+        BLK_FILL(a64, double)
+        a64.x = (const double *)BLK_PTR(p_x);
+        a64.out = (double *)BLK_PTR(p_out);
+    } else {
+        BLK_FILL(a32, float)
+        a32.x = (const float *)BLK_PTR(p_x);
+        a32.out = (float *)BLK_PTR(p_out);
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = blk_launch(dbl, 0, dbl ? (const void *)&a64 : (const void *)&a32, M, H, n_threads, NULL, NULL,
+                    NULL, p_D != 0);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* block_backward(dbl, n_threads, M, H, y, u, D, W, bias, gout, gy, gu, gD, gW, gbias); u, D, gu
+ * and gD are 0 without a skip term. gW: (2H, H), gbias: (2H,), gD: (H,) are overwritten. */
+PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
+{
+    int dbl, n_threads;
+    idx M, H;
+    unsigned long long p_y, p_u, p_D, p_W, p_b, p_go, p_gy, p_gu, p_gD, p_gW, p_gb;
+    if (!PyArg_ParseTuple(args, "iinnKKKKKKKKKKK", &dbl, &n_threads, &M, &H, &p_y, &p_u, &p_D, &p_W,
+                          &p_b, &p_go, &p_gy, &p_gu, &p_gD, &p_gW, &p_gb))
+        return NULL;
+    if (blk_check("block_backward", M, H, p_u, p_D)) return NULL;
+    if (p_D && (!p_gu || !p_gD)) {
+        PyErr_SetString(PyExc_ValueError, "block_backward: a skip term needs gu and gD");
+        return NULL;
+    }
+    blk_args_f32 a32;
+    blk_args_f64 a64;
+    memset(&a32, 0, sizeof a32);
+    memset(&a64, 0, sizeof a64);
+    if (dbl) {
+        BLK_FILL(a64, double)
+        a64.gout = (const double *)BLK_PTR(p_go);
+        a64.gy = (double *)BLK_PTR(p_gy);
+        a64.gu = p_D ? (double *)BLK_PTR(p_gu) : NULL;
+    } else {
+        BLK_FILL(a32, float)
+        a32.gout = (const float *)BLK_PTR(p_go);
+        a32.gy = (float *)BLK_PTR(p_gy);
+        a32.gu = p_D ? (float *)BLK_PTR(p_gu) : NULL;
+    }
+#undef BLK_FILL
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = blk_launch(dbl, 1, dbl ? (const void *)&a64 : (const void *)&a32, M, H, n_threads,
+                    BLK_PTR(p_gW), BLK_PTR(p_gb), p_D ? BLK_PTR(p_gD) : NULL, p_D != 0);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* The widest H the kernels accept (block.py falls back to torch above its own crossover). */
+PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs)
+{
+    return PyLong_FromLong(BLK_MAX_H);
+}
+
+#else /* BLOCK_BODY: kernels for one real type REAL (names with SFX) and vector width VB */
+
+#define BCAT_(a, b) a##_##b
+#define BCAT(a, b) BCAT_(a, b)
+#define BN(x) BCAT(x, SFX)                  /* per type */
+#define KN(x) BCAT(BCAT(x, SFX), VB)        /* per type and vector width */
+
+#if BLK_TYPES
+typedef struct {
+    idx M, H;
+    const REAL *y, *u, *D, *W, *bias, *x; /* u, D NULL without a skip term */
+    REAL *out;                            /* forward */
+    const REAL *gout;                     /* backward */
+    REAL *gy, *gu;
+} BN(blk_args);
+
+/* Workspace of one part, in REALs (TH = BLK_P * H, H2 = 2H):
+ *   z, g, dg, a (then dL/da), c (then dL/dc), dL/dg, D repeated over a tile: 7 x TH
+ *   W^T (H x H2), the accumulator of dL/dW^T (H x H2)
+ *   tile-shaped partial sums of dL/dbias[:H], dL/dbias[H:], dL/dD: 3 x TH */
+static idx BN(blk_ws_len)(idx H) { return 10 * BLK_P * H + 4 * H * H; }
+
+#ifndef BLK_WS_OFFSETS
+#define BLK_WS_OFFSETS(ws, H)                                                                   \
+    const idx TH = BLK_P * (H), H2 = 2 * (H);                                                   \
+    REAL *z = (ws), *g = z + TH, *dg = g + TH, *av = dg + TH, *cv = av + TH, *gg = cv + TH;     \
+    REAL *Drep = gg + TH, *WT = Drep + TH, *accW = WT + (H) * H2, *accA = accW + (H) * H2;      \
+    REAL *accC = accA + TH, *accD = accC + TH;                                                  \
+    (void)z; (void)g; (void)dg; (void)av; (void)cv; (void)gg; (void)Drep; (void)WT;             \
+    (void)accW; (void)accA; (void)accC; (void)accD;
+#endif
+
+/* Sum the parts' accumulators in part order: gW (2H, H), gbias (2H,), gD (H,) (if has_D).
+ * A part that had no positions (more parts than tiles) contributes nothing. */
+static void BN(blk_reduce)(void **ws, int n_parts, idx M, idx H, int has_D, REAL *gW, REAL *gbias,
+                           REAL *gD)
+{
+    memset(gW, 0, sizeof(REAL) * (size_t)(2 * H * H));
+    memset(gbias, 0, sizeof(REAL) * (size_t)(2 * H));
+    if (has_D) memset(gD, 0, sizeof(REAL) * (size_t)H);
+    const idx tiles = (M + BLK_P - 1) / BLK_P;
+    for (int t = 0; t < n_parts; t++) {
+        if ((idx)t * tiles / n_parts == (idx)(t + 1) * tiles / n_parts) continue;
+        BLK_WS_OFFSETS((REAL *)ws[t], H)
+        for (idx i = 0; i < H; i++)
+            for (idx j = 0; j < H2; j++) gW[j * H + i] += accW[i * H2 + j];
+        for (idx j = 0; j < H; j++) {
+            REAL sa = 0, sc = 0, sd = 0;
+            for (idx p = 0; p < BLK_P; p++) {
+                sa += accA[p * H + j];
+                sc += accC[p * H + j];
+                sd += accD[p * H + j];
+            }
+            gbias[j] += sa;
+            gbias[H + j] += sc;
+            if (has_D) gD[j] += sd;
+        }
+    }
+}
+#endif /* BLK_TYPES */
+
+/* Vectors of VB bytes: the linear layer's rows and (float) the elementwise maths. */
+typedef REAL KN(blk_vec) __attribute__((vector_size(VB)));
+#define BV KN(blk_vec)
+#define BVW ((idx)(VB / sizeof(REAL)))
+
+BLK_INLINE BV KN(blk_vld)(const REAL *p)
+{
+    BV v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+BLK_INLINE void KN(blk_vst)(REAL *p, BV v) { memcpy(p, &v, sizeof v); }
+
+/* Rows of the linear layer: vectors of at most 32 bytes, so that H = 8 floats is one of them. */
+#define RB (VB > 32 ? 32 : VB)
+typedef REAL KN(blk_row) __attribute__((vector_size(RB)));
+#define BR KN(blk_row)
+#define BRW ((idx)(RB / sizeof(REAL)))
+
+BLK_INLINE BR KN(blk_rld)(const REAL *p)
+{
+    BR v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+BLK_INLINE void KN(blk_rst)(REAL *p, BR v) { memcpy(p, &v, sizeof v); }
+
+#if BLK_FLOAT
+/* float maths, branch-free on vectors; arrays given to the *_arr functions are padded to a
+ * multiple of the vector width (the tile buffers are). */
+typedef int32_t KN(blk_veci) __attribute__((vector_size(VB)));
+#define BVI KN(blk_veci)
+
+/* where mask (all bits set), a, else b */
+BLK_INLINE BV KN(blk_sel)(BVI mask, BV a, BV b) { return (BV)(((BVI)a & mask) | ((BVI)b & ~mask)); }
+
+/* exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln2 / 2, exp(r) by Taylor to degree 7
+ * (relative error < 6e-9 before rounding); x is clamped to [-87, 88] (exp(-87) = 1.6e-38). */
+BLK_INLINE BV KN(blk_exp)(BV x)
+{
+    const BV lo = (BV){0} - 87.0f, hi = (BV){0} + 88.0f;
+    x = KN(blk_sel)(x < lo, lo, x);
+    x = KN(blk_sel)(x > hi, hi, x);
+    const float shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    const BV n = (x * 1.44269504088896341f + shift) - shift;
+    BV r = x - n * 0.693145751953125f; /* ln2 in two parts (Cody & Waite) */
+    r = r - n * 1.42860682030941723e-6f;
+    BV q = (BV){0} + 1.0f / 5040.0f;
+    q = q * r + 1.0f / 720.0f;
+    q = q * r + 1.0f / 120.0f;
+    q = q * r + 1.0f / 24.0f;
+    q = q * r + 1.0f / 6.0f;
+    q = q * r + 0.5f;
+    q = q * r + 1.0f;
+    q = q * r + 1.0f;
+    const BVI bits = (__builtin_convertvector(n, BVI) + 127) << 23;
+    return q * (BV)bits;
+}
+
+/* Phi(z) = 0.5 (1 + erf(z / sqrt 2)) and e = exp(-z^2 / 2); erf by Abramowitz & Stegun 7.1.26
+ * (|error| <= 1.5e-7, the approximation torch's own vectorised erf uses). */
+BLK_INLINE BV KN(blk_phi)(BV z, BV *e)
+{
+    const BVI absmask = (BVI){0} + 0x7fffffff;
+    const BV s = z * 0.70710678118654752f;
+    const BV as = (BV)((BVI)s & absmask);
+    const BV t = 1.0f / (1.0f + 0.3275911f * as);
+    BV q = (BV){0} + 1.061405429f;
+    q = q * t - 1.453152027f;
+    q = q * t + 1.421413741f;
+    q = q * t - 0.284496736f;
+    q = q * t + 0.254829592f;
+    q = q * t;
+    const BV ex = KN(blk_exp)(-(s * s));
+    *e = ex;
+    const BV erf_abs = 1.0f - q * ex;
+    const BV erf = (BV)(((BVI)erf_abs & absmask) | ((BVI)s & ~absmask));
+    return 0.5f + 0.5f * erf;
+}
+
+/* g = GELU(z) and (dg non-NULL) dg = GELU'(z) = Phi(z) + z exp(-z^2 / 2) / sqrt(2 pi) */
+BLK_INLINE void KN(blk_gelu_arr)(const float *z, float *g, float *dg, idx n)
+{
+    for (idx k = 0; k < n; k += BVW) {
+        const BV zk = KN(blk_vld)(z + k);
+        BV e;
+        const BV phi = KN(blk_phi)(zk, &e);
+        KN(blk_vst)(g + k, zk * phi);
+        if (dg) KN(blk_vst)(dg + k, phi + zk * e * 0.39894228040143267794f);
+    }
+}
+
+BLK_INLINE void KN(blk_sigmoid_arr)(const float *c, float *s, idx n)
+{
+    for (idx k = 0; k < n; k += BVW) KN(blk_vst)(s + k, 1.0f / (1.0f + KN(blk_exp)(-KN(blk_vld)(c + k))));
+}
+#undef BVI
+#else
+#define blk_gelu_arr_f64_16 blk_gelu_arr_f64
+#define blk_gelu_arr_f64_32 blk_gelu_arr_f64
+#define blk_gelu_arr_f64_64 blk_gelu_arr_f64
+#define blk_sigmoid_arr_f64_16 blk_sigmoid_arr_f64
+#define blk_sigmoid_arr_f64_32 blk_sigmoid_arr_f64
+#define blk_sigmoid_arr_f64_64 blk_sigmoid_arr_f64
+#endif
+
+/* Shared by both passes: W^T and the repeated skip vector into the workspace. */
+BLK_INLINE void KN(blk_prepare)(const BN(blk_args) *a, REAL *ws, const idx H)
+{
+    BLK_WS_OFFSETS(ws, H)
+    for (idx i = 0; i < H; i++)
+        for (idx j = 0; j < H2; j++) WT[i * H2 + j] = a->W[j * H + i];
+    if (a->D)
+        for (idx k = 0; k < TH; k++) Drep[k] = a->D[k % H];
+}
+
+/* z = y + D u and GELU over the n values of a tile; dg = GELU'(z) when want_dg. */
+BLK_INLINE void KN(blk_gelu_tile)(const BN(blk_args) *a, idx m, idx n, REAL *ws, const idx H, int want_dg)
+{
+    BLK_WS_OFFSETS(ws, H)
+    const REAL *y = a->y + m * H;
+    if (a->D) {
+        const REAL *u = a->u + m * H;
+        for (idx k = 0; k < n; k++) z[k] = y[k] + Drep[k] * u[k];
+    } else {
+        for (idx k = 0; k < n; k++) z[k] = y[k];
+    }
+    KN(blk_gelu_arr)(z, g, want_dg ? dg : NULL, n);
+}
+
+/* a = W[:H] g + bias[:H], c = W[H:] g + bias[H:] for the np positions of a tile: per position,
+ * H broadcast-multiply-adds of the rows of W^T (vector code when 2H is a multiple of BRW). */
+BLK_INLINE void KN(blk_linear_tile)(const BN(blk_args) *a, idx np, REAL *ws, const idx H)
+{
+    BLK_WS_OFFSETS(ws, H)
+    REAL tmp[2 * BLK_MAX_H];
+    if (H2 % BRW == 0) {
+        const idx nv = H2 / BRW;
+        for (idx p = 0; p < np; p++) {
+            BR acc[2 * BLK_MAX_H / (RB / sizeof(REAL)) + 1];
+            for (idx q = 0; q < nv; q++) acc[q] = KN(blk_rld)(a->bias + q * BRW);
+            for (idx i = 0; i < H; i++) {
+                const REAL gi = g[p * H + i];
+                const REAL *w = WT + i * H2;
+                for (idx q = 0; q < nv; q++) acc[q] += gi * KN(blk_rld)(w + q * BRW);
+            }
+            for (idx q = 0; q < nv; q++) KN(blk_rst)(tmp + q * BRW, acc[q]);
+            memcpy(av + p * H, tmp, sizeof(REAL) * (size_t)H);
+            memcpy(cv + p * H, tmp + H, sizeof(REAL) * (size_t)H);
+        }
+        return;
+    }
+    for (idx p = 0; p < np; p++) {
+        for (idx j = 0; j < H2; j++) tmp[j] = a->bias[j];
+        for (idx i = 0; i < H; i++) {
+            const REAL gi = g[p * H + i];
+            const REAL *w = WT + i * H2;
+            for (idx j = 0; j < H2; j++) tmp[j] += gi * w[j];
+        }
+        memcpy(av + p * H, tmp, sizeof(REAL) * (size_t)H);
+        memcpy(cv + p * H, tmp + H, sizeof(REAL) * (size_t)H);
+    }
+}
+
+/* The linear layer's backward for one position p: dW^T[i, :] += g_i [da, dc] and
+ * dL/dg = sum_j da_j W[j, :] + dc_j W[H + j, :]. */
+BLK_INLINE void KN(blk_linear_bwd_pos)(const BN(blk_args) *a, idx p, REAL *ws, const idx H)
+{
+    BLK_WS_OFFSETS(ws, H)
+    const REAL *gap = av + p * H, *gcp = cv + p * H, *gp = g + p * H;
+    if (H % BRW == 0) {
+        const idx nv = H / BRW;
+        for (idx i = 0; i < H; i++) {
+            const REAL gi = gp[i];
+            REAL *wa = accW + i * H2, *wc = wa + H;
+            for (idx q = 0; q < nv; q++) {
+                KN(blk_rst)(wa + q * BRW, KN(blk_rld)(wa + q * BRW) + gi * KN(blk_rld)(gap + q * BRW));
+                KN(blk_rst)(wc + q * BRW, KN(blk_rld)(wc + q * BRW) + gi * KN(blk_rld)(gcp + q * BRW));
+            }
+        }
+        BR acc[BLK_MAX_H / (RB / sizeof(REAL)) + 1];
+        for (idx q = 0; q < nv; q++) acc[q] = (BR){0};
+        for (idx j = 0; j < H; j++) {
+            const REAL ga = gap[j], gc = gcp[j];
+            const REAL *wa = a->W + j * H, *wc = a->W + (H + j) * H;
+            for (idx q = 0; q < nv; q++)
+                acc[q] += ga * KN(blk_rld)(wa + q * BRW) + gc * KN(blk_rld)(wc + q * BRW);
+        }
+        for (idx q = 0; q < nv; q++) KN(blk_rst)(gg + p * H + q * BRW, acc[q]);
+        return;
+    }
+    for (idx i = 0; i < H; i++) {
+        const REAL gi = gp[i];
+        REAL *wa = accW + i * H2, *wc = wa + H;
+        for (idx j = 0; j < H; j++) wa[j] += gi * gap[j];
+        for (idx j = 0; j < H; j++) wc[j] += gi * gcp[j];
+    }
+    REAL acc[BLK_MAX_H];
+    for (idx i = 0; i < H; i++) acc[i] = 0;
+    for (idx j = 0; j < H; j++) {
+        const REAL ga = gap[j], gc = gcp[j];
+        const REAL *wa = a->W + j * H, *wc = a->W + (H + j) * H;
+        for (idx i = 0; i < H; i++) acc[i] += ga * wa[i] + gc * wc[i];
+    }
+    for (idx i = 0; i < H; i++) gg[p * H + i] = acc[i];
+}
+
+BLK_INLINE void KN(blk_fwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *ws, const idx H)
+{
+    BLK_WS_OFFSETS(ws, H)
+    KN(blk_prepare)(a, ws, H);
+    for (idx m = m0; m < m1; m += BLK_P) {
+        const idx np = m1 - m < BLK_P ? m1 - m : BLK_P, n = np * H;
+        KN(blk_gelu_tile)(a, m, n, ws, H, 0);
+        KN(blk_linear_tile)(a, np, ws, H);
+        const REAL *x = a->x + m * H;
+        REAL *out = a->out + m * H;
+        KN(blk_sigmoid_arr)(cv, gg, n);
+        for (idx k = 0; k < n; k++) out[k] = x[k] + av[k] * gg[k];
+    }
+}
+
+BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *ws, const idx H)
+{
+    BLK_WS_OFFSETS(ws, H)
+    KN(blk_prepare)(a, ws, H);
+    memset(accW, 0, sizeof(REAL) * (size_t)(H * H2 + 3 * TH));
+    for (idx m = m0; m < m1; m += BLK_P) {
+        const idx np = m1 - m < BLK_P ? m1 - m : BLK_P, n = np * H;
+        const REAL *go = a->gout + m * H;
+        KN(blk_gelu_tile)(a, m, n, ws, H, 1);
+        KN(blk_linear_tile)(a, np, ws, H);
+        /* GLU: da = go s, dc = go a s (1 - s), written over a and c */
+        KN(blk_sigmoid_arr)(cv, gg, n); /* gg holds sigmoid(c) until the linear layer's backward */
+        for (idx k = 0; k < n; k++) {
+            const REAL s = gg[k];
+            const REAL ga = go[k] * s;
+            cv[k] = ga * av[k] * (1 - s);
+            av[k] = ga;
+            accA[k] += av[k];
+            accC[k] += cv[k];
+        }
+        /* linear layer */
+        for (idx p = 0; p < np; p++) KN(blk_linear_bwd_pos)(a, p, ws, H);
+        /* GELU and the skip term */
+        REAL *gy = a->gy + m * H;
+        if (a->D) {
+            const REAL *u = a->u + m * H;
+            REAL *gu = a->gu + m * H;
+            for (idx k = 0; k < n; k++) {
+                const REAL gzk = gg[k] * dg[k];
+                gy[k] = gzk;
+                gu[k] = Drep[k] * gzk;
+                accD[k] += gzk * u[k];
+            }
+        } else {
+            for (idx k = 0; k < n; k++) gy[k] = gg[k] * dg[k];
+        }
+    }
+}
+
+/* Entry per range: specialised copies for H = 8 and 16 (constant H), generic otherwise. */
+BLK_INLINE void KN(blk_fwd_range)(const BN(blk_args) *a, idx m0, idx m1, void *ws)
+{
+    if (a->H == 8) KN(blk_fwd_tiles)(a, m0, m1, (REAL *)ws, 8);
+    else if (a->H == 16) KN(blk_fwd_tiles)(a, m0, m1, (REAL *)ws, 16);
+    else KN(blk_fwd_tiles)(a, m0, m1, (REAL *)ws, a->H);
+}
+
+BLK_INLINE void KN(blk_bwd_range)(const BN(blk_args) *a, idx m0, idx m1, void *ws)
+{
+    if (a->H == 8) KN(blk_bwd_tiles)(a, m0, m1, (REAL *)ws, 8);
+    else if (a->H == 16) KN(blk_bwd_tiles)(a, m0, m1, (REAL *)ws, 16);
+    else KN(blk_bwd_tiles)(a, m0, m1, (REAL *)ws, a->H);
+}
+
+#undef BV
+#undef BVW
+#undef BR
+#undef BRW
+#undef RB
+#undef KN
+#undef BN
+#undef BCAT
+#undef BCAT_
+
+#endif /* BLOCK_BODY */
