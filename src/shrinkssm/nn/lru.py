@@ -222,6 +222,8 @@ class LRU(nn.Module):
         mask: Tensor | None = None,
         state: Tensor | None = None,
         return_state: bool = False,
+        *,
+        skip: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Run the layer over whole sequences.
 
@@ -236,6 +238,9 @@ class LRU(nn.Module):
             State before the first position (zeros if None).
         return_state : bool
             Also return the state after the last position, (B, N) complex.
+        skip : bool
+            Add the skip term ``D u``. A block that fuses the skip term into its own elementwise
+            work (:func:`shrinkssm.ops.block.glu_block`) passes False and adds it there.
 
         Returns
         -------
@@ -250,8 +255,8 @@ class LRU(nn.Module):
             h0=state, backend=self.scan, return_state=return_state,
         )
         y, h_last = out if return_state else (out, None)
-        # y + D u in one pass (elementwise D) instead of a product and a sum
-        y = y + u @ self.D.T if self.dense_skip else torch.addcmul(y, u, self.D)
+        if skip:  # y + D u in one pass (elementwise D) instead of a product and a sum
+            y = y + u @ self.D.T if self.dense_skip else torch.addcmul(y, u, self.D)
         return (y, h_last) if return_state else y
 
     def initial_state(self, batch_size: int) -> Tensor:

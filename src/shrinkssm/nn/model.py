@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from shrinkssm.nn.lru import LRU
 from shrinkssm.nn.selective import SelectiveSSM
+from shrinkssm.ops.block import glu_block
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
 
@@ -143,6 +144,9 @@ class SSMBlock(nn.Module):
                            train_gamma=cfg.train_gamma, scan=cfg.scan)
         self.glu = nn.Linear(h, 2 * h)
         self.dropout = nn.Dropout(cfg.dropout)
+        # the tail after the mixer as one fused operation when dropout is inactive (False:
+        # separate torch operations, the same maths; for tests and benchmarks)
+        self.fused_tail = True
 
     @property
     def mixer(self) -> LRU | SelectiveSSM:
@@ -157,8 +161,22 @@ class SSMBlock(nn.Module):
         return self.dropout(F.glu(self.glu(y), dim=-1))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x: (B, L, H) -> (B, L, H); mask: (B, L) bool, True at valid positions."""
-        return x + self._mix(self.mixer(self._norm(x, mask), mask))
+        """x: (B, L, H) -> (B, L, H); mask: (B, L) bool, True at valid positions.
+
+        Without active dropout, everything after the mixer (the LRU's skip term ``D u``, GELU,
+        GLU and the residual) runs as one fused operation (:func:`shrinkssm.ops.block.glu_block`,
+        the same maths in one pass, native on CPU); with dropout, as separate torch operations.
+        """
+        v = self._norm(x, mask)
+        if not self.fused_tail or (self.training and self.dropout.p > 0):
+            return x + self._mix(self.mixer(v, mask))
+        mixer = self.mixer
+        if isinstance(mixer, LRU) and not mixer.dense_skip:
+            if mask is not None:  # what the LRU does with a mask: padded inputs are zeroed
+                v = v * mask.unsqueeze(-1).to(v.dtype)
+            y = mixer(v, skip=False)
+            return glu_block(x, y, v, mixer.D, self.glu.weight, self.glu.bias)
+        return glu_block(x, mixer(v, mask), None, None, self.glu.weight, self.glu.bias)
 
     def step(self, x_k: Tensor, state):
         """x_k: (B, H) and the mixer's state (LRU: (B, N) complex; selective: the tuple of
