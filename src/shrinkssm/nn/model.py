@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from shrinkssm.nn.lru import LRU
 from shrinkssm.nn.selective import SelectiveSSM
-from shrinkssm.ops.block import glu_block
+from shrinkssm.ops.block import batch_norm_rows, glu_block
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
 
@@ -104,11 +104,15 @@ class MaskedBatchNorm(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, L, H) or (B, H); mask: (B, L) bool. Returns the same shape as x."""
         if mask is None:
-            # torch's fused kernel on the (B*L, H) view: ~4x faster than the masked path below,
+            # one fused kernel on the (B*L, H) view: ~4x faster than the masked path below,
             # backward included (BatchNorm of a (M, H) batch normalises over M, as wanted here).
+            # Training: the native kernel of shrinkssm.ops.block (torch's where it cannot run).
             flat = x.reshape(-1, x.shape[-1])
+            if self.training:
+                return batch_norm_rows(flat, self.weight, self.bias, self.running_mean,
+                                       self.running_var, self.momentum, self.eps).view_as(x)
             return F.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias,
-                                self.training, self.momentum, self.eps).view_as(x)
+                                False, self.momentum, self.eps).view_as(x)
         if self.training:
             flat = x[mask]                                                     # (M, H)
             mean, var = flat.mean(0), flat.var(0, unbiased=False)

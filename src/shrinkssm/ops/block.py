@@ -1,4 +1,4 @@
-"""The elementwise tail of an SSM block, fused: skip term, GELU, GLU and residual in one pass.
+"""The cheap parts of an SSM block, fused: batch norm, and the tail after the mixer in one pass.
 
 After its mixer (LRU or selective SSM) a block of :mod:`shrinkssm.nn.model` computes, at every
 position, with ``y`` the mixer's output without its skip term and ``u`` the mixer's input::
@@ -11,6 +11,10 @@ with the native kernel of ``_native/block.c`` on CPU (one pass forward; one pass
 recomputes GELU and the linear layer from ``y`` and ``u``, so nothing but the inputs is kept for
 the backward), and :func:`glu_block_ref` is the plain-torch formulation it is tested against.
 
+:func:`batch_norm_rows` is the block's training-mode batch norm over the rows of an ``(M, H)``
+array (two passes forward, two backward, statistics accumulated in double), tested against
+``torch.nn.functional.batch_norm``.
+
 Shapes: ``x, y, u: (..., H)`` real (float32 or float64, one dtype), any leading dimensions.
 """
 
@@ -21,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_BLOCK_MAX_WIDTH", "fused_block_available", "glu_block", "glu_block_ref"]
+__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_rows", "fused_block_available", "glu_block",
+           "glu_block_ref"]
 
 try:
     from shrinkssm.ops import _native_scan as _ext
@@ -128,3 +133,52 @@ def glu_block(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: 
     out = _GLUBlock.apply(flat[0], flat[1], uf, None if D is None else D.contiguous(),
                           weight.contiguous(), bias.contiguous(), torch.get_num_threads())
     return out.view(shape)
+
+
+class _BatchNormRows(torch.autograd.Function):
+    """Native training-mode batch norm of a contiguous (M, H) array."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, n_threads):
+        M, H = x.shape
+        v = torch.empty_like(x)
+        mean, invstd = x.new_empty(H), x.new_empty(H)
+        _ext.bn_forward(int(x.dtype == torch.float64), n_threads, M, H, x.data_ptr(), weight.data_ptr(),
+                        bias.data_ptr(), 0 if running_mean is None else running_mean.data_ptr(),
+                        0 if running_var is None else running_var.data_ptr(), float(momentum),
+                        float(eps), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+        ctx.n_threads = n_threads
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return v
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gv):
+        x, weight, mean, invstd = ctx.saved_tensors
+        M, H = x.shape
+        gv = gv.contiguous()
+        gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+        _ext.bn_backward(int(x.dtype == torch.float64), ctx.n_threads, M, H, x.data_ptr(), gv.data_ptr(),
+                         weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
+                         gw.data_ptr(), gb.data_ptr())
+        return gx, gw, gb, None, None, None, None, None
+
+
+def batch_norm_rows(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
+                    running_var: Tensor | None, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Training-mode batch norm over the rows of ``x: (M, H)``: statistics over M per channel.
+
+    Equals ``F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)``,
+    updates of the running statistics included (momentum towards the batch mean and the unbiased
+    batch variance, written in place by the kernel); native on CPU for float32 / float64, that
+    call otherwise.
+    """
+    tensors = [t for t in (x, weight, bias, running_mean, running_var) if t is not None]
+    if (_ext is None or x.ndim != 2 or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0
+            or any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors)
+            or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],)
+            or any(t is not None and (t.shape != (x.shape[1],) or not t.is_contiguous())
+                   for t in (running_mean, running_var))):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    return _BatchNormRows.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), running_mean,
+                                running_var, momentum, eps, torch.get_num_threads())

@@ -128,6 +128,10 @@ typedef void (*blk_range_fn)(const void *args, idx m0, idx m1, void *ws);
     ATTR static void blk_bwd_##SFXv##_##ISA(const void *a, idx m0, idx m1, void *ws)            \
     {                                                                                           \
         blk_bwd_range_##SFXv##_##VBv((const blk_args_##SFXv *)a, m0, m1, ws);                   \
+    }                                                                                           \
+    ATTR static void bn_pass_##SFXv##_##ISA(const void *a, idx m0, idx m1, void *ws)            \
+    {                                                                                           \
+        bn_range_##SFXv##_##VBv((const bn_args_##SFXv *)a, m0, m1, ws);                         \
     }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -142,9 +146,12 @@ BLK_WORKERS(f64, 32, avx2, BLK_ATTR_AVX2)
 BLK_WORKERS(f32, 16, base, )
 BLK_WORKERS(f64, 16, base, )
 
-/* blk_table[isa][0 float, 1 double][0 forward, 1 backward]; isa as in scan_module.c */
-#define BLK_ROW(ISA) {{blk_fwd_f32_##ISA, blk_bwd_f32_##ISA}, {blk_fwd_f64_##ISA, blk_bwd_f64_##ISA}}
-static const blk_range_fn blk_table[3][2][2] = {
+/* blk_table[isa][0 float, 1 double][kernel]; isa as in scan_module.c */
+#define BLK_ROW(ISA)                                                                            \
+    {{blk_fwd_f32_##ISA, blk_bwd_f32_##ISA, bn_pass_f32_##ISA},                                 \
+     {blk_fwd_f64_##ISA, blk_bwd_f64_##ISA, bn_pass_f64_##ISA}}
+enum { BLK_K_FWD, BLK_K_BWD, BLK_K_BN, BLK_K_COUNT };
+static const blk_range_fn blk_table[3][2][BLK_K_COUNT] = {
     BLK_ROW(base),
 #ifdef BLK_HAVE_X86
     BLK_ROW(avx2),
@@ -235,7 +242,7 @@ static int blk_launch(int dbl, int dir, const void *args, idx M, idx H, int n_th
         if (!ws[t]) rc = -1;
     }
     if (!rc) {
-        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][dir], args, M, nt, ws};
+        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][dir ? BLK_K_BWD : BLK_K_FWD], args, M, nt, ws};
         blk_run(&j);
         if (dir == 1) {
             if (dbl) blk_reduce_f64(ws, nt, M, H, has_D, (double *)gW, (double *)gbias, (double *)gD);
@@ -338,6 +345,176 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Batch norm over the rows of an (M, H) array, training mode (batch statistics)              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Run one pass of the batch norm (a->pass) over the rows in parts; each part's workspace holds
+ * its double partial sums (2 x BLK_P x H) when the pass makes them, which are then summed in part
+ * order into s1, s2 (H each). Returns 0, or -1 when out of memory. */
+static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, double *s2)
+{
+    const idx TH = BLK_P * H;
+    const size_t bytes = (size_t)TH * (3 * sizeof(double) + 3 * (dbl ? sizeof(double) : sizeof(float))) + 64;
+    void *ws[BLK_MAX_THREADS] = {0};
+    int rc = 0;
+    for (int t = 0; t < nt; t++) {
+        ws[t] = calloc(1, bytes);
+        if (!ws[t]) rc = -1;
+    }
+    if (!rc) {
+        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][BLK_K_BN], args, M, nt, ws};
+        blk_run(&j);
+        if (s1) {
+            memset(s1, 0, sizeof(double) * (size_t)H);
+            memset(s2, 0, sizeof(double) * (size_t)H);
+            const idx tiles = (M + BLK_P - 1) / BLK_P;
+            for (int t = 0; t < nt; t++) {
+                if ((idx)t * tiles / nt == (idx)(t + 1) * tiles / nt) continue;
+                const double *a1 = (const double *)ws[t], *a2 = a1 + TH;
+                for (idx p = 0; p < BLK_P; p++)
+                    for (idx j = 0; j < H; j++) {
+                        s1[j] += a1[p * H + j];
+                        s2[j] += a2[p * H + j];
+                    }
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) free(ws[t]);
+    return rc;
+}
+
+#define BN_FILL(a, TY)                                                                          \
+    a.M = M; a.H = H; a.x = (const TY *)BLK_PTR(p_x);
+
+/* bn_forward(dbl, n_threads, M, H, x, weight, bias, running_mean, running_var, momentum, eps, v,
+ *            mean, invstd): v = (x - mean) invstd weight + bias with the biased batch variance;
+ * mean and invstd (H each) are written for the backward; running_mean / running_var (0 for none)
+ * move by momentum towards the batch mean and the unbiased batch variance, as torch's. */
+PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args)
+{
+    int dbl, n_threads;
+    idx M, H;
+    double momentum, eps;
+    unsigned long long p_x, p_w, p_b, p_rm, p_rv, p_v, p_mean, p_inv;
+    if (!PyArg_ParseTuple(args, "iinnKKKKKddKKK", &dbl, &n_threads, &M, &H, &p_x, &p_w, &p_b, &p_rm, &p_rv,
+                          &momentum, &eps, &p_v, &p_mean, &p_inv))
+        return NULL;
+    if (M < 1 || H < 1 || H > 4096) {
+        PyErr_Format(PyExc_ValueError, "bn_forward: invalid sizes (M=%zd, H=%zd)", M, H);
+        return NULL;
+    }
+    double *K = malloc(sizeof(double) * (size_t)(6 * H));
+    if (!K) return PyErr_NoMemory();
+    double *s1 = K + H, *s2 = s1 + H, *c1 = s2 + H, *c2 = c1 + H, *mean = c2 + H;
+    int nt = n_threads < 1 ? 1 : (n_threads > BLK_MAX_THREADS ? BLK_MAX_THREADS : n_threads);
+    if ((double)M * H < 2e5) nt = 1;
+    bn_args_f32 a32;
+    bn_args_f64 a64;
+    memset(&a32, 0, sizeof a32);
+    memset(&a64, 0, sizeof a64);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    /* statistics about a shift K = the first row (no cancellation when |mean| >> std) */
+    for (idx j = 0; j < H; j++)
+        K[j] = dbl ? ((const double *)BLK_PTR(p_x))[j] : ((const float *)BLK_PTR(p_x))[j];
+    if (dbl) { BN_FILL(a64, double) a64.pass = 0; a64.K = K; }
+    else { BN_FILL(a32, float) a32.pass = 0; a32.K = K; }
+    rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, s1, s2);
+    if (!rc) {
+        for (idx j = 0; j < H; j++) {
+            const double d = s1[j] / (double)M;
+            double var = s2[j] / (double)M - d * d;
+            var = var > 0 ? var : 0;
+            mean[j] = K[j] + d;
+            const double inv = 1.0 / sqrt(var + eps);
+            const double w = dbl ? ((const double *)BLK_PTR(p_w))[j] : ((const float *)BLK_PTR(p_w))[j];
+            const double b = dbl ? ((const double *)BLK_PTR(p_b))[j] : ((const float *)BLK_PTR(p_b))[j];
+            c1[j] = w * inv;
+            c2[j] = b - mean[j] * w * inv;
+            const double unbiased = var * (double)M / (double)(M > 1 ? M - 1 : 1);
+            if (dbl) {
+                ((double *)BLK_PTR(p_mean))[j] = mean[j];
+                ((double *)BLK_PTR(p_inv))[j] = inv;
+                if (p_rm) { double *r = (double *)BLK_PTR(p_rm); r[j] += momentum * (mean[j] - r[j]); }
+                if (p_rv) { double *r = (double *)BLK_PTR(p_rv); r[j] += momentum * (unbiased - r[j]); }
+            } else {
+                ((float *)BLK_PTR(p_mean))[j] = (float)mean[j];
+                ((float *)BLK_PTR(p_inv))[j] = (float)inv;
+                if (p_rm) { float *r = (float *)BLK_PTR(p_rm); r[j] += (float)(momentum * (mean[j] - r[j])); }
+                if (p_rv) { float *r = (float *)BLK_PTR(p_rv); r[j] += (float)(momentum * (unbiased - r[j])); }
+            }
+        }
+        if (dbl) { a64.pass = 1; a64.c1 = c1; a64.c2 = c2; a64.out = (double *)BLK_PTR(p_v); }
+        else { a32.pass = 1; a32.c1 = c1; a32.c2 = c2; a32.out = (float *)BLK_PTR(p_v); }
+        rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, NULL, NULL);
+    }
+    Py_END_ALLOW_THREADS
+    free(K);
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* bn_backward(dbl, n_threads, M, H, x, gv, weight, mean, invstd, gx, gweight, gbias), with
+ * xhat = (x - mean) invstd:  gbias = sum gv,  gweight = sum gv xhat,
+ * gx = weight invstd (gv - gbias / M - xhat gweight / M). */
+PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
+{
+    int dbl, n_threads;
+    idx M, H;
+    unsigned long long p_x, p_gv, p_w, p_mean, p_inv, p_gx, p_gw, p_gb;
+    if (!PyArg_ParseTuple(args, "iinnKKKKKKKK", &dbl, &n_threads, &M, &H, &p_x, &p_gv, &p_w, &p_mean,
+                          &p_inv, &p_gx, &p_gw, &p_gb))
+        return NULL;
+    if (M < 1 || H < 1 || H > 4096) {
+        PyErr_Format(PyExc_ValueError, "bn_backward: invalid sizes (M=%zd, H=%zd)", M, H);
+        return NULL;
+    }
+    double *K = malloc(sizeof(double) * (size_t)(6 * H));
+    if (!K) return PyErr_NoMemory();
+    double *s1 = K + H, *s2 = s1 + H, *c1 = s2 + H, *c2 = c1 + H, *c3 = c2 + H;
+    int nt = n_threads < 1 ? 1 : (n_threads > BLK_MAX_THREADS ? BLK_MAX_THREADS : n_threads);
+    if ((double)M * H < 2e5) nt = 1;
+    bn_args_f32 a32;
+    bn_args_f64 a64;
+    memset(&a32, 0, sizeof a32);
+    memset(&a64, 0, sizeof a64);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx j = 0; j < H; j++)
+        K[j] = dbl ? ((const double *)BLK_PTR(p_mean))[j] : ((const float *)BLK_PTR(p_mean))[j];
+    if (dbl) { BN_FILL(a64, double) a64.pass = 2; a64.K = K; a64.gv = (const double *)BLK_PTR(p_gv); }
+    else { BN_FILL(a32, float) a32.pass = 2; a32.K = K; a32.gv = (const float *)BLK_PTR(p_gv); }
+    rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, s1, s2);
+    if (!rc) {
+        for (idx j = 0; j < H; j++) {
+            const double inv = dbl ? ((const double *)BLK_PTR(p_inv))[j] : ((const float *)BLK_PTR(p_inv))[j];
+            const double w = dbl ? ((const double *)BLK_PTR(p_w))[j] : ((const float *)BLK_PTR(p_w))[j];
+            const double gb = s1[j], gw = s2[j] * inv; /* s2 = sum gv (x - mean) */
+            const double scale = w * inv;
+            /* gx = scale gv - scale gb / M - (x - mean) scale inv gw / M */
+            c1[j] = scale;
+            c2[j] = -scale * inv * gw / (double)M;
+            c3[j] = -scale * gb / (double)M - K[j] * c2[j];
+            if (dbl) {
+                ((double *)BLK_PTR(p_gw))[j] = gw;
+                ((double *)BLK_PTR(p_gb))[j] = gb;
+            } else {
+                ((float *)BLK_PTR(p_gw))[j] = (float)gw;
+                ((float *)BLK_PTR(p_gb))[j] = (float)gb;
+            }
+        }
+        if (dbl) { a64.pass = 3; a64.c1 = c1; a64.c2 = c2; a64.c3 = c3; a64.out = (double *)BLK_PTR(p_gx); }
+        else { a32.pass = 3; a32.c1 = c1; a32.c2 = c2; a32.c3 = c3; a32.out = (float *)BLK_PTR(p_gx); }
+        rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, NULL, NULL);
+    }
+    Py_END_ALLOW_THREADS
+    free(K);
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+#undef BN_FILL
+
 /* The widest H the kernels accept (block.py falls back to torch above its own crossover). */
 PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs)
 {
@@ -403,6 +580,20 @@ static void BN(blk_reduce)(void **ws, int n_parts, idx M, idx H, int has_D, REAL
         }
     }
 }
+
+/* One pass of the batch norm over rows (see shrinkssm_bn_forward / _backward):
+ *   pass 0: partial sums of d = x - K and d^2        (K: per-channel shift, the first row)
+ *   pass 1: out = c1 x + c2                          (the normalisation)
+ *   pass 2: partial sums of gv and gv (x - K)        (K: the batch mean)
+ *   pass 3: out = c1 gv + c2 x + c3                  (the input gradient)
+ * Per-channel vectors K, c1, c2, c3 are double; sums are accumulated in double. */
+typedef struct {
+    idx M, H;
+    int pass;
+    const REAL *x, *gv;
+    REAL *out;
+    const double *K, *c1, *c2, *c3;
+} BN(bn_args);
 #endif /* BLK_TYPES */
 
 /* Vectors of VB bytes: the linear layer's rows and (float) the elementwise maths. */
@@ -666,6 +857,60 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
             for (idx k = 0; k < n; k++) gy[k] = gg[k] * dg[k];
         }
     }
+}
+
+/* One batch-norm pass over rows [m0, m1); workspace: 2 double accumulators and a double shift
+ * (tile-shaped, TH each), then 3 REAL coefficient tiles. */
+BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, const idx H)
+{
+    const idx TH = BLK_P * H;
+    double *acc1 = (double *)ws, *acc2 = acc1 + TH, *Kr = acc2 + TH;
+    REAL *r1 = (REAL *)(Kr + TH), *r2 = r1 + TH, *r3 = r2 + TH;
+    const int pass = a->pass;
+    if (pass == 0 || pass == 2) {
+        for (idx k = 0; k < TH; k++) {
+            acc1[k] = 0;
+            acc2[k] = 0;
+            Kr[k] = a->K[k % H];
+        }
+    } else {
+        for (idx k = 0; k < TH; k++) {
+            r1[k] = (REAL)a->c1[k % H];
+            r2[k] = (REAL)a->c2[k % H];
+            r3[k] = a->c3 ? (REAL)a->c3[k % H] : 0;
+        }
+    }
+    for (idx m = m0; m < m1; m += BLK_P) {
+        const idx n = (m1 - m < BLK_P ? m1 - m : BLK_P) * H;
+        const REAL *x = a->x + m * H;
+        REAL *out = a->out ? a->out + m * H : NULL;
+        if (pass == 0) {
+            for (idx k = 0; k < n; k++) {
+                const double d = (double)x[k] - Kr[k];
+                acc1[k] += d;
+                acc2[k] += d * d;
+            }
+        } else if (pass == 1) {
+            for (idx k = 0; k < n; k++) out[k] = r1[k] * x[k] + r2[k];
+        } else if (pass == 2) {
+            const REAL *gv = a->gv + m * H;
+            for (idx k = 0; k < n; k++) {
+                const double g = (double)gv[k];
+                acc1[k] += g;
+                acc2[k] += g * ((double)x[k] - Kr[k]);
+            }
+        } else {
+            const REAL *gv = a->gv + m * H;
+            for (idx k = 0; k < n; k++) out[k] = r1[k] * gv[k] + r2[k] * x[k] + r3[k];
+        }
+    }
+}
+
+BLK_INLINE void KN(bn_range)(const BN(bn_args) *a, idx m0, idx m1, void *ws)
+{
+    if (a->H == 8) KN(bn_tiles)(a, m0, m1, ws, 8);
+    else if (a->H == 16) KN(bn_tiles)(a, m0, m1, ws, 16);
+    else KN(bn_tiles)(a, m0, m1, ws, a->H);
 }
 
 /* Entry per range: specialised copies for H = 8 and 16 (constant H), generic otherwise. */
