@@ -306,8 +306,8 @@ class SSMModel(nn.Module):
     def pool(self, h: Tensor, mask: Tensor | None) -> Tensor:
         """(B, L, H) -> (B, H): mean over valid positions, or the last valid position."""
         if self.config.pooling == "mean":
-            if mask is None:
-                return h.mean(1)
+            if mask is None:  # sum * (1/L): its backward broadcasts instead of dividing (B, L, H)
+                return h.sum(1) * (1.0 / h.shape[1])
             w = mask.to(h.dtype).unsqueeze(-1)                                # (B, L, 1)
             return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
         if mask is None:

@@ -349,13 +349,13 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
 /* Batch norm over the rows of an (M, H) array, training mode (batch statistics)              */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Run one pass of the batch norm (a->pass) over the rows in parts; each part's workspace holds
- * its double partial sums (2 x BLK_P x H) when the pass makes them, which are then summed in part
+/* Run one pass of the batch norm (a->pass) over the rows in parts; each part's workspace starts
+ * with its double partial sums (2 x BLK_P x H) when the pass makes them, which are then summed in part
  * order into s1, s2 (H each). Returns 0, or -1 when out of memory. */
 static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, double *s2)
 {
     const idx TH = BLK_P * H;
-    const size_t bytes = (size_t)TH * (3 * sizeof(double) + 3 * (dbl ? sizeof(double) : sizeof(float))) + 64;
+    const size_t bytes = (size_t)TH * 6 * sizeof(double) + 64;
     void *ws[BLK_MAX_THREADS] = {0};
     int rc = 0;
     for (int t = 0; t < nt; t++) {
@@ -431,7 +431,7 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args)
             const double w = dbl ? ((const double *)BLK_PTR(p_w))[j] : ((const float *)BLK_PTR(p_w))[j];
             const double b = dbl ? ((const double *)BLK_PTR(p_b))[j] : ((const float *)BLK_PTR(p_b))[j];
             c1[j] = w * inv;
-            c2[j] = b - mean[j] * w * inv;
+            c2[j] = b;
             const double unbiased = var * (double)M / (double)(M > 1 ? M - 1 : 1);
             if (dbl) {
                 ((double *)BLK_PTR(p_mean))[j] = mean[j];
@@ -445,6 +445,7 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args)
                 if (p_rv) { float *r = (float *)BLK_PTR(p_rv); r[j] += (float)(momentum * (unbiased - r[j])); }
             }
         }
+        for (idx j = 0; j < H; j++) K[j] = mean[j];
         if (dbl) { a64.pass = 1; a64.c1 = c1; a64.c2 = c2; a64.out = (double *)BLK_PTR(p_v); }
         else { a32.pass = 1; a32.c1 = c1; a32.c2 = c2; a32.out = (float *)BLK_PTR(p_v); }
         rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, NULL, NULL);
@@ -492,10 +493,10 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
             const double w = dbl ? ((const double *)BLK_PTR(p_w))[j] : ((const float *)BLK_PTR(p_w))[j];
             const double gb = s1[j], gw = s2[j] * inv; /* s2 = sum gv (x - mean) */
             const double scale = w * inv;
-            /* gx = scale gv - scale gb / M - (x - mean) scale inv gw / M */
+            /* gx = scale gv - (x - mean) scale inv gw / M - scale gb / M */
             c1[j] = scale;
             c2[j] = -scale * inv * gw / (double)M;
-            c3[j] = -scale * gb / (double)M - K[j] * c2[j];
+            c3[j] = -scale * gb / (double)M;
             if (dbl) {
                 ((double *)BLK_PTR(p_gw))[j] = gw;
                 ((double *)BLK_PTR(p_gb))[j] = gb;
@@ -583,10 +584,10 @@ static void BN(blk_reduce)(void **ws, int n_parts, idx M, idx H, int has_D, REAL
 
 /* One pass of the batch norm over rows (see shrinkssm_bn_forward / _backward):
  *   pass 0: partial sums of d = x - K and d^2        (K: per-channel shift, the first row)
- *   pass 1: out = c1 x + c2                          (the normalisation)
+ *   pass 1: out = c1 (x - K) + c2                    (the normalisation; K: the batch mean)
  *   pass 2: partial sums of gv and gv (x - K)        (K: the batch mean)
- *   pass 3: out = c1 gv + c2 x + c3                  (the input gradient)
- * Per-channel vectors K, c1, c2, c3 are double; sums are accumulated in double. */
+ *   pass 3: out = c1 gv + c2 (x - K) + c3            (the input gradient; K: the batch mean)
+ * Per-channel vectors K, c1, c2, c3 are double; all arithmetic is in double. */
 typedef struct {
     idx M, H;
     int pass;
@@ -859,26 +860,20 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
     }
 }
 
-/* One batch-norm pass over rows [m0, m1); workspace: 2 double accumulators and a double shift
- * (tile-shaped, TH each), then 3 REAL coefficient tiles. */
+/* One batch-norm pass over rows [m0, m1); workspace (tile-shaped, TH doubles each): 2
+ * accumulators, K, the 3 coefficients. Arithmetic in double, as torch's CPU batch norm. */
 BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, const idx H)
 {
     const idx TH = BLK_P * H;
-    double *acc1 = (double *)ws, *acc2 = acc1 + TH, *Kr = acc2 + TH;
-    REAL *r1 = (REAL *)(Kr + TH), *r2 = r1 + TH, *r3 = r2 + TH;
+    double *acc1 = (double *)ws, *acc2 = acc1 + TH, *Kd = acc2 + TH;
+    double *r1 = Kd + TH, *r2 = r1 + TH, *r3 = r2 + TH;
     const int pass = a->pass;
-    if (pass == 0 || pass == 2) {
-        for (idx k = 0; k < TH; k++) {
-            acc1[k] = 0;
-            acc2[k] = 0;
-            Kr[k] = a->K[k % H];
-        }
-    } else {
-        for (idx k = 0; k < TH; k++) {
-            r1[k] = (REAL)a->c1[k % H];
-            r2[k] = (REAL)a->c2[k % H];
-            r3[k] = a->c3 ? (REAL)a->c3[k % H] : 0;
-        }
+    for (idx k = 0; k < TH; k++) {
+        acc1[k] = acc2[k] = 0;
+        Kd[k] = a->K[k % H];
+        r1[k] = a->c1 ? a->c1[k % H] : 0;
+        r2[k] = a->c2 ? a->c2[k % H] : 0;
+        r3[k] = a->c3 ? a->c3[k % H] : 0;
     }
     for (idx m = m0; m < m1; m += BLK_P) {
         const idx n = (m1 - m < BLK_P ? m1 - m : BLK_P) * H;
@@ -886,22 +881,23 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
         REAL *out = a->out ? a->out + m * H : NULL;
         if (pass == 0) {
             for (idx k = 0; k < n; k++) {
-                const double d = (double)x[k] - Kr[k];
+                const double d = (double)x[k] - Kd[k];
                 acc1[k] += d;
                 acc2[k] += d * d;
             }
-        } else if (pass == 1) {
-            for (idx k = 0; k < n; k++) out[k] = r1[k] * x[k] + r2[k];
+        } else if (pass == 1) { /* in double, (x - mean) first: exact to the output's rounding */
+            for (idx k = 0; k < n; k++) out[k] = (REAL)(r1[k] * ((double)x[k] - Kd[k]) + r2[k]);
         } else if (pass == 2) {
             const REAL *gv = a->gv + m * H;
             for (idx k = 0; k < n; k++) {
                 const double g = (double)gv[k];
                 acc1[k] += g;
-                acc2[k] += g * ((double)x[k] - Kr[k]);
+                acc2[k] += g * ((double)x[k] - Kd[k]);
             }
         } else {
             const REAL *gv = a->gv + m * H;
-            for (idx k = 0; k < n; k++) out[k] = r1[k] * gv[k] + r2[k] * x[k] + r3[k];
+            for (idx k = 0; k < n; k++)
+                out[k] = (REAL)(r1[k] * (double)gv[k] + r2[k] * ((double)x[k] - Kd[k]) + r3[k]);
         }
     }
 }
