@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from shrinkssm.ops import block
 from shrinkssm.ops.block import (
     FUSED_BLOCK_MAX_WIDTH,
+    batch_norm_fork,
     batch_norm_rows,
     fused_block_available,
     glu_block,
@@ -179,3 +180,27 @@ def test_batch_norm_rows_float32_is_accurate_far_from_zero_mean(each_isa):
     gx_ref, = torch.autograd.grad(ref, [x_ref], gv.double())
     assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-6)
     assert torch.allclose(gx.double(), gx_ref, rtol=1e-3, atol=1e-3 * gx_ref.abs().max().item())
+
+
+@needs_kernel
+@pytest.mark.parametrize("used", [(1, 1, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1)])
+def test_batch_norm_fork_sums_its_consumers_gradients_like_autograd(used):
+    torch.manual_seed(3)
+    x = torch.randn(70, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    g = [torch.randn(70, 8, dtype=torch.float64) for _ in range(3)]
+
+    def loss(outs):
+        return sum((o * gi).sum() for o, gi, u in zip(outs, g, used) if u)
+    stats, ref_stats = [torch.zeros(8, dtype=torch.float64), torch.ones(8, dtype=torch.float64)], None
+    ref_stats = [s.clone() for s in stats]
+    got = torch.autograd.grad(loss(batch_norm_fork(x, w, b, *stats)), [x, w, b], allow_unused=True)
+    v = F.batch_norm(x, *ref_stats, w, b, True, 0.1, 1e-5)
+    want = torch.autograd.grad(loss((v, v, x)), [x, w, b], allow_unused=True)
+    for a, c in zip(got, want):
+        if c is None:                                       # w, b unused when only x is
+            assert a is None or torch.equal(a, torch.zeros_like(a))
+        else:
+            assert torch.allclose(a, c, rtol=1e-11, atol=1e-12)
+    assert all(torch.allclose(s, r, rtol=1e-12) for s, r in zip(stats, ref_stats))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from shrinkssm.nn.lru import LRU
 from shrinkssm.nn.selective import SelectiveSSM
-from shrinkssm.ops.block import batch_norm_rows, glu_block
+from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
 
@@ -125,6 +125,18 @@ class MaskedBatchNorm(nn.Module):
             mean, var = self.running_mean, self.running_var
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
+    def fork(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(v, v, x)`` with ``v = self(x, mask)``: one output per consumer in a block (mixer, skip
+        term, residual). In training without a mask the native kernel then sums the three
+        gradients in its own backward (:func:`shrinkssm.ops.block.batch_norm_fork`)."""
+        if mask is not None or not self.training:
+            v = self(x, mask)
+            return v, v, x
+        h = x.shape[-1]
+        v, v2, x2 = batch_norm_fork(x.reshape(-1, h), self.weight, self.bias, self.running_mean,
+                                    self.running_var, self.momentum, self.eps)
+        return v.view_as(x), v2.view_as(x), x2.view_as(x)
+
 
 class SSMBlock(nn.Module):
     """norm -> mixer -> GELU -> dropout -> GLU -> dropout -> residual, on (B, L, H).
@@ -169,17 +181,22 @@ class SSMBlock(nn.Module):
 
         Without active dropout, everything after the mixer (the LRU's skip term ``D u``, GELU,
         GLU and the residual) runs as one fused operation (:func:`shrinkssm.ops.block.glu_block`,
-        the same maths in one pass, native on CPU); with dropout, as separate torch operations.
+        the same maths in one pass, native on CPU), and the batch norm hands each of its three
+        consumers its own output (:meth:`MaskedBatchNorm.fork`); with dropout, separate torch
+        operations.
         """
-        v = self._norm(x, mask)
         if not self.fused_tail or (self.training and self.dropout.p > 0):
-            return x + self._mix(self.mixer(v, mask))
+            return x + self._mix(self.mixer(self._norm(x, mask), mask))
         mixer = self.mixer
+        if isinstance(self.norm, MaskedBatchNorm):
+            v, v_skip, x = self.norm.fork(x, mask)
+        else:
+            v = v_skip = self.norm(x)
         if isinstance(mixer, LRU) and not mixer.dense_skip:
             if mask is not None:  # what the LRU does with a mask: padded inputs are zeroed
-                v = v * mask.unsqueeze(-1).to(v.dtype)
+                v = v_skip = v * mask.unsqueeze(-1).to(v.dtype)
             y = mixer(v, skip=False)
-            return glu_block(x, y, v, mixer.D, self.glu.weight, self.glu.bias)
+            return glu_block(x, y, v_skip, mixer.D, self.glu.weight, self.glu.bias)
         return glu_block(x, mixer(v, mask), None, None, self.glu.weight, self.glu.bias)
 
     def step(self, x_k: Tensor, state):

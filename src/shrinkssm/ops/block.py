@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_rows", "fused_block_available", "glu_block",
+__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_fork", "batch_norm_rows", "fused_block_available", "glu_block",
            "glu_block_ref"]
 
 try:
@@ -159,9 +159,72 @@ class _BatchNormRows(torch.autograd.Function):
         gv = gv.contiguous()
         gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
         _ext.bn_backward(int(x.dtype == torch.float64), ctx.n_threads, M, H, x.data_ptr(), gv.data_ptr(),
-                         weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
+                         0, 0, weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
                          gw.data_ptr(), gb.data_ptr())
         return gx, gw, gb, None, None, None, None, None
+
+
+class _BatchNormFork(torch.autograd.Function):
+    """Native batch norm whose output feeds two consumers and whose input feeds a third (the
+    residual): returns (v, v_again, x_again) and sums the three gradients inside its backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, n_threads):
+        M, H = x.shape
+        v = torch.empty_like(x)
+        mean, invstd = x.new_empty(H), x.new_empty(H)
+        _ext.bn_forward(int(x.dtype == torch.float64), n_threads, M, H, x.data_ptr(), weight.data_ptr(),
+                        bias.data_ptr(), 0 if running_mean is None else running_mean.data_ptr(),
+                        0 if running_var is None else running_var.data_ptr(), float(momentum),
+                        float(eps), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+        ctx.n_threads = n_threads
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return v, v.view_as(v), x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gv, gv2, gres):
+        x, weight, mean, invstd = ctx.saved_tensors
+        M, H = x.shape
+        grads = [None if g is None else g.contiguous() for g in (gv, gv2, gres)]
+        if grads[0] is None:
+            grads[0], grads[1] = grads[1], None
+        if grads[0] is None:                                # only the residual was used
+            zero = torch.zeros_like(weight)
+            return grads[2], zero, zero.clone(), None, None, None, None, None
+        gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+        ptr = [0 if g is None else g.data_ptr() for g in grads]
+        _ext.bn_backward(int(x.dtype == torch.float64), ctx.n_threads, M, H, x.data_ptr(), ptr[0], ptr[1],
+                         ptr[2], weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
+                         gw.data_ptr(), gb.data_ptr())
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _bn_kernel_applies(x, weight, bias, running_mean, running_var) -> bool:
+    tensors = [t for t in (x, weight, bias, running_mean, running_var) if t is not None]
+    return not (_ext is None or x.ndim != 2 or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0
+                or any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors)
+                or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],)
+                or any(t is not None and (t.shape != (x.shape[1],) or not t.is_contiguous())
+                       for t in (running_mean, running_var)))
+
+
+def batch_norm_fork(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
+                    running_var: Tensor | None, momentum: float = 0.1, eps: float = 1e-5
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`batch_norm_rows` for a block: ``(v, v, x)`` as three outputs.
+
+    In a block the normalised ``v`` feeds the mixer and the skip term, and ``x`` the residual;
+    with one output per consumer the backward receives the three gradients separately and sums
+    them inside its own passes, instead of autograd adding two full ``(M, H)`` arrays. Values
+    and gradients are those of ``(batch_norm_rows(x, ...),) * 2 + (x,)``.
+    """
+    if not _bn_kernel_applies(x, weight, bias, running_mean, running_var):
+        v = F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+        return v, v, x
+    return _BatchNormFork.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), running_mean,
+                                running_var, momentum, eps, torch.get_num_threads())
 
 
 def batch_norm_rows(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
@@ -173,12 +236,7 @@ def batch_norm_rows(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     batch variance, written in place by the kernel); native on CPU for float32 / float64, that
     call otherwise.
     """
-    tensors = [t for t in (x, weight, bias, running_mean, running_var) if t is not None]
-    if (_ext is None or x.ndim != 2 or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0
-            or any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors)
-            or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],)
-            or any(t is not None and (t.shape != (x.shape[1],) or not t.is_contiguous())
-                   for t in (running_mean, running_var))):
+    if not _bn_kernel_applies(x, weight, bias, running_mean, running_var):
         return F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
     return _BatchNormRows.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), running_mean,
                                 running_var, momentum, eps, torch.get_num_threads())

@@ -456,16 +456,18 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* bn_backward(dbl, n_threads, M, H, x, gv, weight, mean, invstd, gx, gweight, gbias), with
- * xhat = (x - mean) invstd:  gbias = sum gv,  gweight = sum gv xhat,
- * gx = weight invstd (gv - gbias / M - xhat gweight / M). */
+/* bn_backward(dbl, n_threads, M, H, x, gv, gv2, gres, weight, mean, invstd, gx, gweight, gbias),
+ * with g = gv + gv2 (gv2 0 for none) and xhat = (x - mean) invstd:  gbias = sum g,
+ * gweight = sum g xhat,  gx = weight invstd (g - gbias / M - xhat gweight / M) + gres (gres 0 for
+ * none): the gradients of two consumers of the output and one of the input, summed in the passes
+ * instead of by separate additions. */
 PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
 {
     int dbl, n_threads;
     idx M, H;
-    unsigned long long p_x, p_gv, p_w, p_mean, p_inv, p_gx, p_gw, p_gb;
-    if (!PyArg_ParseTuple(args, "iinnKKKKKKKK", &dbl, &n_threads, &M, &H, &p_x, &p_gv, &p_w, &p_mean,
-                          &p_inv, &p_gx, &p_gw, &p_gb))
+    unsigned long long p_x, p_gv, p_gv2, p_gres, p_w, p_mean, p_inv, p_gx, p_gw, p_gb;
+    if (!PyArg_ParseTuple(args, "iinnKKKKKKKKKK", &dbl, &n_threads, &M, &H, &p_x, &p_gv, &p_gv2, &p_gres,
+                          &p_w, &p_mean, &p_inv, &p_gx, &p_gw, &p_gb))
         return NULL;
     if (M < 1 || H < 1 || H > 4096) {
         PyErr_Format(PyExc_ValueError, "bn_backward: invalid sizes (M=%zd, H=%zd)", M, H);
@@ -484,8 +486,13 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     for (idx j = 0; j < H; j++)
         K[j] = dbl ? ((const double *)BLK_PTR(p_mean))[j] : ((const float *)BLK_PTR(p_mean))[j];
-    if (dbl) { BN_FILL(a64, double) a64.pass = 2; a64.K = K; a64.gv = (const double *)BLK_PTR(p_gv); }
-    else { BN_FILL(a32, float) a32.pass = 2; a32.K = K; a32.gv = (const float *)BLK_PTR(p_gv); }
+    if (dbl) {
+        BN_FILL(a64, double) a64.pass = 2; a64.K = K; a64.gv = (const double *)BLK_PTR(p_gv);
+        a64.gv2 = (const double *)BLK_PTR(p_gv2); a64.gres = (const double *)BLK_PTR(p_gres);
+    } else {
+        BN_FILL(a32, float) a32.pass = 2; a32.K = K; a32.gv = (const float *)BLK_PTR(p_gv);
+        a32.gv2 = (const float *)BLK_PTR(p_gv2); a32.gres = (const float *)BLK_PTR(p_gres);
+    }
     rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, s1, s2);
     if (!rc) {
         for (idx j = 0; j < H; j++) {
@@ -585,13 +592,13 @@ static void BN(blk_reduce)(void **ws, int n_parts, idx M, idx H, int has_D, REAL
 /* One pass of the batch norm over rows (see shrinkssm_bn_forward / _backward):
  *   pass 0: partial sums of d = x - K and d^2        (K: per-channel shift, the first row)
  *   pass 1: out = c1 (x - K) + c2                    (the normalisation; K: the batch mean)
- *   pass 2: partial sums of gv and gv (x - K)        (K: the batch mean)
- *   pass 3: out = c1 gv + c2 (x - K) + c3            (the input gradient; K: the batch mean)
+ *   pass 2: partial sums of g and g (x - K)          (g = gv + gv2; K: the batch mean)
+ *   pass 3: out = c1 g + c2 (x - K) + c3 + gres      (the input gradient; K: the batch mean)
  * Per-channel vectors K, c1, c2, c3 are double; all arithmetic is in double. */
 typedef struct {
     idx M, H;
     int pass;
-    const REAL *x, *gv;
+    const REAL *x, *gv, *gv2, *gres; /* gv2, gres: NULL or added (backward passes) */
     REAL *out;
     const double *K, *c1, *c2, *c3;
 } BN(bn_args);
@@ -889,15 +896,39 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
             for (idx k = 0; k < n; k++) out[k] = (REAL)(r1[k] * ((double)x[k] - Kd[k]) + r2[k]);
         } else if (pass == 2) {
             const REAL *gv = a->gv + m * H;
-            for (idx k = 0; k < n; k++) {
-                const double g = (double)gv[k];
-                acc1[k] += g;
-                acc2[k] += g * ((double)x[k] - Kd[k]);
+            if (a->gv2) {
+                const REAL *gv2 = a->gv2 + m * H;
+                for (idx k = 0; k < n; k++) {
+                    const double g = (double)gv[k] + (double)gv2[k];
+                    acc1[k] += g;
+                    acc2[k] += g * ((double)x[k] - Kd[k]);
+                }
+            } else {
+                for (idx k = 0; k < n; k++) {
+                    const double g = (double)gv[k];
+                    acc1[k] += g;
+                    acc2[k] += g * ((double)x[k] - Kd[k]);
+                }
             }
         } else {
             const REAL *gv = a->gv + m * H;
-            for (idx k = 0; k < n; k++)
-                out[k] = (REAL)(r1[k] * (double)gv[k] + r2[k] * ((double)x[k] - Kd[k]) + r3[k]);
+            const REAL *gv2 = a->gv2 ? a->gv2 + m * H : NULL, *gres = a->gres ? a->gres + m * H : NULL;
+            if (gv2 && gres) {
+                for (idx k = 0; k < n; k++)
+                    out[k] = (REAL)(r1[k] * ((double)gv[k] + (double)gv2[k]) + r2[k] * ((double)x[k] - Kd[k]) +
+                                    r3[k] + (double)gres[k]);
+            } else if (gres) {
+                for (idx k = 0; k < n; k++)
+                    out[k] = (REAL)(r1[k] * (double)gv[k] + r2[k] * ((double)x[k] - Kd[k]) + r3[k] +
+                                    (double)gres[k]);
+            } else if (gv2) {
+                for (idx k = 0; k < n; k++)
+                    out[k] = (REAL)(r1[k] * ((double)gv[k] + (double)gv2[k]) + r2[k] * ((double)x[k] - Kd[k]) +
+                                    r3[k]);
+            } else {
+                for (idx k = 0; k < n; k++)
+                    out[k] = (REAL)(r1[k] * (double)gv[k] + r2[k] * ((double)x[k] - Kd[k]) + r3[k]);
+            }
         }
     }
 }
