@@ -12,6 +12,7 @@ from shrinkssm.ops.block import (
     fused_block_available,
     glu_block,
     glu_block_ref,
+    linear,
 )
 
 needs_kernel = pytest.mark.skipif(not fused_block_available(), reason="native extension not built")
@@ -204,3 +205,17 @@ def test_batch_norm_fork_sums_its_consumers_gradients_like_autograd(used):
         else:
             assert torch.allclose(a, c, rtol=1e-11, atol=1e-12)
     assert all(torch.allclose(s, r, rtol=1e-12) for s, r in zip(stats, ref_stats))
+
+
+@pytest.mark.parametrize("d_in", [1, 3])
+def test_linear_equals_torch_linear_with_gradients(d_in):
+    torch.manual_seed(4)
+    x = torch.randn(4, 33, d_in, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, d_in, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 33, 8, dtype=torch.float64)
+    got = _value_and_grads(linear, [x, w, b], g)
+    want = _value_and_grads(F.linear, [x, w, b], g)
+    assert torch.allclose(got[0], want[0], rtol=1e-13, atol=1e-13)
+    for a, c in zip(got[1], want[1]):
+        assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)

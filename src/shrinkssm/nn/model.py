@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from shrinkssm.nn.lru import LRU
 from shrinkssm.nn.selective import SelectiveSSM
-from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block
+from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block, linear
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
 
@@ -307,7 +307,10 @@ class SSMModel(nn.Module):
 
     def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Encoder and blocks: ``(B, L, C)`` or ``(B, L)`` tokens -> ``(B, L, H)``."""
-        h = self.encoder(x)                                                   # (B, L, H)
+        if self.tokens:
+            h = self.encoder(x)                                               # (B, L, H)
+        else:  # nn.Linear's maths; one input channel as a broadcast multiply-add
+            h = linear(x, self.encoder.weight, self.encoder.bias)
         for block in self.blocks:
             h = block(h, mask)
         return h
