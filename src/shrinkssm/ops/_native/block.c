@@ -355,7 +355,7 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
 static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, double *s2)
 {
     const idx TH = BLK_P * H;
-    const size_t bytes = (size_t)TH * 6 * sizeof(double) + 64;
+    const size_t bytes = (size_t)TH * (3 * sizeof(double) + 5 * (dbl ? sizeof(double) : sizeof(float))) + 64;
     void *ws[BLK_MAX_THREADS] = {0};
     int rc = 0;
     for (int t = 0; t < nt; t++) {
@@ -594,7 +594,7 @@ static void BN(blk_reduce)(void **ws, int n_parts, idx M, idx H, int has_D, REAL
  *   pass 1: out = c1 (x - K) + c2                    (the normalisation; K: the batch mean)
  *   pass 2: partial sums of g and g (x - K)          (g = gv + gv2; K: the batch mean)
  *   pass 3: out = c1 g + c2 (x - K) + c3 + gres      (the input gradient; K: the batch mean)
- * Per-channel vectors K, c1, c2, c3 are double; all arithmetic is in double. */
+ * Per-channel vectors K, c1, c2, c3 are double; sums are accumulated in double. */
 typedef struct {
     idx M, H;
     int pass;
@@ -770,47 +770,64 @@ BLK_INLINE void KN(blk_linear_tile)(const BN(blk_args) *a, idx np, REAL *ws, con
     }
 }
 
-/* The linear layer's backward for one position p: dW^T[i, :] += g_i [da, dc] and
- * dL/dg = sum_j da_j W[j, :] + dc_j W[H + j, :]. */
-BLK_INLINE void KN(blk_linear_bwd_pos)(const BN(blk_args) *a, idx p, REAL *ws, const idx H)
+/* The linear layer's backward over the np positions of a tile, with da, dc in av, cv:
+ * dW^T[i, :] += sum_p g[p, i] [da_p, dc_p] (each row's accumulators stay in registers over the
+ * tile) and dL/dg[p, :] = sum_j da_pj W[j, :] + dc_pj W[H + j, :]. */
+BLK_INLINE void KN(blk_linear_bwd_tile)(const BN(blk_args) *a, idx np, REAL *ws, const idx H)
 {
     BLK_WS_OFFSETS(ws, H)
-    const REAL *gap = av + p * H, *gcp = cv + p * H, *gp = g + p * H;
     if (H % BRW == 0) {
         const idx nv = H / BRW;
         for (idx i = 0; i < H; i++) {
-            const REAL gi = gp[i];
             REAL *wa = accW + i * H2, *wc = wa + H;
+            BR acc_a[BLK_MAX_H / (RB / sizeof(REAL)) + 1], acc_c[BLK_MAX_H / (RB / sizeof(REAL)) + 1];
             for (idx q = 0; q < nv; q++) {
-                KN(blk_rst)(wa + q * BRW, KN(blk_rld)(wa + q * BRW) + gi * KN(blk_rld)(gap + q * BRW));
-                KN(blk_rst)(wc + q * BRW, KN(blk_rld)(wc + q * BRW) + gi * KN(blk_rld)(gcp + q * BRW));
+                acc_a[q] = KN(blk_rld)(wa + q * BRW);
+                acc_c[q] = KN(blk_rld)(wc + q * BRW);
+            }
+            for (idx p = 0; p < np; p++) {
+                const REAL gi = g[p * H + i];
+                for (idx q = 0; q < nv; q++) {
+                    acc_a[q] += gi * KN(blk_rld)(av + p * H + q * BRW);
+                    acc_c[q] += gi * KN(blk_rld)(cv + p * H + q * BRW);
+                }
+            }
+            for (idx q = 0; q < nv; q++) {
+                KN(blk_rst)(wa + q * BRW, acc_a[q]);
+                KN(blk_rst)(wc + q * BRW, acc_c[q]);
             }
         }
-        BR acc[BLK_MAX_H / (RB / sizeof(REAL)) + 1];
-        for (idx q = 0; q < nv; q++) acc[q] = (BR){0};
+        for (idx p = 0; p < np; p++) {
+            const REAL *gap = av + p * H, *gcp = cv + p * H;
+            BR acc[BLK_MAX_H / (RB / sizeof(REAL)) + 1];
+            for (idx q = 0; q < nv; q++) acc[q] = (BR){0};
+            for (idx j = 0; j < H; j++) {
+                const REAL ga = gap[j], gc = gcp[j];
+                const REAL *wa = a->W + j * H, *wc = a->W + (H + j) * H;
+                for (idx q = 0; q < nv; q++)
+                    acc[q] += ga * KN(blk_rld)(wa + q * BRW) + gc * KN(blk_rld)(wc + q * BRW);
+            }
+            for (idx q = 0; q < nv; q++) KN(blk_rst)(gg + p * H + q * BRW, acc[q]);
+        }
+        return;
+    }
+    for (idx p = 0; p < np; p++) {
+        const REAL *gap = av + p * H, *gcp = cv + p * H, *gp = g + p * H;
+        for (idx i = 0; i < H; i++) {
+            const REAL gi = gp[i];
+            REAL *wa = accW + i * H2, *wc = wa + H;
+            for (idx j = 0; j < H; j++) wa[j] += gi * gap[j];
+            for (idx j = 0; j < H; j++) wc[j] += gi * gcp[j];
+        }
+        REAL acc[BLK_MAX_H];
+        for (idx i = 0; i < H; i++) acc[i] = 0;
         for (idx j = 0; j < H; j++) {
             const REAL ga = gap[j], gc = gcp[j];
             const REAL *wa = a->W + j * H, *wc = a->W + (H + j) * H;
-            for (idx q = 0; q < nv; q++)
-                acc[q] += ga * KN(blk_rld)(wa + q * BRW) + gc * KN(blk_rld)(wc + q * BRW);
+            for (idx i = 0; i < H; i++) acc[i] += ga * wa[i] + gc * wc[i];
         }
-        for (idx q = 0; q < nv; q++) KN(blk_rst)(gg + p * H + q * BRW, acc[q]);
-        return;
+        for (idx i = 0; i < H; i++) gg[p * H + i] = acc[i];
     }
-    for (idx i = 0; i < H; i++) {
-        const REAL gi = gp[i];
-        REAL *wa = accW + i * H2, *wc = wa + H;
-        for (idx j = 0; j < H; j++) wa[j] += gi * gap[j];
-        for (idx j = 0; j < H; j++) wc[j] += gi * gcp[j];
-    }
-    REAL acc[BLK_MAX_H];
-    for (idx i = 0; i < H; i++) acc[i] = 0;
-    for (idx j = 0; j < H; j++) {
-        const REAL ga = gap[j], gc = gcp[j];
-        const REAL *wa = a->W + j * H, *wc = a->W + (H + j) * H;
-        for (idx i = 0; i < H; i++) acc[i] += ga * wa[i] + gc * wc[i];
-    }
-    for (idx i = 0; i < H; i++) gg[p * H + i] = acc[i];
 }
 
 BLK_INLINE void KN(blk_fwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *ws, const idx H)
@@ -849,7 +866,7 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
             accC[k] += cv[k];
         }
         /* linear layer */
-        for (idx p = 0; p < np; p++) KN(blk_linear_bwd_pos)(a, p, ws, H);
+        KN(blk_linear_bwd_tile)(a, np, ws, H);
         /* GELU and the skip term */
         REAL *gy = a->gy + m * H;
         if (a->D) {
@@ -867,20 +884,23 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
     }
 }
 
-/* One batch-norm pass over rows [m0, m1); workspace (tile-shaped, TH doubles each): 2
- * accumulators, K, the 3 coefficients. Arithmetic in double, as torch's CPU batch norm. */
+/* One batch-norm pass over rows [m0, m1); workspace (tile-shaped, TH each): 2 double
+ * accumulators and K in double; K as two REALs and the 3 coefficients in REAL. Sums in double;
+ * the elementwise passes in REAL with x - K taken in two steps (no cancellation). */
 BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, const idx H)
 {
     const idx TH = BLK_P * H;
     double *acc1 = (double *)ws, *acc2 = acc1 + TH, *Kd = acc2 + TH;
-    double *r1 = Kd + TH, *r2 = r1 + TH, *r3 = r2 + TH;
+    REAL *Khi = (REAL *)(Kd + TH), *Klo = Khi + TH, *r1 = Klo + TH, *r2 = r1 + TH, *r3 = r2 + TH;
     const int pass = a->pass;
     for (idx k = 0; k < TH; k++) {
         acc1[k] = acc2[k] = 0;
         Kd[k] = a->K[k % H];
-        r1[k] = a->c1 ? a->c1[k % H] : 0;
-        r2[k] = a->c2 ? a->c2[k % H] : 0;
-        r3[k] = a->c3 ? a->c3[k % H] : 0;
+        Khi[k] = (REAL)Kd[k];                  /* K = Khi + Klo to double precision */
+        Klo[k] = (REAL)(Kd[k] - (double)Khi[k]);
+        r1[k] = a->c1 ? (REAL)a->c1[k % H] : 0;
+        r2[k] = a->c2 ? (REAL)a->c2[k % H] : 0;
+        r3[k] = a->c3 ? (REAL)a->c3[k % H] : 0;
     }
     for (idx m = m0; m < m1; m += BLK_P) {
         const idx n = (m1 - m < BLK_P ? m1 - m : BLK_P) * H;
@@ -892,8 +912,10 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
                 acc1[k] += d;
                 acc2[k] += d * d;
             }
-        } else if (pass == 1) { /* in double, (x - mean) first: exact to the output's rounding */
-            for (idx k = 0; k < n; k++) out[k] = (REAL)(r1[k] * ((double)x[k] - Kd[k]) + r2[k]);
+        } else if (pass == 1) {
+            /* (x - Khi) is exact when x is near the mean (Sterbenz), so x - mean keeps its digits
+             * even when |mean| >> std */
+            for (idx k = 0; k < n; k++) out[k] = r1[k] * ((x[k] - Khi[k]) - Klo[k]) + r2[k];
         } else if (pass == 2) {
             const REAL *gv = a->gv + m * H;
             if (a->gv2) {
@@ -915,19 +937,16 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
             const REAL *gv2 = a->gv2 ? a->gv2 + m * H : NULL, *gres = a->gres ? a->gres + m * H : NULL;
             if (gv2 && gres) {
                 for (idx k = 0; k < n; k++)
-                    out[k] = (REAL)(r1[k] * ((double)gv[k] + (double)gv2[k]) + r2[k] * ((double)x[k] - Kd[k]) +
-                                    r3[k] + (double)gres[k]);
+                    out[k] = r1[k] * (gv[k] + gv2[k]) + r2[k] * ((x[k] - Khi[k]) - Klo[k]) + r3[k] + gres[k];
             } else if (gres) {
                 for (idx k = 0; k < n; k++)
-                    out[k] = (REAL)(r1[k] * (double)gv[k] + r2[k] * ((double)x[k] - Kd[k]) + r3[k] +
-                                    (double)gres[k]);
+                    out[k] = r1[k] * gv[k] + r2[k] * ((x[k] - Khi[k]) - Klo[k]) + r3[k] + gres[k];
             } else if (gv2) {
                 for (idx k = 0; k < n; k++)
-                    out[k] = (REAL)(r1[k] * ((double)gv[k] + (double)gv2[k]) + r2[k] * ((double)x[k] - Kd[k]) +
-                                    r3[k]);
+                    out[k] = r1[k] * (gv[k] + gv2[k]) + r2[k] * ((x[k] - Khi[k]) - Klo[k]) + r3[k];
             } else {
                 for (idx k = 0; k < n; k++)
-                    out[k] = (REAL)(r1[k] * (double)gv[k] + r2[k] * ((double)x[k] - Kd[k]) + r3[k]);
+                    out[k] = r1[k] * gv[k] + r2[k] * ((x[k] - Khi[k]) - Klo[k]) + r3[k];
             }
         }
     }
