@@ -219,3 +219,20 @@ def test_linear_equals_torch_linear_with_gradients(d_in):
     assert torch.allclose(got[0], want[0], rtol=1e-13, atol=1e-13)
     for a, c in zip(got[1], want[1]):
         assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+@needs_kernel
+def test_batch_norm_rows_updates_running_statistics_as_an_inplace_op():
+    x = torch.randn(40, 4, dtype=torch.float64)
+    w, b = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    versions = rm._version, rv._version
+    batch_norm_rows(x, w, b, rm, rv, 0.1, 1e-5)
+    assert rm._version > versions[0] and rv._version > versions[1]
+    assert torch.allclose(rm, 0.1 * x.mean(0)) and torch.allclose(rv, 0.9 + 0.1 * x.var(0))
+
+
+def test_glu_block_refuses_a_skip_term_without_its_input():
+    x, y, _, D, w, b = _tail_inputs((1, 3), 4, torch.float64)
+    with pytest.raises(ValueError, match="skip term"):
+        glu_block(x, y, None, D, w, b)

@@ -35,6 +35,8 @@ except ImportError:  # not compiled: glu_block falls back to the reference
 if _ext is not None and not hasattr(_ext, "block_forward"):  # an extension built before block.c
     _ext = None
 
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+
 FUSED_BLOCK_MAX_WIDTH = 24
 """Widest H for which :func:`glu_block` uses the kernel; wider blocks take the torch path, whose
 GEMM library does the linear layer better. Measured with ``benchmarks/step_cost.py --widths``
@@ -125,6 +127,8 @@ def glu_block(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: 
     ``H <= FUSED_BLOCK_MAX_WIDTH``; anything else takes :func:`glu_block_ref`, the same maths.
     In float32 the kernel's GELU and sigmoid agree with torch's to a few units in the last place.
     """
+    if D is not None and u is None:
+        raise ValueError("glu_block: a skip term D needs the mixer's input u")
     if not _use_kernel(x, y, u, D, weight, bias):
         return glu_block_ref(x, y, u, D, weight, bias)
     shape, h = y.shape, y.shape[-1]
@@ -135,18 +139,31 @@ def glu_block(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: 
     return out.view(shape)
 
 
+def _bn_forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
+                running_var: Tensor | None, momentum: float, eps: float, n_threads: int
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Native forward: (v, mean, invstd); the running statistics are updated in place, and their
+    version counters bumped as a torch in-place operation would."""
+    M, H = x.shape
+    v = torch.empty_like(x)
+    mean, invstd = x.new_empty(H), x.new_empty(H)
+    _ext.bn_forward(int(x.dtype == torch.float64), n_threads, M, H, x.data_ptr(), weight.data_ptr(),
+                    bias.data_ptr(), 0 if running_mean is None else running_mean.data_ptr(),
+                    0 if running_var is None else running_var.data_ptr(), float(momentum),
+                    float(eps), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+    for buf in (running_mean, running_var):
+        if buf is not None and _increment_version is not None:
+            _increment_version(buf)
+    return v, mean, invstd
+
+
 class _BatchNormRows(torch.autograd.Function):
     """Native training-mode batch norm of a contiguous (M, H) array."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, n_threads):
-        M, H = x.shape
-        v = torch.empty_like(x)
-        mean, invstd = x.new_empty(H), x.new_empty(H)
-        _ext.bn_forward(int(x.dtype == torch.float64), n_threads, M, H, x.data_ptr(), weight.data_ptr(),
-                        bias.data_ptr(), 0 if running_mean is None else running_mean.data_ptr(),
-                        0 if running_var is None else running_var.data_ptr(), float(momentum),
-                        float(eps), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+        v, mean, invstd = _bn_forward(x, weight, bias, running_mean, running_var, momentum, eps,
+                                      n_threads)
         ctx.n_threads = n_threads
         ctx.save_for_backward(x, weight, mean, invstd)
         return v
@@ -170,13 +187,8 @@ class _BatchNormFork(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, n_threads):
-        M, H = x.shape
-        v = torch.empty_like(x)
-        mean, invstd = x.new_empty(H), x.new_empty(H)
-        _ext.bn_forward(int(x.dtype == torch.float64), n_threads, M, H, x.data_ptr(), weight.data_ptr(),
-                        bias.data_ptr(), 0 if running_mean is None else running_mean.data_ptr(),
-                        0 if running_var is None else running_var.data_ptr(), float(momentum),
-                        float(eps), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+        v, mean, invstd = _bn_forward(x, weight, bias, running_mean, running_var, momentum, eps,
+                                      n_threads)
         ctx.n_threads = n_threads
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight, mean, invstd)
