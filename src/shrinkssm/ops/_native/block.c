@@ -742,6 +742,22 @@ BLK_INLINE void KN(blk_linear_tile)(const BN(blk_args) *a, idx np, REAL *ws, con
 {
     BLK_WS_OFFSETS(ws, H)
     REAL tmp[2 * BLK_MAX_H];
+    if (H2 % BVW == 0 && BVW > BRW) { /* full-width rows (2H = 16 floats: one AVX-512 register) */
+        const idx nv = H2 / BVW;
+        for (idx p = 0; p < np; p++) {
+            BV acc[2 * BLK_MAX_H / (VB / sizeof(REAL)) + 1];
+            for (idx q = 0; q < nv; q++) acc[q] = KN(blk_vld)(a->bias + q * BVW);
+            for (idx i = 0; i < H; i++) {
+                const REAL gi = g[p * H + i];
+                const REAL *w = WT + i * H2;
+                for (idx q = 0; q < nv; q++) acc[q] += gi * KN(blk_vld)(w + q * BVW);
+            }
+            for (idx q = 0; q < nv; q++) KN(blk_vst)(tmp + q * BVW, acc[q]);
+            memcpy(av + p * H, tmp, sizeof(REAL) * (size_t)H);
+            memcpy(cv + p * H, tmp + H, sizeof(REAL) * (size_t)H);
+        }
+        return;
+    }
     if (H2 % BRW == 0) {
         const idx nv = H2 / BRW;
         for (idx p = 0; p < np; p++) {
