@@ -28,9 +28,14 @@
  * each range are reduced in range order afterwards, so results are reproducible for a given
  * thread count. Instruction set: scan_module.c's choice (set_isa), as the selective scan does.
  *
- * Entry points (registered in scan_module.c's method table): block_forward, block_backward. They
- * take the data pointers of contiguous tensors as integers; shrinkssm/ops/block.py checks
- * shapes, dtypes and contiguity before calling.
+ * The same file holds the block's training-mode batch norm over the rows of an (M, H) array:
+ * two passes forward (sums about a shift, then the normalisation), two backward (sums, then the
+ * input gradient, into which the gradients of the output's second consumer and of the input's
+ * residual consumer are summed), sums in double.
+ *
+ * Entry points (registered in scan_module.c's method table): block_forward, block_backward,
+ * block_max_width, bn_forward, bn_backward. They take the data pointers of contiguous tensors as
+ * integers; shrinkssm/ops/block.py checks shapes, dtypes and contiguity before calling.
  */
 #ifndef BLOCK_BODY
 
