@@ -108,21 +108,29 @@ def test_glu_block_gradcheck_float64(skip):
 
 
 @needs_kernel
-def test_glu_block_threads_split_positions_without_changing_results():
-    # 50 x 400 x 8 positions: above the kernel's threshold for using threads
-    inputs = _tail_inputs((50, 400), 8, torch.float64)
-    gout = torch.randn(50, 400, 8, dtype=torch.float64)
+@needs_kernel
+def test_glu_block_and_batch_norm_threads_split_positions_without_changing_results():
+    # 128 x 2000 x 16 values: above the kernels' threshold for using threads (4e6)
+    inputs = _tail_inputs((128, 2000), 16, torch.float32)
+    gout = torch.randn(128, 2000, 16)
+    x = inputs[0].detach().reshape(-1, 16).requires_grad_()
+    w, b = torch.ones(16, requires_grad=True), torch.zeros(16, requires_grad=True)
     threads = torch.get_num_threads()
+    results = []
     try:
-        torch.set_num_threads(1)
-        one = _value_and_grads(glu_block, inputs, gout)
-        torch.set_num_threads(2)
-        two = _value_and_grads(glu_block, inputs, gout)
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            tail = _value_and_grads(glu_block, inputs, gout)
+            norm = _value_and_grads(lambda *t: batch_norm_rows(*t, None, None), [x, w, b],
+                                    gout.reshape(-1, 16))
+            results.append((tail, norm))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one[0], two[0]) and torch.equal(one[1][1], two[1][1])   # per position
-    for a, b in zip(one[1], two[1]):                        # sums over positions: rounding only
-        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    (tail1, norm1), (tail2, norm2) = results
+    assert torch.equal(tail1[0], tail2[0]) and torch.equal(tail1[1][1], tail2[1][1])  # per position
+    for a, c in zip(tail1[1] + norm1[1], tail2[1] + norm2[1]):   # sums over positions: rounding
+        assert torch.allclose(a, c, rtol=1e-4, atol=1e-4 * c.abs().max().item())
+    assert torch.allclose(norm1[0], norm2[0], rtol=1e-5, atol=1e-5)
 
 
 def test_glu_block_falls_back_to_torch_where_the_kernel_does_not_apply():

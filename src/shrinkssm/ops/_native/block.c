@@ -24,9 +24,10 @@
  * double path is for tests against torch in float64). The backward derivatives are the exact
  * ones of GELU and sigmoid, as torch's.
  *
- * Threads: positions are split into one contiguous range per thread; the parameter gradients of
- * each range are reduced in range order afterwards, so results are reproducible for a given
- * thread count. Instruction set: scan_module.c's choice (set_isa), as the selective scan does.
+ * Threads: positions are split into contiguous ranges (four per thread, claimed dynamically, so
+ * that a thread the OS descheduled on a shared machine delays only the range it holds); the
+ * parameter gradients of each range are reduced in range order afterwards, so results are
+ * reproducible for a given thread count. Instruction set: scan_module.c's choice (set_isa), as the selective scan does.
  *
  * The same file holds the block's training-mode batch norm over the rows of an (M, H) array:
  * two passes forward (sums about a shift, then the normalisation), two backward (sums, then the
@@ -55,6 +56,13 @@ typedef Py_ssize_t idx;
 #define BLK_INLINE static inline __attribute__((always_inline))
 #define BLK_P 32           /* positions per tile */
 #define BLK_MAX_THREADS 64
+#define BLK_PARTS_PER_THREAD 4 /* parts claimed dynamically: a descheduled thread delays only its part */
+#define BLK_MAX_PARTS (BLK_MAX_THREADS * BLK_PARTS_PER_THREAD)
+/* Threads only above this many values (M x H). These passes are short (about 1 ms for the sMNIST
+ * block, M x H = 3e5, one thread), and a parallel region waits for its slowest thread: with the
+ * other core of a 2-core machine busy, 2 threads measured 12-17 ms for what 1 thread does in
+ * 1.2 ms. Above the threshold a pass is long enough for a scheduling delay not to dominate. */
+#define BLK_THREAD_MIN_VALUES 4e6
 #define BLK_MAX_H 64        /* widest block the kernels take */
 
 /* ---- double maths: libm (the double path is for tests against torch in float64) ---- */
@@ -177,9 +185,15 @@ typedef struct {
     blk_range_fn fn;
     const void *args;
     idx M;
-    int n_parts;
+    int n_parts;   /* contiguous ranges of positions, each with its own workspace */
+    int n_threads;
     void **ws;
 } blk_job;
+
+/* Parts for nt threads: one when single-threaded, else BLK_PARTS_PER_THREAD per thread. The
+ * parameter gradients are summed per part and then in part order, so results depend only on
+ * the number of parts (that is, on the thread count). */
+static int blk_n_parts(int nt) { return nt <= 1 ? 1 : nt * BLK_PARTS_PER_THREAD; }
 
 static void blk_part(const blk_job *j, int t)
 {
@@ -197,36 +211,41 @@ typedef struct {
     int t;
 } blk_thread_arg;
 
+static void blk_thread_parts(const blk_job *j, int t)
+{
+    for (int p = t; p < j->n_parts; p += j->n_threads) blk_part(j, p);
+}
+
 static void *blk_thread_main(void *p)
 {
     blk_thread_arg *a = (blk_thread_arg *)p;
-    blk_part(a->job, a->t);
+    blk_thread_parts(a->job, a->t);
     return NULL;
 }
 #endif
 
 static void blk_run(const blk_job *j)
 {
-    if (j->n_parts <= 1) {
-        blk_part(j, 0);
+    if (j->n_threads <= 1) {
+        for (int p = 0; p < j->n_parts; p++) blk_part(j, p);
         return;
     }
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(j->n_parts) schedule(static, 1)
-    for (int t = 0; t < j->n_parts; t++) blk_part(j, t);
+    #pragma omp parallel for num_threads(j->n_threads) schedule(dynamic, 1)
+    for (int p = 0; p < j->n_parts; p++) blk_part(j, p);
 #else
     pthread_t th[BLK_MAX_THREADS];
     blk_thread_arg ta[BLK_MAX_THREADS];
     int started[BLK_MAX_THREADS];
-    for (int t = 1; t < j->n_parts; t++) {
+    for (int t = 1; t < j->n_threads; t++) {
         ta[t].job = j;
         ta[t].t = t;
         started[t] = pthread_create(&th[t], NULL, blk_thread_main, &ta[t]) == 0;
     }
-    blk_part(j, 0);
-    for (int t = 1; t < j->n_parts; t++) {
+    blk_thread_parts(j, 0);
+    for (int t = 1; t < j->n_threads; t++) {
         if (started[t]) pthread_join(th[t], NULL);
-        else blk_part(j, t); /* could not start a thread: do its share here */
+        else blk_thread_parts(j, t); /* could not start a thread: do its share here */
     }
 #endif
 }
@@ -239,22 +258,24 @@ static int blk_launch(int dbl, int dir, const void *args, idx M, idx H, int n_th
     const size_t rs = dbl ? sizeof(double) : sizeof(float);
     const idx ws_len = dbl ? blk_ws_len_f64(H) : blk_ws_len_f32(H);
     int nt = n_threads < 1 ? 1 : (n_threads > BLK_MAX_THREADS ? BLK_MAX_THREADS : n_threads);
-    if ((double)M * H < 1e5) nt = 1; /* threads only pay off on larger arrays */
-    void *ws[BLK_MAX_THREADS] = {0};
+    if ((double)M * H < BLK_THREAD_MIN_VALUES) nt = 1;
+    const int np = blk_n_parts(nt);
+    void *ws[BLK_MAX_PARTS] = {0};
     int rc = 0;
-    for (int t = 0; t < nt; t++) {
+    for (int t = 0; t < np; t++) {
         ws[t] = calloc((size_t)ws_len + 16, rs); /* zeroed: tile tails are computed, never used */
         if (!ws[t]) rc = -1;
     }
     if (!rc) {
-        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][dir ? BLK_K_BWD : BLK_K_FWD], args, M, nt, ws};
+        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][dir ? BLK_K_BWD : BLK_K_FWD], args, M,
+                     np, nt, ws};
         blk_run(&j);
         if (dir == 1) {
-            if (dbl) blk_reduce_f64(ws, nt, M, H, has_D, (double *)gW, (double *)gbias, (double *)gD);
-            else blk_reduce_f32(ws, nt, M, H, has_D, (float *)gW, (float *)gbias, (float *)gD);
+            if (dbl) blk_reduce_f64(ws, np, M, H, has_D, (double *)gW, (double *)gbias, (double *)gD);
+            else blk_reduce_f32(ws, np, M, H, has_D, (float *)gW, (float *)gbias, (float *)gD);
         }
     }
-    for (int t = 0; t < nt; t++) free(ws[t]);
+    for (int t = 0; t < np; t++) free(ws[t]);
     return rc;
 }
 
@@ -361,21 +382,22 @@ static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, d
 {
     const idx TH = BLK_P * H;
     const size_t bytes = (size_t)TH * (3 * sizeof(double) + 5 * (dbl ? sizeof(double) : sizeof(float))) + 64;
-    void *ws[BLK_MAX_THREADS] = {0};
+    const int np = blk_n_parts(nt);
+    void *ws[BLK_MAX_PARTS] = {0};
     int rc = 0;
-    for (int t = 0; t < nt; t++) {
+    for (int t = 0; t < np; t++) {
         ws[t] = calloc(1, bytes);
         if (!ws[t]) rc = -1;
     }
     if (!rc) {
-        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][BLK_K_BN], args, M, nt, ws};
+        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][BLK_K_BN], args, M, np, nt, ws};
         blk_run(&j);
         if (s1) {
             memset(s1, 0, sizeof(double) * (size_t)H);
             memset(s2, 0, sizeof(double) * (size_t)H);
             const idx tiles = (M + BLK_P - 1) / BLK_P;
-            for (int t = 0; t < nt; t++) {
-                if ((idx)t * tiles / nt == (idx)(t + 1) * tiles / nt) continue;
+            for (int t = 0; t < np; t++) {
+                if ((idx)t * tiles / np == (idx)(t + 1) * tiles / np) continue;
                 const double *a1 = (const double *)ws[t], *a2 = a1 + TH;
                 for (idx p = 0; p < BLK_P; p++)
                     for (idx j = 0; j < H; j++) {
@@ -385,7 +407,7 @@ static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, d
             }
         }
     }
-    for (int t = 0; t < nt; t++) free(ws[t]);
+    for (int t = 0; t < np; t++) free(ws[t]);
     return rc;
 }
 
@@ -413,7 +435,7 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args)
     if (!K) return PyErr_NoMemory();
     double *s1 = K + H, *s2 = s1 + H, *c1 = s2 + H, *c2 = c1 + H, *mean = c2 + H;
     int nt = n_threads < 1 ? 1 : (n_threads > BLK_MAX_THREADS ? BLK_MAX_THREADS : n_threads);
-    if ((double)M * H < 2e5) nt = 1;
+    if ((double)M * H < BLK_THREAD_MIN_VALUES) nt = 1;
     bn_args_f32 a32;
     bn_args_f64 a64;
     memset(&a32, 0, sizeof a32);
@@ -482,7 +504,7 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
     if (!K) return PyErr_NoMemory();
     double *s1 = K + H, *s2 = s1 + H, *c1 = s2 + H, *c2 = c1 + H, *c3 = c2 + H;
     int nt = n_threads < 1 ? 1 : (n_threads > BLK_MAX_THREADS ? BLK_MAX_THREADS : n_threads);
-    if ((double)M * H < 2e5) nt = 1;
+    if ((double)M * H < BLK_THREAD_MIN_VALUES) nt = 1;
     bn_args_f32 a32;
     bn_args_f64 a64;
     memset(&a32, 0, sizeof a32);
