@@ -106,3 +106,66 @@ def test_per_block_state_sizes():
         ModelConfig(n_layers=3, d_state=[8, 5])
     with pytest.raises(ValueError, match=">= 1"):
         ModelConfig(d_state=0)
+
+
+def _tail_pair(dtype, **cfg):
+    """Two copies of one model: the block tail fused (default) and as separate torch ops."""
+    import copy
+    torch.manual_seed(0)
+    model = SSMModel(ModelConfig(**{"d_model": 8, "d_state": 12, **cfg}), d_input=3, d_output=4).to(dtype)
+    plain = copy.deepcopy(model)
+    for block in plain.blocks:
+        block.fused_tail = False
+    return model, plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", ["lru", "masked", "dense_skip", "selective", "layer_norm", "eval"])
+def test_fused_block_tail_gives_the_outputs_and_gradients_of_the_torch_tail(dtype, case):
+    cfg = {"layer": "selective", "d_state": 4} if case == "selective" else {}
+    if case == "layer_norm":
+        cfg["norm"] = "layer"
+    cfg["n_layers"] = 2
+    fused, plain = _tail_pair(dtype, **cfg)
+    if case == "dense_skip":
+        for model in (fused, plain):
+            for layer in model.ssm_layers():
+                torch.manual_seed(1)
+                layer.resize_(layer.d_state, dense_skip=True)
+                layer.reset_parameters()
+                layer.to(dtype)
+    if case == "eval":
+        fused.eval(), plain.eval()
+    torch.manual_seed(2)
+    x = torch.randn(5, 41, 3, dtype=dtype)
+    mask = None
+    if case == "masked":
+        mask = torch.ones(5, 41, dtype=torch.bool)
+        mask[1, 30:] = False
+        mask[3, :7] = False
+    outs, grads = [], []
+    for model in (fused, plain):
+        out = model(x, mask)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    assert torch.allclose(outs[0], outs[1], **tol)
+    for name, g in grads[1].items():
+        if g is None:                                     # unused in this configuration
+            assert grads[0][name] is None, name
+            continue
+        scale = g.abs().max().item() if dtype == torch.float32 else 1.0
+        assert torch.allclose(grads[0][name], g, rtol=tol["rtol"], atol=tol["atol"] * max(scale, 1.0)), name
+    for a, b in zip(fused.buffers(), plain.buffers()):    # batch-norm running statistics
+        assert torch.allclose(a, b, **tol)
+
+
+def test_dropout_in_training_takes_the_unfused_tail():
+    fused, plain = _tail_pair(torch.float64, dropout=0.3)
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    a = fused(x)
+    torch.manual_seed(5)
+    b = plain(x)
+    assert torch.equal(a, b)

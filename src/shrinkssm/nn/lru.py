@@ -17,10 +17,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shrinkssm import lti
-from shrinkssm.ops import lru_recurrence
+from shrinkssm.ops import _native_backend, lru_recurrence
+from shrinkssm.ops.scan import FUSED_MAX_WIDTH, resolve_backend
 
 __all__ = ["LRU", "LayerReduction", "SSM_LR_GROUP"]
 
@@ -222,6 +224,8 @@ class LRU(nn.Module):
         mask: Tensor | None = None,
         state: Tensor | None = None,
         return_state: bool = False,
+        *,
+        skip: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Run the layer over whole sequences.
 
@@ -236,6 +240,9 @@ class LRU(nn.Module):
             State before the first position (zeros if None).
         return_state : bool
             Also return the state after the last position, (B, N) complex.
+        skip : bool
+            Add the skip term ``D u``. A block that fuses the skip term into its own elementwise
+            work (:func:`shrinkssm.ops.block.glu_block`) passes False and adds it there.
 
         Returns
         -------
@@ -245,14 +252,45 @@ class LRU(nn.Module):
             raise ValueError(f"LRU expects u of shape (B, L, {self.d_model}), got {tuple(u.shape)}")
         if mask is not None:
             u = u * mask.unsqueeze(-1).to(u.dtype)
-        out = lru_recurrence(
-            u, self.eigenvalues(), self.input_matrix(), self.output_matrix(),
-            h0=state, backend=self.scan, return_state=return_state,
-        )
-        y, h_last = out if return_state else (out, None)
-        # y + D u in one pass (elementwise D) instead of a product and a sum
-        y = y + u @ self.D.T if self.dense_skip else torch.addcmul(y, u, self.D)
+        if state is None and not return_state and self._use_real_kernel(u):
+            y, h_last = self._forward_real(u), None
+        else:
+            out = lru_recurrence(
+                u, self.eigenvalues(), self.input_matrix(), self.output_matrix(),
+                h0=state, backend=self.scan, return_state=return_state,
+            )
+            y, h_last = out if return_state else (out, None)
+        if skip:  # y + D u in one pass (elementwise D) instead of a product and a sum
+            y = y + u @ self.D.T if self.dense_skip else torch.addcmul(y, u, self.D)
         return (y, h_last) if return_state else y
+
+    def _use_real_kernel(self, u: Tensor) -> bool:
+        """True when the forward can hand the fused native kernel its real arrays directly: what
+        :func:`shrinkssm.ops.lru_recurrence` would run (native backend, fused width), without a
+        state in or out, parameters and input in one real dtype on the CPU."""
+        return (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64)
+                and u.dtype == self.nu_log.dtype and self.nu_log.device.type == "cpu"
+                and 2 * self.d_model <= FUSED_MAX_WIDTH
+                and resolve_backend(self.scan, u.device, u.shape[0] * u.shape[1] * self.d_state) == "native")
+
+    def _kernel_arrays(self) -> tuple[Tensor, ...]:
+        """The map of :meth:`eigenvalues`, :meth:`input_matrix` and :meth:`output_matrix` as the
+        real arrays the fused kernel takes, zero-padded to its lanes ``Np``: ``Re lam, Im lam:
+        (Np,)``, ``Re (gamma B)^T, Im (gamma B)^T: (H, Np)``, ``Re C, Im C: (H, Np)``. Real
+        arithmetic, one pad per pair, no complex round trip: about a third of the operations of
+        building the complex matrices and splitting them."""
+        pad = -self.d_state % _native_backend._lanes(self.nu_log.dtype)
+        r, phase = torch.exp(-torch.exp(self.nu_log)), torch.exp(self.theta_log)
+        lam = F.pad(torch.stack((r * torch.cos(phase), r * torch.sin(phase))), (0, pad))   # (2, Np)
+        gamma = torch.exp(self.gamma_log)                                                   # (N,)
+        b = F.pad(torch.stack((self.B_re.T, self.B_im.T)) * gamma, (0, pad))                # (2, H, Np)
+        c = F.pad(torch.stack((self.C_re, self.C_im)), (0, pad))                            # (2, H, Np)
+        return (*lam.unbind(0), *b.unbind(0), *c.unbind(0))
+
+    def _forward_real(self, u: Tensor) -> Tensor:
+        """``Re(C x[k])`` for all k by the fused native kernel on :meth:`_kernel_arrays`:
+        the value of ``lru_recurrence(u, lam, gamma B, C, backend="native")``."""
+        return _native_backend.lru_fused_real(u, *self._kernel_arrays())
 
     def initial_state(self, batch_size: int) -> Tensor:
         """Zero state, (batch_size, N) complex, on the layer's device."""

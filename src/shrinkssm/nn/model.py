@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from shrinkssm.nn.lru import LRU
 from shrinkssm.nn.selective import SelectiveSSM
+from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block, linear
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
 
@@ -103,11 +104,15 @@ class MaskedBatchNorm(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B, L, H) or (B, H); mask: (B, L) bool. Returns the same shape as x."""
         if mask is None:
-            # torch's fused kernel on the (B*L, H) view: ~4x faster than the masked path below,
+            # one fused kernel on the (B*L, H) view: ~4x faster than the masked path below,
             # backward included (BatchNorm of a (M, H) batch normalises over M, as wanted here).
+            # Training: the native kernel of shrinkssm.ops.block (torch's where it cannot run).
             flat = x.reshape(-1, x.shape[-1])
+            if self.training:
+                return batch_norm_rows(flat, self.weight, self.bias, self.running_mean,
+                                       self.running_var, self.momentum, self.eps).view_as(x)
             return F.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias,
-                                self.training, self.momentum, self.eps).view_as(x)
+                                False, self.momentum, self.eps).view_as(x)
         if self.training:
             flat = x[mask]                                                     # (M, H)
             mean, var = flat.mean(0), flat.var(0, unbiased=False)
@@ -119,6 +124,18 @@ class MaskedBatchNorm(nn.Module):
         else:
             mean, var = self.running_mean, self.running_var
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def fork(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(v, v, x)`` with ``v = self(x, mask)``: one output per consumer in a block (mixer, skip
+        term, residual). In training without a mask the native kernel then sums the three
+        gradients in its own backward (:func:`shrinkssm.ops.block.batch_norm_fork`)."""
+        if mask is not None or not self.training:
+            v = self(x, mask)
+            return v, v, x
+        h = x.shape[-1]
+        v, v2, x2 = batch_norm_fork(x.reshape(-1, h), self.weight, self.bias, self.running_mean,
+                                    self.running_var, self.momentum, self.eps)
+        return v.view_as(x), v2.view_as(x), x2.view_as(x)
 
 
 class SSMBlock(nn.Module):
@@ -143,6 +160,9 @@ class SSMBlock(nn.Module):
                            train_gamma=cfg.train_gamma, scan=cfg.scan)
         self.glu = nn.Linear(h, 2 * h)
         self.dropout = nn.Dropout(cfg.dropout)
+        # the tail after the mixer as one fused operation when dropout is inactive (False:
+        # separate torch operations, the same maths; for tests and benchmarks)
+        self.fused_tail = True
 
     @property
     def mixer(self) -> LRU | SelectiveSSM:
@@ -157,8 +177,27 @@ class SSMBlock(nn.Module):
         return self.dropout(F.glu(self.glu(y), dim=-1))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x: (B, L, H) -> (B, L, H); mask: (B, L) bool, True at valid positions."""
-        return x + self._mix(self.mixer(self._norm(x, mask), mask))
+        """x: (B, L, H) -> (B, L, H); mask: (B, L) bool, True at valid positions.
+
+        Without active dropout, everything after the mixer (the LRU's skip term ``D u``, GELU,
+        GLU and the residual) runs as one fused operation (:func:`shrinkssm.ops.block.glu_block`,
+        the same maths in one pass, native on CPU), and the batch norm hands each of its three
+        consumers its own output (:meth:`MaskedBatchNorm.fork`); with dropout, separate torch
+        operations.
+        """
+        if not self.fused_tail or (self.training and self.dropout.p > 0):
+            return x + self._mix(self.mixer(self._norm(x, mask), mask))
+        mixer = self.mixer
+        if isinstance(self.norm, MaskedBatchNorm):
+            v, v_skip, x = self.norm.fork(x, mask)
+        else:
+            v = v_skip = self.norm(x)
+        if isinstance(mixer, LRU) and not mixer.dense_skip:
+            if mask is not None:  # what the LRU does with a mask: padded inputs are zeroed
+                v = v_skip = v * mask.unsqueeze(-1).to(v.dtype)
+            y = mixer(v, skip=False)
+            return glu_block(x, y, v_skip, mixer.D, self.glu.weight, self.glu.bias)
+        return glu_block(x, mixer(v, mask), None, None, self.glu.weight, self.glu.bias)
 
     def step(self, x_k: Tensor, state):
         """x_k: (B, H) and the mixer's state (LRU: (B, N) complex; selective: the tuple of
@@ -268,7 +307,10 @@ class SSMModel(nn.Module):
 
     def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Encoder and blocks: ``(B, L, C)`` or ``(B, L)`` tokens -> ``(B, L, H)``."""
-        h = self.encoder(x)                                                   # (B, L, H)
+        if self.tokens:
+            h = self.encoder(x)                                               # (B, L, H)
+        else:  # nn.Linear's maths; one input channel as a broadcast multiply-add
+            h = linear(x, self.encoder.weight, self.encoder.bias)
         for block in self.blocks:
             h = block(h, mask)
         return h
@@ -284,8 +326,8 @@ class SSMModel(nn.Module):
     def pool(self, h: Tensor, mask: Tensor | None) -> Tensor:
         """(B, L, H) -> (B, H): mean over valid positions, or the last valid position."""
         if self.config.pooling == "mean":
-            if mask is None:
-                return h.mean(1)
+            if mask is None:  # sum * (1/L): its backward broadcasts instead of dividing (B, L, H)
+                return h.sum(1) * (1.0 / h.shape[1])
             w = mask.to(h.dtype).unsqueeze(-1)                                # (B, L, 1)
             return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
         if mask is None:

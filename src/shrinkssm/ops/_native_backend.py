@@ -50,6 +50,7 @@ __all__ = [
     "ISA_ENV",
     "apply_isa_env",
     "lru_fused",
+    "lru_fused_real",
     "native_available",
     "native_isa",
     "native_isas",
@@ -398,6 +399,32 @@ def lru_fused(
                              int(chunk or CHECKPOINT_CHUNK), save)
     h_last = torch.complex(hlr[:, :N], hli[:, :N])  # (B, N)
     return y, h_last
+
+
+def lru_fused_real(u: Tensor, lr: Tensor, li: Tensor, Br: Tensor, Bi: Tensor, Cr: Tensor, Ci: Tensor,
+                   chunk: int | None = None) -> Tensor:
+    """The fused LRU recurrence from the real arrays the kernel takes, zero initial state.
+
+    For a layer that builds its parameter maps as real arrays directly (:class:`shrinkssm.nn.LRU`),
+    which saves the complex round trip of :func:`lru_fused`. ``Np`` is the state size padded to
+    :func:`_lanes` (padding entries zero).
+
+    Parameters
+    ----------
+    u : (B, L, H_in) float32 or float64
+    lr, li : (Np,) real and imaginary parts of lam, dtype of ``u``
+    Br, Bi : (H_in, Np) real and imaginary parts of B transposed
+    Cr, Ci : (H_out, Np) real and imaginary parts of C
+
+    Returns
+    -------
+    y : (B, L, H_out) ``Re(C x[k])`` (differentiable in every argument)
+    """
+    _require()
+    arrays = [_flat(t) for t in (lr, li, Br, Bi, Cr, Ci)]
+    u = _flat(u)
+    save = _needs_grad(u, *arrays)
+    return call(LRU_FORWARD, u, *arrays, None, None, int(chunk or CHECKPOINT_CHUNK), save)[0]
 
 
 # ------------------------------------------------------------------------------------------------

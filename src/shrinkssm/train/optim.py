@@ -8,6 +8,11 @@ Parameter groups follow the tags that layers put on their parameters (``shrinkss
   learning rate, no weight decay;
 * ``"decay"``    -- everything else: full learning rate and ``weight_decay``.
 
+The update runs as torch's fused (multi-tensor, one kernel per group) Adam/AdamW where the
+parameters' device supports it (CPU and the common accelerators): the same update as the
+per-parameter loop to float rounding, at a fraction of its fixed cost on small models (measured
+in ``benchmarks/step_cost.py``).
+
 The schedule is linear warm-up then cosine decay (or constant), one multiplier applied to every
 group, so the ratio between groups survives. Groups are filled in ``model.named_parameters()``
 order, which a reduction does not change (new parameters take the old ones' places): rebuilding
@@ -35,8 +40,22 @@ def _group_of(param: nn.Parameter) -> str:
     return "decay"
 
 
+def _fused_supported(params: list[nn.Parameter]) -> bool:
+    """True if torch's fused Adam/AdamW takes these parameters (floating point, supported device)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # an older torch: fall back to its default implementation
+        return False
+    return bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (or Adam) with the three groups above; each group carries its ``"name"``."""
+    """AdamW (or Adam) with the three groups above; each group carries its ``"name"``.
+
+    Fused (``fused=True``) where :func:`_fused_supported`, torch's default implementation
+    otherwise; both give the same updates to float rounding.
+    """
     settings = {
         "ssm": dict(lr=cfg.lr * cfg.ssm_lr_factor, weight_decay=0.0),
         "no_decay": dict(lr=cfg.lr, weight_decay=0.0),
@@ -49,7 +68,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     groups = [dict(name=name, params=params[name], **settings[name])
               for name in settings if params[name]]
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, betas=tuple(cfg.betas))
+    fused = _fused_supported([p for group in groups for p in group["params"]])
+    return cls(groups, betas=tuple(cfg.betas), **({"fused": True} if fused else {}))
 
 
 class WarmupCosine:

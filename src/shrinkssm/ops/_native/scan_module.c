@@ -642,6 +642,13 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args)
 PyObject *shrinkssm_sel_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_sel_backward(PyObject *self, PyObject *args);
 
+/* The fused block tail: skip term, GELU, GLU and residual (block.c) */
+PyObject *shrinkssm_block_forward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs);
+PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args);
+
 /* The instruction set in use (0 base, 1 avx2, 2 avx512), so that selective.c follows set_isa. */
 int shrinkssm_native_isa_index(void) { return cur_isa; }
 
@@ -652,6 +659,11 @@ static PyMethodDef methods[] = {
     {"scan_backward", py_scan_backward, METH_VARARGS, "Scan, backward."},
     {"sel_forward", shrinkssm_sel_forward, METH_VARARGS, "Selective scan, forward (pointers as ints)."},
     {"sel_backward", shrinkssm_sel_backward, METH_VARARGS, "Selective scan, backward (pointers as ints)."},
+    {"block_forward", shrinkssm_block_forward, METH_VARARGS, "Fused block tail, forward (pointers as ints)."},
+    {"block_backward", shrinkssm_block_backward, METH_VARARGS, "Fused block tail, backward (pointers as ints)."},
+    {"block_max_width", shrinkssm_block_max_width, METH_NOARGS, "Widest block the fused tail takes."},
+    {"bn_forward", shrinkssm_bn_forward, METH_VARARGS, "Batch norm over rows, training, forward."},
+    {"bn_backward", shrinkssm_bn_backward, METH_VARARGS, "Batch norm over rows, training, backward."},
     {"isa", py_isa, METH_NOARGS, "Instruction set in use."},
     {"threading", py_threading, METH_NOARGS, "'openmp' or 'pthreads'."},
     {"available_isas", py_available_isas, METH_NOARGS, "Instruction sets this CPU can run."},

@@ -1,0 +1,287 @@
+"""The cheap parts of an SSM block, fused: batch norm, and the tail after the mixer in one pass.
+
+After its mixer (LRU or selective SSM) a block of :mod:`shrinkssm.nn.model` computes, at every
+position, with ``y`` the mixer's output without its skip term and ``u`` the mixer's input::
+
+    z = y + D * u                   (D: (H,) elementwise; omitted when D is None)
+    out = x + GLU(W GELU(z) + bias)  GLU(v) = v[:H] * sigmoid(v[H:]),  W: (2H, H), bias: (2H,)
+
+(GELU is the exact, erf-based one; ``x`` is the block's residual input). :func:`glu_block` runs it
+with the native kernel of ``_native/block.c`` on CPU (one pass forward; one pass backward that
+recomputes GELU and the linear layer from ``y`` and ``u``, so nothing but the inputs is kept for
+the backward), and :func:`glu_block_ref` is the plain-torch formulation it is tested against.
+
+:func:`batch_norm_rows` is the block's training-mode batch norm over the rows of an ``(M, H)``
+array (two passes forward, two backward, statistics accumulated in double), tested against
+``torch.nn.functional.batch_norm``.
+
+Shapes: ``x, y, u: (..., H)`` real (float32 or float64, one dtype), any leading dimensions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from shrinkssm.ops._op_dispatch import direct
+
+__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_fork", "batch_norm_rows", "fused_block_available", "glu_block",
+           "glu_block_ref", "linear"]
+
+try:
+    from shrinkssm.ops import _native_scan as _ext
+except ImportError:  # not compiled: glu_block falls back to the reference
+    _ext = None
+if _ext is not None and not hasattr(_ext, "block_forward"):  # an extension built before block.c
+    _ext = None
+
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+
+FUSED_BLOCK_MAX_WIDTH = 24
+"""Widest H for which :func:`glu_block` uses the kernel; wider blocks take the torch path, whose
+GEMM library does the linear layer better. Measured with ``benchmarks/step_cost.py --widths``
+(batch 50, length 784, forward + backward, one thread, AVX-512): the kernel 2.3x faster than the
+torch path at H = 8, 2.0x at 16, 1.1x at 24, 0.9x at 32."""
+
+
+def fused_block_available() -> bool:
+    """True if the compiled kernel is loaded."""
+    return _ext is not None
+
+
+def glu_block_ref(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
+                  bias: Tensor) -> Tensor:
+    """``x + GLU(Linear(GELU(y + D * u)))`` in plain torch (the formulation of the model)."""
+    z = y if D is None else torch.addcmul(y, u, D)
+    return x + F.glu(F.linear(F.gelu(z), weight, bias), dim=-1)
+
+
+class _GLUBlock(torch.autograd.Function):
+    """Native forward and backward on contiguous (M, H) views."""
+
+    @staticmethod
+    def forward(ctx, x, y, u, D, weight, bias, n_threads):
+        M, H = y.shape
+        out = torch.empty_like(y)
+        dbl = int(y.dtype == torch.float64)
+        _ext.block_forward(dbl, n_threads, M, H, y.data_ptr(), 0 if D is None else u.data_ptr(),
+                           0 if D is None else D.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+                           x.data_ptr(), out.data_ptr())
+        ctx.n_threads = n_threads
+        ctx.has_d = D is not None
+        ctx.save_for_backward(y, u, D, weight, bias)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout):
+        y, u, D, weight, bias = ctx.saved_tensors
+        M, H = y.shape
+        gout = gout.contiguous()
+        gy = torch.empty_like(y)
+        gu = torch.empty_like(y) if ctx.has_d else None
+        gD = torch.empty_like(D) if ctx.has_d else None
+        gW, gb = torch.empty_like(weight), torch.empty_like(bias)
+        _ext.block_backward(int(y.dtype == torch.float64), ctx.n_threads, M, H, y.data_ptr(),
+                            u.data_ptr() if ctx.has_d else 0, D.data_ptr() if ctx.has_d else 0,
+                            weight.data_ptr(), bias.data_ptr(), gout.data_ptr(), gy.data_ptr(),
+                            gu.data_ptr() if ctx.has_d else 0, gD.data_ptr() if ctx.has_d else 0,
+                            gW.data_ptr(), gb.data_ptr())
+        return gout, gy, gu, gD, gW, gb, None
+
+
+def _use_kernel(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
+                bias: Tensor) -> bool:
+    tensors = [t for t in (x, y, u, D, weight, bias) if t is not None]
+    h = y.shape[-1]
+    return (_ext is not None and direct(tuple(tensors)) and h <= FUSED_BLOCK_MAX_WIDTH
+            and y.dtype in (torch.float32, torch.float64)
+            and all(t.device.type == "cpu" and t.dtype == y.dtype for t in tensors)
+            and x.shape == y.shape and (u is None or u.shape == y.shape)
+            and tuple(weight.shape) == (2 * h, h) and tuple(bias.shape) == (2 * h,)
+            and (D is None or tuple(D.shape) == (h,)) and y.numel() > 0)
+
+
+def glu_block(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
+              bias: Tensor) -> Tensor:
+    """``out = x + GLU(W GELU(y + D * u) + bias)``, differentiable in every tensor argument.
+
+    Parameters
+    ----------
+    x : (..., H) real
+        The residual (the block's input).
+    y : (..., H) real, same shape and dtype
+        The mixer's output without its skip term.
+    u : (..., H) real or None
+        The mixer's input (the skip term's argument); ignored when ``D`` is None.
+    D : (H,) real or None
+        The elementwise skip term; None for none.
+    weight : (2H, H), bias : (2H,)
+        The GLU's linear layer (``torch.nn.Linear(H, 2H)``): the first H outputs are the values,
+        the last H the gates.
+
+    Returns
+    -------
+    out : (..., H), the dtype of ``y``.
+
+    The native kernel runs for CPU tensors of one dtype (float32 or float64) with
+    ``H <= FUSED_BLOCK_MAX_WIDTH``; anything else takes :func:`glu_block_ref`, the same maths.
+    In float32 the kernel's GELU and sigmoid agree with torch's to a few units in the last place.
+    """
+    if D is not None and u is None:
+        raise ValueError("glu_block: a skip term D needs the mixer's input u")
+    if not _use_kernel(x, y, u, D, weight, bias):
+        return glu_block_ref(x, y, u, D, weight, bias)
+    shape, h = y.shape, y.shape[-1]
+    flat = [t.reshape(-1, h).contiguous() for t in (x, y)]
+    uf = u.reshape(-1, h).contiguous() if D is not None else None
+    out = _GLUBlock.apply(flat[0], flat[1], uf, None if D is None else D.contiguous(),
+                          weight.contiguous(), bias.contiguous(), torch.get_num_threads())
+    return out.view(shape)
+
+
+def _bn_forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
+                running_var: Tensor | None, momentum: float, eps: float, n_threads: int
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Native forward: (v, mean, invstd); the running statistics are updated in place, and their
+    version counters bumped as a torch in-place operation would."""
+    M, H = x.shape
+    v = torch.empty_like(x)
+    mean, invstd = x.new_empty(H), x.new_empty(H)
+    _ext.bn_forward(int(x.dtype == torch.float64), n_threads, M, H, x.data_ptr(), weight.data_ptr(),
+                    bias.data_ptr(), 0 if running_mean is None else running_mean.data_ptr(),
+                    0 if running_var is None else running_var.data_ptr(), float(momentum),
+                    float(eps), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+    for buf in (running_mean, running_var):
+        if buf is not None and _increment_version is not None:
+            _increment_version(buf)
+    return v, mean, invstd
+
+
+class _BatchNormRows(torch.autograd.Function):
+    """Native training-mode batch norm of a contiguous (M, H) array."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, n_threads):
+        v, mean, invstd = _bn_forward(x, weight, bias, running_mean, running_var, momentum, eps,
+                                      n_threads)
+        ctx.n_threads = n_threads
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return v
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gv):
+        x, weight, mean, invstd = ctx.saved_tensors
+        M, H = x.shape
+        gv = gv.contiguous()
+        gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+        _ext.bn_backward(int(x.dtype == torch.float64), ctx.n_threads, M, H, x.data_ptr(), gv.data_ptr(),
+                         0, 0, weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
+                         gw.data_ptr(), gb.data_ptr())
+        return gx, gw, gb, None, None, None, None, None
+
+
+class _BatchNormFork(torch.autograd.Function):
+    """Native batch norm whose output feeds two consumers and whose input feeds a third (the
+    residual): returns (v, v_again, x_again) and sums the three gradients inside its backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, n_threads):
+        v, mean, invstd = _bn_forward(x, weight, bias, running_mean, running_var, momentum, eps,
+                                      n_threads)
+        ctx.n_threads = n_threads
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return v, v.view_as(v), x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gv, gv2, gres):
+        x, weight, mean, invstd = ctx.saved_tensors
+        M, H = x.shape
+        grads = [None if g is None else g.contiguous() for g in (gv, gv2, gres)]
+        if grads[0] is None:
+            grads[0], grads[1] = grads[1], None
+        if grads[0] is None:                                # only the residual was used
+            zero = torch.zeros_like(weight)
+            return grads[2], zero, zero.clone(), None, None, None, None, None
+        gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+        ptr = [0 if g is None else g.data_ptr() for g in grads]
+        _ext.bn_backward(int(x.dtype == torch.float64), ctx.n_threads, M, H, x.data_ptr(), ptr[0], ptr[1],
+                         ptr[2], weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
+                         gw.data_ptr(), gb.data_ptr())
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _bn_kernel_applies(x, weight, bias, running_mean, running_var) -> bool:
+    tensors = [t for t in (x, weight, bias, running_mean, running_var) if t is not None]
+    return not (_ext is None or not direct(tuple(tensors)) or x.ndim != 2
+                or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0
+                or any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors)
+                or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],)
+                or any(t is not None and (t.shape != (x.shape[1],) or not t.is_contiguous())
+                       for t in (running_mean, running_var)))
+
+
+def batch_norm_fork(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
+                    running_var: Tensor | None, momentum: float = 0.1, eps: float = 1e-5
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`batch_norm_rows` for a block: ``(v, v, x)`` as three outputs.
+
+    In a block the normalised ``v`` feeds the mixer and the skip term, and ``x`` the residual;
+    with one output per consumer the backward receives the three gradients separately and sums
+    them inside its own passes, instead of autograd adding two full ``(M, H)`` arrays. Values
+    and gradients are those of ``(batch_norm_rows(x, ...),) * 2 + (x,)``.
+    """
+    if not _bn_kernel_applies(x, weight, bias, running_mean, running_var):
+        v = F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+        return v, v, x
+    return _BatchNormFork.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), running_mean,
+                                running_var, momentum, eps, torch.get_num_threads())
+
+
+def batch_norm_rows(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
+                    running_var: Tensor | None, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Training-mode batch norm over the rows of ``x: (M, H)``: statistics over M per channel.
+
+    Equals ``F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)``,
+    updates of the running statistics included (momentum towards the batch mean and the unbiased
+    batch variance, written in place by the kernel); native on CPU for float32 / float64, that
+    call otherwise.
+    """
+    if not _bn_kernel_applies(x, weight, bias, running_mean, running_var):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    return _BatchNormRows.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), running_mean,
+                                running_var, momentum, eps, torch.get_num_threads())
+
+
+class _LinearOneInput(torch.autograd.Function):
+    """y = x w^T + b for one input channel, as one broadcast multiply-add."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return torch.addcmul(bias, x, weight.T)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        g2 = gy.reshape(-1, gy.shape[-1])                     # (M, H_out)
+        gx = gy @ weight if ctx.needs_input_grad[0] else None
+        gw = (g2.T @ x.reshape(-1, 1)) if ctx.needs_input_grad[1] else None    # (H_out, 1)
+        gb = g2.sum(0) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)``; with one input channel (``weight: (H_out, 1)``, e.g. the
+    encoder of pixel sequences) a broadcast multiply-add instead of a rank-1 GEMM, ~2.5x faster
+    forward on a CPU (``benchmarks/step_cost.py`` profiles it), the same backward."""
+    if (bias is None or weight.shape[1] != 1 or x.shape[-1] != 1 or x.dtype != weight.dtype
+            or not direct((x, weight, bias))):
+        return F.linear(x, weight, bias)
+    return _LinearOneInput.apply(x, weight, bias)

@@ -1,0 +1,246 @@
+"""Tests of shrinkssm.ops.block: the fused block tail and the native batch norm against torch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shrinkssm.ops import block
+from shrinkssm.ops.block import (
+    FUSED_BLOCK_MAX_WIDTH,
+    batch_norm_fork,
+    batch_norm_rows,
+    fused_block_available,
+    glu_block,
+    glu_block_ref,
+    linear,
+)
+
+needs_kernel = pytest.mark.skipif(not fused_block_available(), reason="native extension not built")
+
+
+def _isas():
+    return block._ext.available_isas() if block._ext is not None else []
+
+
+@pytest.fixture
+def each_isa(request):
+    """Run under one instruction-set path, restoring the default afterwards."""
+    before = block._ext.isa()
+    block._ext.set_isa(request.param)
+    yield request.param
+    block._ext.set_isa(before)
+
+
+def _tail_inputs(shape, h, dtype, skip=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=1.0):
+        return (scale * torch.randn(*s, generator=g, dtype=dtype)).requires_grad_()
+    x, y, u = rnd(*shape, h), rnd(*shape, h, scale=2.0), rnd(*shape, h)
+    D = rnd(h) if skip else None
+    return [x, y, u if skip else None, D, rnd(2 * h, h, scale=h**-0.5), rnd(2 * h)]
+
+
+def _value_and_grads(fn, inputs, gout):
+    out = fn(*inputs)
+    leaves = [t for t in inputs if t is not None]
+    return out, torch.autograd.grad(out, leaves, gout)
+
+
+@needs_kernel
+@pytest.mark.parametrize("h", [8, 16, 5, FUSED_BLOCK_MAX_WIDTH])
+@pytest.mark.parametrize("skip", [True, False])
+def test_glu_block_equals_the_torch_formulation_in_float64(h, skip):
+    # 3 x 37 positions: not a multiple of the kernel's tile of 32 positions
+    inputs = _tail_inputs((3, 37), h, torch.float64, skip)
+    gout = torch.randn(3, 37, h, dtype=torch.float64)
+    out, grads = _value_and_grads(glu_block, inputs, gout)
+    ref, ref_grads = _value_and_grads(glu_block_ref, inputs, gout)
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+@pytest.mark.parametrize("h", [8, 12])
+def test_glu_block_float32_on_every_path_matches_float64_torch(each_isa, h):
+    inputs = _tail_inputs((4, 50), h, torch.float32)
+    gout = torch.randn(4, 50, h)
+    out, grads = _value_and_grads(glu_block, inputs, gout)
+    inputs64 = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    ref, ref_grads = _value_and_grads(glu_block_ref, inputs64, gout.double())
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=2e-6)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got.double(), want, rtol=1e-4, atol=2e-5 * want.abs().max().item())
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+def test_float32_gelu_and_sigmoid_hold_at_extreme_arguments(each_isa):
+    # GELU across [-30, 30] (erf saturates, exp(-z^2/2) underflows) and gates far into both
+    # tails of the sigmoid (the kernel's exp is clamped at +-87 / 88)
+    h = 8
+    y = torch.linspace(-30, 30, 64 * h).reshape(64, h)
+    w = torch.zeros(2 * h, h)
+    w[:h] = torch.eye(h)                                   # a = g
+    bias = torch.cat([torch.zeros(h), torch.linspace(-200, 200, h)])   # c = W_c g + bias_c
+    w[h:] = 0.5 * torch.eye(h)
+    x = torch.zeros_like(y).requires_grad_()
+    inputs = [x, y.requires_grad_(), None, None, w.requires_grad_(), bias.requires_grad_()]
+    gout = torch.ones_like(y)
+    out, grads = _value_and_grads(glu_block, inputs, gout)
+    ref, ref_grads = _value_and_grads(
+        glu_block_ref, [x.detach().double().requires_grad_(), y.detach().double().requires_grad_(), None, None,
+                        w.detach().double().requires_grad_(), bias.detach().double().requires_grad_()],
+        gout.double())
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert torch.allclose(out.double(), ref, rtol=2e-6, atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@needs_kernel
+@pytest.mark.parametrize("skip", [True, False])
+def test_glu_block_gradcheck_float64(skip):
+    inputs = _tail_inputs((2, 35), 8, torch.float64, skip)
+    assert torch.autograd.gradcheck(lambda *t: glu_block(*t), tuple(inputs), eps=1e-6, atol=1e-6)
+
+
+@needs_kernel
+@needs_kernel
+def test_glu_block_and_batch_norm_threads_split_positions_without_changing_results():
+    # 128 x 2000 x 16 values: above the kernels' threshold for using threads (4e6)
+    inputs = _tail_inputs((128, 2000), 16, torch.float32)
+    gout = torch.randn(128, 2000, 16)
+    x = inputs[0].detach().reshape(-1, 16).requires_grad_()
+    w, b = torch.ones(16, requires_grad=True), torch.zeros(16, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            tail = _value_and_grads(glu_block, inputs, gout)
+            norm = _value_and_grads(lambda *t: batch_norm_rows(*t, None, None), [x, w, b],
+                                    gout.reshape(-1, 16))
+            results.append((tail, norm))
+    finally:
+        torch.set_num_threads(threads)
+    (tail1, norm1), (tail2, norm2) = results
+    assert torch.equal(tail1[0], tail2[0]) and torch.equal(tail1[1][1], tail2[1][1])  # per position
+    for a, c in zip(tail1[1] + norm1[1], tail2[1] + norm2[1]):   # sums over positions: rounding
+        assert torch.allclose(a, c, rtol=1e-4, atol=1e-4 * c.abs().max().item())
+    assert torch.allclose(norm1[0], norm2[0], rtol=1e-5, atol=1e-5)
+
+
+def test_glu_block_falls_back_to_torch_where_the_kernel_does_not_apply():
+    h = FUSED_BLOCK_MAX_WIDTH + 1                           # wider than the kernel takes
+    inputs = _tail_inputs((2, 9), h, torch.float64)
+    assert torch.equal(glu_block(*inputs), glu_block_ref(*inputs))
+    mixed = _tail_inputs((2, 9), 8, torch.float64)
+    mixed[1] = mixed[1].detach().float()                    # mixed dtypes: torch promotes
+    assert torch.equal(glu_block(*mixed), glu_block_ref(*mixed))
+
+
+@needs_kernel
+@pytest.mark.parametrize("m, h", [(39, 8), (1000, 5), (2, 16)])
+def test_batch_norm_rows_equals_torch_batch_norm_in_float64(m, h):
+    torch.manual_seed(0)
+    x = (3 * torch.randn(m, h, dtype=torch.float64) + 5).requires_grad_()
+    w = torch.randn(h, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(h, dtype=torch.float64, requires_grad=True)
+    stats = [torch.randn(h, dtype=torch.float64), torch.rand(h, dtype=torch.float64)]
+    ref_stats = [s.clone() for s in stats]
+    gv = torch.randn(m, h, dtype=torch.float64)
+    out = batch_norm_rows(x, w, b, *stats, 0.1, 1e-5)
+    grads = torch.autograd.grad(out, [x, w, b], gv)
+    ref = F.batch_norm(x, *ref_stats, w, b, True, 0.1, 1e-5)
+    ref_grads = torch.autograd.grad(ref, [x, w, b], gv)
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-11)
+    for got, want in zip(stats, ref_stats):                 # running mean and unbiased variance
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_kernel
+def test_batch_norm_rows_gradcheck_float64():
+    torch.manual_seed(1)
+    x = torch.randn(37, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: batch_norm_rows(*t, None, None), (x, w, b), eps=1e-6,
+                                    atol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+def test_batch_norm_rows_float32_is_accurate_far_from_zero_mean(each_isa):
+    # mean 1000, std 0.01: a one-pass sum of squares in float32 would lose every digit
+    torch.manual_seed(2)
+    x64 = 1000 + 0.01 * torch.randn(5000, 8, dtype=torch.float64)
+    x = x64.float().requires_grad_()
+    w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+    gv = torch.randn(5000, 8)
+    out = batch_norm_rows(x, w, b, None, None)
+    gx, = torch.autograd.grad(out, [x], gv)
+    x_ref = x.detach().double().requires_grad_()
+    ref = F.batch_norm(x_ref, None, None, w.double(), b.double(), True, 0.1, 1e-5)
+    gx_ref, = torch.autograd.grad(ref, [x_ref], gv.double())
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(gx.double(), gx_ref, rtol=1e-3, atol=1e-3 * gx_ref.abs().max().item())
+
+
+@needs_kernel
+@pytest.mark.parametrize("used", [(1, 1, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1)])
+def test_batch_norm_fork_sums_its_consumers_gradients_like_autograd(used):
+    torch.manual_seed(3)
+    x = torch.randn(70, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    g = [torch.randn(70, 8, dtype=torch.float64) for _ in range(3)]
+
+    def loss(outs):
+        return sum((o * gi).sum() for o, gi, u in zip(outs, g, used) if u)
+    stats, ref_stats = [torch.zeros(8, dtype=torch.float64), torch.ones(8, dtype=torch.float64)], None
+    ref_stats = [s.clone() for s in stats]
+    got = torch.autograd.grad(loss(batch_norm_fork(x, w, b, *stats)), [x, w, b], allow_unused=True)
+    v = F.batch_norm(x, *ref_stats, w, b, True, 0.1, 1e-5)
+    want = torch.autograd.grad(loss((v, v, x)), [x, w, b], allow_unused=True)
+    for a, c in zip(got, want):
+        if c is None:                                       # w, b unused when only x is
+            assert a is None or torch.equal(a, torch.zeros_like(a))
+        else:
+            assert torch.allclose(a, c, rtol=1e-11, atol=1e-12)
+    assert all(torch.allclose(s, r, rtol=1e-12) for s, r in zip(stats, ref_stats))
+
+
+@pytest.mark.parametrize("d_in", [1, 3])
+def test_linear_equals_torch_linear_with_gradients(d_in):
+    torch.manual_seed(4)
+    x = torch.randn(4, 33, d_in, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, d_in, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 33, 8, dtype=torch.float64)
+    got = _value_and_grads(linear, [x, w, b], g)
+    want = _value_and_grads(F.linear, [x, w, b], g)
+    assert torch.allclose(got[0], want[0], rtol=1e-13, atol=1e-13)
+    for a, c in zip(got[1], want[1]):
+        assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+@needs_kernel
+def test_batch_norm_rows_updates_running_statistics_as_an_inplace_op():
+    x = torch.randn(40, 4, dtype=torch.float64)
+    w, b = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    versions = rm._version, rv._version
+    batch_norm_rows(x, w, b, rm, rv, 0.1, 1e-5)
+    assert rm._version > versions[0] and rv._version > versions[1]
+    assert torch.allclose(rm, 0.1 * x.mean(0)) and torch.allclose(rv, 0.9 + 0.1 * x.var(0))
+
+
+def test_glu_block_refuses_a_skip_term_without_its_input():
+    x, y, _, D, w, b = _tail_inputs((1, 3), 4, torch.float64)
+    with pytest.raises(ValueError, match="skip term"):
+        glu_block(x, y, None, D, w, b)
