@@ -546,3 +546,26 @@ def test_smnist_shape_and_very_long_sequence(backend):
     assert rel_err(y32.double(), y64) < 3e-4
     for got, want in zip(g32, g64):
         assert torch.isfinite(got).all() and rel_err(got.to(want.dtype), want) < 1e-3
+
+
+@needs_native
+def test_native_kernels_leave_the_callers_floating_point_mode_alone():
+    # the kernels flush subnormals to zero while they run (see _native/common.h); the process
+    # must see no change: a subnormal times one is still that subnormal afterwards
+    u, lam, B, C, h0 = make_lru(2, 40, 3, 2, 20, dtype=torch.complex64)
+    lru_grads("native", u, lam, B, C, h0)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert (tiny * torch.ones(1)).item() == pytest.approx(1e-39, rel=1e-3)
+
+
+@needs_native
+def test_native_lru_with_subnormal_adjoints_matches_reference():
+    # eigenvalues small enough that states and adjoints decay into the subnormal range: the
+    # kernels flush those to zero, which changes nothing visible at float32 precision
+    u, lam, B, C, h0 = make_lru(2, 300, 3, 2, 20, dtype=torch.complex64)
+    lam = lam * 0.05
+    y_ref, _x, g_ref = lru_grads("ref", u, lam, B, C, h0)
+    y, _x, g = lru_grads("native", u, lam, B, C, h0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    for got, want in zip(g, g_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -52,7 +52,8 @@
 #include <omp.h>
 #endif
 
-typedef Py_ssize_t idx;
+#include "common.h"
+
 #define BLK_INLINE static inline __attribute__((always_inline))
 #define BLK_P 32           /* positions per tile */
 #define BLK_MAX_THREADS 64
@@ -202,7 +203,11 @@ static void blk_part(const blk_job *j, int t)
     const idx m0 = (idx)t * tiles / j->n_parts * BLK_P;
     idx m1 = (idx)(t + 1) * tiles / j->n_parts * BLK_P;
     if (m1 > j->M) m1 = j->M;
-    if (m0 < m1) j->fn(j->args, m0, m1, j->ws[t]);
+    if (m0 < m1) {
+        const fp_mode_t fpm = fp_flush_subnormals(); /* see common.h */
+        j->fn(j->args, m0, m1, j->ws[t]);
+        fp_restore(fpm);
+    }
 }
 
 #ifndef _OPENMP

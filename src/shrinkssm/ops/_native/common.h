@@ -35,6 +35,41 @@ typedef Py_ssize_t idx;
 #endif
 enum { ISA_BASE, ISA_AVX2, ISA_AVX512, ISA_COUNT };
 
+/* Subnormal numbers flushed to zero while a kernel runs, the caller's mode restored after.
+ *
+ * Adjoints and states that decay over long sequences reach the subnormal range (below 1.2e-38 in
+ * float32), where x86 arithmetic takes a microcode assist of about a hundred cycles per
+ * operation: in training this made the LRU backward five to ten times slower. Flushing them to
+ * zero (x86: MXCSR FTZ and DAZ; aarch64: FPCR.FZ) changes results only below that magnitude. It
+ * is set per thread around each kernel call, so nothing changes for the rest of the process. */
+#if defined(__x86_64__) || (defined(__i386__) && defined(__SSE__))
+#include <xmmintrin.h>
+typedef unsigned int fp_mode_t;
+static inline fp_mode_t fp_flush_subnormals(void)
+{
+    const unsigned int old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u); /* FTZ | DAZ */
+    return old;
+}
+static inline void fp_restore(fp_mode_t mode) { _mm_setcsr(mode); }
+#elif defined(__aarch64__)
+#include <stdint.h>
+typedef uint64_t fp_mode_t;
+static inline fp_mode_t fp_flush_subnormals(void)
+{
+    uint64_t old;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(old));
+    const uint64_t flushed = old | (UINT64_C(1) << 24); /* FZ */
+    __asm__ volatile("msr fpcr, %0" : : "r"(flushed));
+    return old;
+}
+static inline void fp_restore(fp_mode_t mode) { __asm__ volatile("msr fpcr, %0" : : "r"(mode)); }
+#else
+typedef int fp_mode_t;
+static inline fp_mode_t fp_flush_subnormals(void) { return 0; }
+static inline void fp_restore(fp_mode_t mode) { (void)mode; }
+#endif
+
 /* The instruction set in use (scan_module.c owns it; selective.c follows it). */
 int shrinkssm_native_isa_index(void);
 

@@ -196,6 +196,7 @@ static inline item_t item_of(const job_t *j, idx i)
     ATTR static void lru_fwd_run_##SFXv##_##ISA(job_t *j, int tid)                              \
     {                                                                                           \
         const lru_args_##SFXv *a = (const lru_args_##SFXv *)j->args;                            \
+        const fp_mode_t fpm = fp_flush_subnormals();                                            \
         for (idx i = claim(j); i < j->n_items; i = claim(j)) {                                  \
             const item_t it = item_of(j, i);                                                    \
             for (idx b = it.r0; b < it.r1; b++)                                                 \
@@ -203,10 +204,12 @@ static inline item_t item_of(const job_t *j, idx i)
                                     j->tout ? (SFXv##_t *)j->tout[it.s] : a->y, j->tout != NULL,\
                                     (SFXv##_t *)j->tws[tid]);                                   \
         }                                                                                       \
+        fp_restore(fpm);                                                                    \
     }                                                                                           \
     ATTR static void lru_bwd_run_##SFXv##_##ISA(job_t *j, int tid)                              \
     {                                                                                           \
         const lru_args_##SFXv *a = (const lru_args_##SFXv *)j->args;                            \
+        const fp_mode_t fpm = fp_flush_subnormals();                                            \
         for (idx i = claim(j); i < j->n_items; i = claim(j)) {                                  \
             const item_t it = item_of(j, i);                                                    \
             for (idx b = it.r0; b < it.r1; b++)                                                 \
@@ -215,11 +218,13 @@ static inline item_t item_of(const job_t *j, idx i)
                                     j->tout != NULL, (SFXv##_t *)j->tws[tid],                   \
                                     (SFXv##_t *)j->tacc[it.g]);                                 \
         }                                                                                       \
+        fp_restore(fpm);                                                                    \
     }                                                                                           \
     ATTR static void scan_fwd_run_##SFXv##_##ISA(job_t *j, int tid)                             \
     {                                                                                           \
         const scan_args_##SFXv *a = (const scan_args_##SFXv *)j->args;                          \
         const idx hw = 32 / sizeof(SFXv##_t);                                                   \
+        const fp_mode_t fpm = fp_flush_subnormals();                                            \
         for (idx i = claim(j); i < j->n_items; i = claim(j)) {                                  \
             const item_t it = item_of(j, i);                                                    \
             const idx n0 = it.p0 * hw < a->N ? it.p0 * hw : a->N;                               \
@@ -227,11 +232,13 @@ static inline item_t item_of(const job_t *j, idx i)
             for (idx b = it.r0; b < it.r1; b++)                                                 \
                 scan_fwd_item_##SFXv##_##ISA(a, b, n0, n1, (SFXv##_t *)j->tws[tid]);                    \
         }                                                                                       \
+        fp_restore(fpm);                                                                    \
     }                                                                                           \
     ATTR static void scan_bwd_run_##SFXv##_##ISA(job_t *j, int tid)                             \
     {                                                                                           \
         const scan_args_##SFXv *a = (const scan_args_##SFXv *)j->args;                          \
         const idx hw = 32 / sizeof(SFXv##_t);                                                   \
+        const fp_mode_t fpm = fp_flush_subnormals();                                            \
         for (idx i = claim(j); i < j->n_items; i = claim(j)) {                                  \
             const item_t it = item_of(j, i);                                                    \
             const idx n0 = it.p0 * hw < a->N ? it.p0 * hw : a->N;                               \
@@ -240,6 +247,7 @@ static inline item_t item_of(const job_t *j, idx i)
                 scan_bwd_item_##SFXv##_##ISA(a, b, n0, n1, (SFXv##_t *)j->tws[tid],                     \
                                      (SFXv##_t *)j->tacc[it.g]);                                \
         }                                                                                       \
+        fp_restore(fpm);                                                                    \
     }
 
 typedef float f32_t;

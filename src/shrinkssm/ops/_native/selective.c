@@ -155,11 +155,13 @@ static void sel_work(sel_job *j)
 {
     void *ws = aligned_alloc(64, (j->ws_bytes + 63) / 64 * 64);
     if (!ws) return; /* other threads take the rows; sel_run reports a failure if none could */
+    const fp_mode_t fpm = fp_flush_subnormals();
     for (idx b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED); b < j->nb;
          b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) {
         j->fn(j->args, b, ws);
         __atomic_fetch_add(&j->done, 1, __ATOMIC_RELAXED);
     }
+    fp_restore(fpm);
     free(ws);
 }
 
