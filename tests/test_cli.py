@@ -76,3 +76,26 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "shrinkssm", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_cli_makes_openmp_threads_sleep_unless_told_otherwise():
+    from shrinkssm.cli import configure_openmp
+
+    env = {}
+    configure_openmp(env, modules={})
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "active"}
+    configure_openmp(env, modules={})
+    assert env == {"OMP_WAIT_POLICY": "active"}          # the user's choice wins
+    env = {}
+    configure_openmp(env, modules={"torch": object()})
+    assert env == {}                                    # too late once torch is loaded: no-op
+
+
+def test_cli_imports_no_torch_before_main_runs():
+    import subprocess
+    import sys
+
+    code = "import sys, shrinkssm.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
