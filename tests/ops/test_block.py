@@ -63,10 +63,12 @@ def test_glu_block_equals_the_torch_formulation_in_float64(h, skip):
 
 @needs_kernel
 @pytest.mark.parametrize("each_isa", _isas(), indirect=True)
-@pytest.mark.parametrize("h", [8, 12])
-def test_glu_block_float32_on_every_path_matches_float64_torch(each_isa, h):
-    inputs = _tail_inputs((4, 50), h, torch.float32)
-    gout = torch.randn(4, 50, h)
+@pytest.mark.parametrize("h, shape", [(8, (4, 50)), (12, (4, 50)), (16, (3, 37)), (8, (1, 3))])
+def test_glu_block_float32_on_every_path_matches_float64_torch(each_isa, h, shape):
+    # 16: two-vector rows on AVX2 / SSE2; (3, 37) and (1, 3): tiles whose position count is not a
+    # multiple of four (the remainder loop of the input gradient)
+    inputs = _tail_inputs(shape, h, torch.float32)
+    gout = torch.randn(*shape, h)
     out, grads = _value_and_grads(glu_block, inputs, gout)
     inputs64 = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
     ref, ref_grads = _value_and_grads(glu_block_ref, inputs64, gout.double())
@@ -227,6 +229,26 @@ def test_linear_equals_torch_linear_with_gradients(d_in):
     assert torch.allclose(got[0], want[0], rtol=1e-13, atol=1e-13)
     for a, c in zip(got[1], want[1]):
         assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("want_x_grad", [True, False])
+def test_linear_one_input_kernel_in_float32_matches_float64_torch(want_x_grad):
+    # more rows than one run of the kernel's float partial sums (256), so that the runs and their
+    # double total are exercised; the float64 reference is independent of the kernel
+    torch.manual_seed(5)
+    x = torch.rand(3, 700, 1, requires_grad=want_x_grad)
+    w, b = torch.randn(8, 1, requires_grad=True), torch.randn(8, requires_grad=True)
+    g = torch.randn(3, 700, 8)
+    leaves = [t for t in (x, w, b) if t.requires_grad]
+    out = linear(x, w, b)
+    grads = torch.autograd.grad(out, leaves, g)
+    x64, w64, b64 = (t.detach().double().requires_grad_(t.requires_grad) for t in (x, w, b))
+    ref = F.linear(x64, w64, b64)
+    ref_grads = torch.autograd.grad(ref, [t for t in (x64, w64, b64) if t.requires_grad], g.double())
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 @needs_kernel

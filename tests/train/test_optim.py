@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from shrinkssm.nn import ModelConfig, SSMModel
 from shrinkssm.train.config import TrainConfig
-from shrinkssm.train.optim import build_optimizer
+from shrinkssm.train.optim import FusedAdam, FusedAdamW, build_optimizer
 
 
 def _model():
@@ -31,7 +31,8 @@ def test_fused_optimizer_makes_the_updates_of_the_per_parameter_loop(name):
     reference = copy.deepcopy(model)
     opt = build_optimizer(model, cfg)
     assert opt.defaults.get("fused") is True                # CPU float32: supported
-    ref_opt = type(opt)([{k: v for k, v in g.items() if k != "params"} | {"params": list(r.parameters())}
+    ref_cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    ref_opt = ref_cls([{k: v for k, v in g.items() if k not in ("params", "fused")} | {"params": list(r.parameters())}
                          for g, r in zip(opt.param_groups, _regroup(reference, opt, model))],
                         betas=cfg.betas, foreach=False)
     torch.manual_seed(1)
@@ -57,3 +58,47 @@ def _regroup(reference, opt, model):
     index = {id(p): i for i, p in enumerate(model.parameters())}
     ref_params = list(reference.parameters())
     return [_Group([ref_params[index[id(p)]] for p in g["params"]]) for g in opt.param_groups]
+
+
+@pytest.mark.parametrize("cls, torch_cls", [(FusedAdamW, torch.optim.AdamW), (FusedAdam, torch.optim.Adam)])
+def test_lean_fused_step_is_bit_identical_to_torchs_fused_optimizer(cls, torch_cls):
+    # two groups, float32 and float64 parameters in one group, a parameter without a gradient in
+    # some steps: parameters and the whole state dict must equal torch's fused=True bit for bit
+    torch.manual_seed(2)
+    shapes = [((5, 3), torch.float32), ((7,), torch.float32), ((4,), torch.float64)]
+    ps = [torch.randn(*s, dtype=d, requires_grad=True) for s, d in shapes]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+
+    def groups(t):
+        return [{"params": t[:2], "lr": 1e-2, "weight_decay": 0.1}, {"params": t[2:], "lr": 3e-3}]
+    opt, ref = cls(groups(ps), betas=(0.9, 0.99)), torch_cls(groups(qs), betas=(0.9, 0.99), fused=True)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    for k in range(12):
+        for p, q in zip(ps, qs):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        if k in (3, 4):
+            ps[1].grad = qs[1].grad = None
+        opt.step()
+        ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+    assert str(opt.state_dict()) == str(ref.state_dict())
+    assert calls == ["pre", "post"] * 12
+    # its state dict continues in torch's optimizer exactly where it left off
+    ref2 = torch_cls(groups([p.detach().clone().requires_grad_() for p in ps]), fused=True)
+    ref2.load_state_dict(copy.deepcopy(opt.state_dict()))   # state_dict() hands out the tensors
+    for p, q in zip(ps, ref2.param_groups[0]["params"] + ref2.param_groups[1]["params"]):
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+    opt.step()
+    ref2.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, ref2.param_groups[0]["params"] + ref2.param_groups[1]["params"]))
+
+
+def test_lean_fused_optimizer_is_what_build_optimizer_gives_on_cpu_and_refuses_what_it_cannot_do():
+    opt = build_optimizer(_model(), TrainConfig(optimizer="adamw"))
+    assert isinstance(opt, FusedAdamW) and isinstance(opt, torch.optim.AdamW)
+    with pytest.raises(ValueError, match="amsgrad"):
+        FusedAdamW([torch.zeros(2, requires_grad=True)], amsgrad=True)

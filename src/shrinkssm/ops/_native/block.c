@@ -35,7 +35,7 @@
  * residual consumer are summed), sums in double.
  *
  * Entry points (registered in scan_module.c's method table): block_forward, block_backward,
- * block_max_width, bn_forward, bn_backward. They take the data pointers of contiguous tensors as
+ * block_max_width, bn_forward, bn_backward, enc1_forward, enc1_backward. They take the data pointers of contiguous tensors as
  * integers; shrinkssm/ops/block.py checks shapes, dtypes and contiguity before calling.
  */
 #ifndef BLOCK_BODY
@@ -555,6 +555,106 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
 }
 #undef BN_FILL
 
+/* ------------------------------------------------------------------------------------------ */
+/* The encoder of a one-channel input: out = x w^T + b                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A linear layer with one input channel (the encoder of pixel sequences): x (M,), w (H,), b (H,),
+ * out (M, H) row-major. Memory-bound passes, written for the compiler to vectorise at the
+ * extension's base target; the parameter gradients are summed in REAL over runs of ENC_RUN rows
+ * (per channel) and the runs in double, so that rounding grows with log(M) rather than M. */
+#define ENC_RUN 256
+
+#define ENC_KERNELS(REALT, SFXT)                                                                \
+    static void enc1_fwd_##SFXT(idx M, idx H, const REALT *x, const REALT *w, const REALT *b,   \
+                                REALT *out)                                                     \
+    {                                                                                           \
+        for (idx m = 0; m < M; m++) {                                                           \
+            const REALT xm = x[m];                                                              \
+            REALT *o = out + m * H;                                                             \
+            for (idx j = 0; j < H; j++) o[j] = xm * w[j] + b[j];                                \
+        }                                                                                       \
+    }                                                                                           \
+    /* gw[j] = sum_m x[m] g[m, j], gb[j] = sum_m g[m, j]; gx[m] = sum_j g[m, j] w[j] (gx may be \
+     * NULL); acc: 2 H REALs of workspace */                                                    \
+    static void enc1_bwd_##SFXT(idx M, idx H, const REALT *x, const REALT *w, const REALT *g,   \
+                                REALT *gx, REALT *gw, REALT *gb, REALT *acc, double *sum)       \
+    {                                                                                           \
+        REALT *aw = acc, *ab = acc + H;                                                         \
+        for (idx j = 0; j < 2 * H; j++) sum[j] = 0;                                             \
+        for (idx m0 = 0; m0 < M; m0 += ENC_RUN) {                                               \
+            const idx m1 = M - m0 < ENC_RUN ? M : m0 + ENC_RUN;                                 \
+            for (idx j = 0; j < 2 * H; j++) acc[j] = 0;                                         \
+            for (idx m = m0; m < m1; m++) {                                                     \
+                const REALT xm = x[m];                                                          \
+                const REALT *gm = g + m * H;                                                    \
+                for (idx j = 0; j < H; j++) {                                                   \
+                    aw[j] += xm * gm[j];                                                        \
+                    ab[j] += gm[j];                                                             \
+                }                                                                               \
+                if (gx) {                                                                       \
+                    REALT s = 0;                                                                \
+                    for (idx j = 0; j < H; j++) s += gm[j] * w[j];                              \
+                    gx[m] = s;                                                                  \
+                }                                                                               \
+            }                                                                                   \
+            for (idx j = 0; j < 2 * H; j++) sum[j] += (double)acc[j];                           \
+        }                                                                                       \
+        for (idx j = 0; j < H; j++) {                                                           \
+            gw[j] = (REALT)sum[j];                                                              \
+            gb[j] = (REALT)sum[H + j];                                                          \
+        }                                                                                       \
+    }
+ENC_KERNELS(float, f32)
+ENC_KERNELS(double, f64)
+#undef ENC_KERNELS
+
+/* enc1_forward(dbl, M, H, x, w, b, out): out[m, j] = x[m] w[j] + b[j] */
+PyObject *shrinkssm_enc1_forward(PyObject *self, PyObject *args)
+{
+    int dbl;
+    idx M, H;
+    unsigned long long p_x, p_w, p_b, p_out;
+    if (!PyArg_ParseTuple(args, "innKKKK", &dbl, &M, &H, &p_x, &p_w, &p_b, &p_out)) return NULL;
+    if (M < 1 || H < 1) {
+        PyErr_Format(PyExc_ValueError, "enc1_forward: invalid sizes (M=%zd, H=%zd)", M, H);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dbl) enc1_fwd_f64(M, H, BLK_PTR(p_x), BLK_PTR(p_w), BLK_PTR(p_b), BLK_PTR(p_out));
+    else enc1_fwd_f32(M, H, BLK_PTR(p_x), BLK_PTR(p_w), BLK_PTR(p_b), BLK_PTR(p_out));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* enc1_backward(dbl, M, H, x, w, g, gx, gw, gb): the gradients of enc1_forward from g (M, H);
+ * gx (M,) is 0 when not wanted; gw, gb (H,) are overwritten. */
+PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args)
+{
+    int dbl;
+    idx M, H;
+    unsigned long long p_x, p_w, p_g, p_gx, p_gw, p_gb;
+    if (!PyArg_ParseTuple(args, "innKKKKKK", &dbl, &M, &H, &p_x, &p_w, &p_g, &p_gx, &p_gw, &p_gb))
+        return NULL;
+    if (M < 1 || H < 1) {
+        PyErr_Format(PyExc_ValueError, "enc1_backward: invalid sizes (M=%zd, H=%zd)", M, H);
+        return NULL;
+    }
+    double *sum = malloc(sizeof(double) * (size_t)(2 * H) + (dbl ? sizeof(double) : sizeof(float)) * (size_t)(2 * H));
+    if (!sum) return PyErr_NoMemory();
+    void *acc = sum + 2 * H;
+    const fp_mode_t fpm = fp_flush_subnormals(); /* see common.h */
+    Py_BEGIN_ALLOW_THREADS
+    if (dbl) enc1_bwd_f64(M, H, BLK_PTR(p_x), BLK_PTR(p_w), BLK_PTR(p_g), BLK_PTR(p_gx), BLK_PTR(p_gw),
+                          BLK_PTR(p_gb), acc, sum);
+    else enc1_bwd_f32(M, H, BLK_PTR(p_x), BLK_PTR(p_w), BLK_PTR(p_g), BLK_PTR(p_gx), BLK_PTR(p_gw),
+                      BLK_PTR(p_gb), acc, sum);
+    Py_END_ALLOW_THREADS
+    fp_restore(fpm);
+    free(sum);
+    Py_RETURN_NONE;
+}
+
 /* The widest H the kernels accept (block.py falls back to torch above its own crossover). */
 PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs)
 {
@@ -578,19 +678,20 @@ typedef struct {
 } BN(blk_args);
 
 /* Workspace of one part, in REALs (TH = BLK_P * H, H2 = 2H):
- *   z, g, dg, a (then dL/da), c (then dL/dc), dL/dg, D repeated over a tile: 7 x TH
+ *   z, g, dg, a, c, dL/dg, D repeated over a tile: 7 x TH
  *   W^T (H x H2), the accumulator of dL/dW^T (H x H2)
- *   tile-shaped partial sums of dL/dbias[:H], dL/dbias[H:], dL/dD: 3 x TH */
-static idx BN(blk_ws_len)(idx H) { return 10 * BLK_P * H + 4 * H * H; }
+ *   tile-shaped partial sums of dL/dbias[:H], dL/dbias[H:], dL/dD: 3 x TH
+ *   the rows [dL/da_p, dL/dc_p] of a tile, H2 each: 2 x TH */
+static idx BN(blk_ws_len)(idx H) { return 12 * BLK_P * H + 4 * H * H; }
 
 #ifndef BLK_WS_OFFSETS
 #define BLK_WS_OFFSETS(ws, H)                                                                   \
     const idx TH = BLK_P * (H), H2 = 2 * (H);                                                   \
     REAL *z = (ws), *g = z + TH, *dg = g + TH, *av = dg + TH, *cv = av + TH, *gg = cv + TH;     \
     REAL *Drep = gg + TH, *WT = Drep + TH, *accW = WT + (H) * H2, *accA = accW + (H) * H2;      \
-    REAL *accC = accA + TH, *accD = accC + TH;                                                  \
+    REAL *accC = accA + TH, *accD = accC + TH, *dr = accD + TH;                                 \
     (void)z; (void)g; (void)dg; (void)av; (void)cv; (void)gg; (void)Drep; (void)WT;             \
-    (void)accW; (void)accA; (void)accC; (void)accD;
+    (void)accW; (void)accA; (void)accC; (void)accD; (void)dr;
 #endif
 
 /* Sum the parts' accumulators in part order: gW (2H, H), gbias (2H,), gD (H,) (if has_D).
@@ -818,65 +919,83 @@ BLK_INLINE void KN(blk_linear_tile)(const BN(blk_args) *a, idx np, REAL *ws, con
     }
 }
 
-/* The linear layer's backward over the np positions of a tile, with da, dc in av, cv:
- * dW^T[i, :] += sum_p g[p, i] [da_p, dc_p] (each row's accumulators stay in registers over the
- * tile) and dL/dg[p, :] = sum_j da_pj W[j, :] + dc_pj W[H + j, :]. */
+/* The linear layer's backward over the np positions of a tile, from the rows dr[p] = [da_p, dc_p]
+ * (2H each):
+ *   dW^T[i, :] += sum_p g[p, i] dr[p]     IB rows of W^T at a time, their accumulators held in
+ *                                         registers over the tile (one load of dr[p] serves IB
+ *                                         broadcast-multiply-adds);
+ *   dL/dg[p, :] = sum_j dr[p, j] W[j, :]  four positions at a time, so that each row of W loaded
+ *                                         serves four independent accumulators.
+ * Vector code when 2H is a multiple of the vector width and H of the row width (H = 8 and 16 on
+ * every target), scalar loops otherwise. */
+#define BLK_ACC (VB == 64 ? 16 : 8) /* accumulators kept in registers (32 / 16 registers) */
 BLK_INLINE void KN(blk_linear_bwd_tile)(const BN(blk_args) *a, idx np, REAL *ws, const idx H)
 {
     BLK_WS_OFFSETS(ws, H)
-    if (H % BRW == 0) {
-        const idx nv = H / BRW;
-        for (idx i = 0; i < H; i++) {
-            REAL *wa = accW + i * H2, *wc = wa + H;
-            BR acc_a[BLK_MAX_H / (RB / sizeof(REAL)) + 1], acc_c[BLK_MAX_H / (RB / sizeof(REAL)) + 1];
-            for (idx q = 0; q < nv; q++) {
-                acc_a[q] = KN(blk_rld)(wa + q * BRW);
-                acc_c[q] = KN(blk_rld)(wc + q * BRW);
-            }
+    if (H2 % BVW == 0 && H2 / BVW <= BLK_ACC && H % BRW == 0) {
+        const idx nv = H2 / BVW, IB = BLK_ACC / nv;
+        for (idx i0 = 0; i0 < H; i0 += IB) {
+            const idx ib = H - i0 < IB ? H - i0 : IB;
+            BV acc[BLK_ACC];
+            for (idx i = 0; i < ib; i++)
+                for (idx q = 0; q < nv; q++) acc[i * nv + q] = KN(blk_vld)(accW + (i0 + i) * H2 + q * BVW);
             for (idx p = 0; p < np; p++) {
-                const REAL gi = g[p * H + i];
+                const REAL *gp = g + p * H + i0;
                 for (idx q = 0; q < nv; q++) {
-                    acc_a[q] += gi * KN(blk_rld)(av + p * H + q * BRW);
-                    acc_c[q] += gi * KN(blk_rld)(cv + p * H + q * BRW);
+                    const BV r = KN(blk_vld)(dr + p * H2 + q * BVW);
+                    for (idx i = 0; i < ib; i++) acc[i * nv + q] += gp[i] * r;
                 }
             }
-            for (idx q = 0; q < nv; q++) {
-                KN(blk_rst)(wa + q * BRW, acc_a[q]);
-                KN(blk_rst)(wc + q * BRW, acc_c[q]);
+            for (idx i = 0; i < ib; i++)
+                for (idx q = 0; q < nv; q++) KN(blk_vst)(accW + (i0 + i) * H2 + q * BVW, acc[i * nv + q]);
+        }
+        const idx nh = H / BRW;
+        idx p = 0;
+        if (nh <= 2) {
+            for (; p + 4 <= np; p += 4) {
+                BR o[4][2];
+                for (idx pp = 0; pp < 4; pp++) o[pp][0] = o[pp][1] = (BR){0};
+                for (idx j = 0; j < H2; j++) {
+                    const REAL *w = a->W + j * H;
+                    for (idx q = 0; q < nh; q++) {
+                        const BR wq = KN(blk_rld)(w + q * BRW);
+                        for (idx pp = 0; pp < 4; pp++) o[pp][q] += dr[(p + pp) * H2 + j] * wq;
+                    }
+                }
+                for (idx pp = 0; pp < 4; pp++)
+                    for (idx q = 0; q < nh; q++) KN(blk_rst)(gg + (p + pp) * H + q * BRW, o[pp][q]);
             }
         }
-        for (idx p = 0; p < np; p++) {
-            const REAL *gap = av + p * H, *gcp = cv + p * H;
-            BR acc[BLK_MAX_H / (RB / sizeof(REAL)) + 1];
-            for (idx q = 0; q < nv; q++) acc[q] = (BR){0};
-            for (idx j = 0; j < H; j++) {
-                const REAL ga = gap[j], gc = gcp[j];
-                const REAL *wa = a->W + j * H, *wc = a->W + (H + j) * H;
-                for (idx q = 0; q < nv; q++)
-                    acc[q] += ga * KN(blk_rld)(wa + q * BRW) + gc * KN(blk_rld)(wc + q * BRW);
+        for (; p < np; p++) {
+            BR o[BLK_MAX_H / (RB / sizeof(REAL)) + 1];
+            for (idx q = 0; q < nh; q++) o[q] = (BR){0};
+            for (idx j = 0; j < H2; j++) {
+                const REAL d = dr[p * H2 + j];
+                const REAL *w = a->W + j * H;
+                for (idx q = 0; q < nh; q++) o[q] += d * KN(blk_rld)(w + q * BRW);
             }
-            for (idx q = 0; q < nv; q++) KN(blk_rst)(gg + p * H + q * BRW, acc[q]);
+            for (idx q = 0; q < nh; q++) KN(blk_rst)(gg + p * H + q * BRW, o[q]);
         }
         return;
     }
     for (idx p = 0; p < np; p++) {
-        const REAL *gap = av + p * H, *gcp = cv + p * H, *gp = g + p * H;
+        const REAL *dp = dr + p * H2, *gp = g + p * H;
         for (idx i = 0; i < H; i++) {
             const REAL gi = gp[i];
-            REAL *wa = accW + i * H2, *wc = wa + H;
-            for (idx j = 0; j < H; j++) wa[j] += gi * gap[j];
-            for (idx j = 0; j < H; j++) wc[j] += gi * gcp[j];
+            REAL *wrow = accW + i * H2;
+            for (idx j = 0; j < H2; j++) wrow[j] += gi * dp[j];
         }
         REAL acc[BLK_MAX_H];
         for (idx i = 0; i < H; i++) acc[i] = 0;
-        for (idx j = 0; j < H; j++) {
-            const REAL ga = gap[j], gc = gcp[j];
-            const REAL *wa = a->W + j * H, *wc = a->W + (H + j) * H;
-            for (idx i = 0; i < H; i++) acc[i] += ga * wa[i] + gc * wc[i];
+        for (idx j = 0; j < H2; j++) {
+            const REAL d = dp[j];
+            const REAL *w = a->W + j * H;
+            for (idx i = 0; i < H; i++) acc[i] += d * w[i];
         }
         for (idx i = 0; i < H; i++) gg[p * H + i] = acc[i];
     }
 }
+#undef BLK_ACC
 
 BLK_INLINE void KN(blk_fwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *ws, const idx H)
 {
@@ -903,16 +1022,18 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
         const REAL *go = a->gout + m * H;
         KN(blk_gelu_tile)(a, m, n, ws, H, 1);
         KN(blk_linear_tile)(a, np, ws, H);
-        /* GLU: da = go s, dc = go a s (1 - s), written over a and c */
+        /* GLU: da = go s, dc = go a s (1 - s), into the rows dr[p] = [da_p, dc_p] */
         KN(blk_sigmoid_arr)(cv, gg, n); /* gg holds sigmoid(c) until the linear layer's backward */
-        for (idx k = 0; k < n; k++) {
-            const REAL s = gg[k];
-            const REAL ga = go[k] * s;
-            cv[k] = ga * av[k] * (1 - s);
-            av[k] = ga;
-            accA[k] += av[k];
-            accC[k] += cv[k];
-        }
+        for (idx p = 0; p < np; p++)
+            for (idx j = 0; j < H; j++) {
+                const idx k = p * H + j;
+                const REAL s = gg[k];
+                const REAL ga = go[k] * s, gc = ga * av[k] * (1 - s);
+                dr[p * H2 + j] = ga;
+                dr[p * H2 + H + j] = gc;
+                accA[k] += ga;
+                accC[k] += gc;
+            }
         /* linear layer */
         KN(blk_linear_bwd_tile)(a, np, ws, H);
         /* GELU and the skip term */

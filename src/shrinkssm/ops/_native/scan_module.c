@@ -656,6 +656,8 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs);
 PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_enc1_forward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args);
 
 /* The instruction set in use (0 base, 1 avx2, 2 avx512), so that selective.c follows set_isa. */
 int shrinkssm_native_isa_index(void) { return cur_isa; }
@@ -672,6 +674,8 @@ static PyMethodDef methods[] = {
     {"block_max_width", shrinkssm_block_max_width, METH_NOARGS, "Widest block the fused tail takes."},
     {"bn_forward", shrinkssm_bn_forward, METH_VARARGS, "Batch norm over rows, training, forward."},
     {"bn_backward", shrinkssm_bn_backward, METH_VARARGS, "Batch norm over rows, training, backward."},
+    {"enc1_forward", shrinkssm_enc1_forward, METH_VARARGS, "One-input-channel linear layer, forward."},
+    {"enc1_backward", shrinkssm_enc1_backward, METH_VARARGS, "One-input-channel linear layer, backward."},
     {"isa", py_isa, METH_NOARGS, "Instruction set in use."},
     {"threading", py_threading, METH_NOARGS, "'openmp' or 'pthreads'."},
     {"available_isas", py_available_isas, METH_NOARGS, "Instruction sets this CPU can run."},
