@@ -46,14 +46,13 @@ real eigenvalue costs a whole state), see ``ReductionInfo.order``.
 from __future__ import annotations
 
 import inspect
-import operator
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from shrinkssm._checks import check_choice
+from shrinkssm._checks import check_choice, check_positive_int
 
 from ._blas import limited_blas
 from .balancing import (
@@ -162,15 +161,7 @@ class ReductionInfo:
 
 # ------------------------------------------------------------------------------ argument checks
 def _check_rank(rank) -> int:
-    if isinstance(rank, bool):
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    try:
-        r = operator.index(rank)
-    except TypeError:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}") from None
-    if r < 1:
-        raise ValueError(f"rank must be >= 1, got {r}")
-    return r
+    return check_positive_int("rank", rank)
 
 
 def _check_max_cond(max_cond, sys) -> float:
@@ -347,9 +338,10 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
         notes: list[str] = []
         _target_order(rank, sr, output, notes)
         return _zero_system(sys, sr, "balanced", output, t0, notes, sys.D)
-    if order is not None and (output != "real" or isinstance(order, bool) or not isinstance(order, int)
-                              or order < 1):
-        raise ValueError(f"order is a real order >= 1 for output='real', got {order!r} with output={output!r}")
+    if order is not None:
+        order = check_positive_int("order", order)
+        if output != "real":
+            raise ValueError(f"order (a real order) applies to output='real', not {output!r}")
     start = rank if output == "complex" else (2 * rank if order is None else min(order, 2 * rank))
     tr = truncate(sr, _StateOperator(num, sys), num.B, num.C, start,
                   real=num.real, domain="discrete", max_states=rank, max_cond=max_cond, selection=selection)
@@ -375,7 +367,7 @@ def balanced_states(sys: DiagonalSystem | DenseSystem, order: int, output: str =
     between ``ceil(order / 2)`` and ``order``. ``order`` is capped at the nonzero HSVs; a map with
     none needs one (silent) state. Uses the balancing cached for ``sys``.
     """
-    order = _check_rank(order)
+    order = check_positive_int("order", order)
     check_choice("output", output, OUTPUTS)
     check_choice("selection", selection, SELECTIONS)
     if output == "complex":
