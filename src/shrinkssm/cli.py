@@ -140,7 +140,8 @@ def _resume_config(run_dir: Path):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from shrinkssm.train.config import load_config
-    from shrinkssm.train.distributed import init_distributed, shutdown_distributed
+    from shrinkssm.train.distributed import shutdown_distributed
+    from shrinkssm.train.process import configure_process
     from shrinkssm.train.rundir import (LOCK_NAME, RunLock, inspect_run_dir, os_errors,
                                         remove_run_outputs)
     from shrinkssm.train.trainer import Trainer
@@ -153,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _resume_config(run_dir)
     else:
         config = load_config(args.config, args.overrides)
-    dist = init_distributed(config.train.device, config.train.dist_timeout)
+    dist = configure_process(config)       # threads, malloc, plotting backend, process group
     lock = trainer = None
     try:
         if not args.resume:
@@ -173,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     log.info("--force: removed %s of an earlier run", path)
             with os_errors(run_dir / "train.log", "open"):
                 _setup_logging(run_dir, args.verbose)
-        trainer = Trainer(config, run_dir, resume=bool(args.resume), lock=lock)
+        trainer = Trainer(config, run_dir, resume=bool(args.resume), lock=lock, dist=dist)
         if args.resume:
             log.info("resuming %s at step %d of %d", run_dir, trainer.step, config.train.steps)
         else:
@@ -264,7 +265,7 @@ def _analyze_source(run_dir: Path, allow_nonfinite: bool):
                 history = ReductionHistory.load(path)
         except (ValueError, TypeError, KeyError) as exc:
             raise _UsageError(f"{path} is malformed ({type(exc).__name__}: {exc})") from None
-    initial = [config.model.state_size(i) for i in range(config.model.n_layers)]
+    initial = [config.model.d_state_of(i) for i in range(config.model.n_layers)]
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "step" in r]
     step = max(steps + [e.step for e in history], default=0)
     return config, history, initial, step, "logs (no checkpoint)"
@@ -281,7 +282,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     metric = next((k[4:] for r in rows for k in r if k.startswith("val_") and k != "val_loss"
                    and not k.startswith("val_score")), "accuracy")
     files = write_files_atomically(run_dir / "plots", lambda staging: plot_run(
-        rows, history, initial, config.train.steps, staging, metric))
+        rows, history, initial, config.train.steps, staging, metric, config.model.d_state_unit))
     print(f"run {run_dir}: step {step} of {config.train.steps}, "
           f"mode {config.compress.mode}, method {config.compress.method}; from its {source}")
     print(f"{'step':>8}  {'layer':>5}  {'before':>6}  {'after':>6}  {'bound':>10}  "
@@ -304,8 +305,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from shrinkssm.train.generate import decoding_speed, format_decoding, generate
+    from shrinkssm.train.build import build_model
     from shrinkssm.train.loading import load_run
-    from shrinkssm.train.trainer import build_model
 
     run = load_run(args.run, allow_nonfinite=args.allow_nonfinite)
     _warn_nonfinite(run, args)

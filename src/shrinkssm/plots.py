@@ -1,8 +1,9 @@
 """Plots of a run: training curves, state size over training, HSV spectra at each reduction.
 
 Every function takes plain data (metric rows, a :class:`~shrinkssm.compress.ReductionHistory`)
-and writes one PNG; matplotlib runs on its file-only "Agg" backend, so no display is needed, and
-every figure is made and closed inside the call (the global matplotlib settings are not touched).
+and writes one PNG. Figures are made with matplotlib's object-oriented API (``Figure``, no
+``pyplot``), so no display is needed whatever backend the process has, and neither importing this
+module nor plotting changes a global matplotlib setting.
 
 Conventions shared by the three plots:
 
@@ -12,8 +13,9 @@ Conventions shared by the three plots:
 * Every axis says its unit. Losses are cross-entropies in nats (natural logarithm) for
   classification and language models, mean squared errors of the (standardised) targets for
   regression; time is the training wall-clock in seconds, validation excluded (the
-  ``wall_seconds`` of ``metrics.jsonl``). State sizes are counts of complex LRU states on linear
-  integer axes.
+  ``wall_seconds`` of ``metrics.jsonl``). State sizes are each layer's ``d_state`` on linear
+  integer axes, labelled with its unit (LRU: complex states; selective: mean real states per
+  channel).
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
-
-from shrinkssm.compress.history import ReductionHistory  # noqa: E402
+from shrinkssm.compress.history import ReductionHistory
 
 __all__ = ["plot_training_curves", "plot_state_dims", "plot_hsv_spectra", "plot_run",
            "layer_color", "loss_label", "metric_label"]
@@ -48,7 +49,7 @@ _METRICS = {
 
 def layer_color(layer: int) -> tuple:
     """The colour of layer ``layer`` in every plot (tab10, cycling after 10 layers)."""
-    return plt.get_cmap("tab10")(layer % 10)
+    return matplotlib.colormaps["tab10"](layer % 10)
 
 
 def loss_label(rows: Sequence[dict]) -> str:
@@ -70,8 +71,14 @@ def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
     return path
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, **kw):
+    """A new figure and its axes (as ``pyplot.subplots``, without pyplot's global state)."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)            # this figure's own file-only canvas; the process's backend is untouched
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def _plain_numbers(ax) -> None:
@@ -92,8 +99,7 @@ def plot_training_curves(rows: Sequence[dict], path: str | os.PathLike, metric: 
     """
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if f"val_{metric}" in r]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex="col", sharey="row",
-                             layout="constrained")
+    fig, axes = _subplots(2, 2, figsize=(10, 6.5), sharex="col", sharey="row")
     losses = [r["loss"] for r in train] + [r["val_loss"] for r in val if "val_loss" in r]
     positive = [v for v in losses if v > 0]
     log_loss = bool(positive) and len(positive) == len(losses) and max(positive) > 10 * min(positive)
@@ -134,8 +140,9 @@ def plot_training_curves(rows: Sequence[dict], path: str | os.PathLike, metric: 
 
 
 def plot_state_dims(history: ReductionHistory, initial: Sequence[int], total_steps: int,
-                    path: str | os.PathLike) -> Path:
-    """State size of every layer against step: a staircase per layer on a linear integer axis.
+                    path: str | os.PathLike, unit: str = "complex states") -> Path:
+    """State size (``d_state``, in ``unit``) of every layer against step: a staircase per layer on
+    a linear integer axis.
 
     The x axis covers the reduction points with some room after the last one (they sit in the
     first part of training); the state sizes hold from there to ``total_steps``, which the plot
@@ -145,7 +152,7 @@ def plot_state_dims(history: ReductionHistory, initial: Sequence[int], total_ste
     last = points[-1][0]
     end = total_steps if last == 0 or last > 0.6 * total_steps else min(total_steps, round(last * 1.6))
     steps = [s for s, _ in points] + [end]
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    fig, ax = _subplots(figsize=(7, 4))
     n = len(initial)
     for layer in range(n):
         dims = [d[layer] for _, d in points]
@@ -162,7 +169,7 @@ def plot_state_dims(history: ReductionHistory, initial: Sequence[int], total_ste
     if end < total_steps:
         xlabel += f" (sizes stay as at step {last} until the end of training, step {total_steps:,})"
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("state size (complex states per layer)")
+    ax.set_ylabel(f"state size d_state ({unit})")
     ax.legend(fontsize=8, loc="upper right")
     title = "state size over training"
     if len(initial) > 1:
@@ -187,8 +194,7 @@ def plot_hsv_spectra(history: ReductionHistory, path: str | os.PathLike) -> Path
     cols = min(n_layers, 3)
     rows = -(-n_layers // cols)
     width = {1: 7.0, 2: 5.0}.get(cols, 4.3)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.3 * rows), squeeze=False,
-                             layout="constrained")
+    fig, axes = _subplots(rows, cols, figsize=(width * cols, 4.3 * rows), squeeze=False)
     n_events = len(history)
     smallest: dict[int, float] = {}
     for k, event in enumerate(history):
@@ -223,12 +229,14 @@ def plot_hsv_spectra(history: ReductionHistory, path: str | os.PathLike) -> Path
 
 
 def plot_run(rows: Sequence[dict], history: ReductionHistory, initial: Sequence[int],
-             total_steps: int, out_dir: str | os.PathLike, metric: str = "accuracy") -> list[Path]:
-    """All plots of a run into ``out_dir``; returns the files written."""
+             total_steps: int, out_dir: str | os.PathLike, metric: str = "accuracy",
+             unit: str = "complex states") -> list[Path]:
+    """All plots of a run into ``out_dir``; returns the files written. ``initial`` and the
+    history's sizes are ``d_state`` values in ``unit`` (the layers' ``D_STATE_UNIT``)."""
     out_dir = Path(out_dir)
     steps = [e.step for e in history if any(le.new < le.old for le in e.layers)]
     written = [plot_training_curves(rows, out_dir / "curves.png", metric, steps),
-               plot_state_dims(history, initial, total_steps, out_dir / "state_dims.png")]
+               plot_state_dims(history, initial, total_steps, out_dir / "state_dims.png", unit)]
     if len(history):
         written.append(plot_hsv_spectra(history, out_dir / "hsv_spectra.png"))
     return written

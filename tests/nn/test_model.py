@@ -81,19 +81,24 @@ def test_ssm_layers_and_layout_round_trip_after_reduction():
     model.ssm_layers()[0].reduce_(4)
     model.ssm_layers()[1].reduce_(3, method="singular_perturbation")
     layout = model.layout()
-    assert layout == {"state_dims": [4, 3], "dense_skip": [False, True]}
-    fresh = _model()
-    fresh.apply_layout_(layout)
-    fresh.load_state_dict(model.state_dict())
+    assert layout["layers"] == [{"d_state": 4, "dense_skip": False}, {"d_state": 3, "dense_skip": True}]
+    assert layout["state_dims"] == [4, 3]
     x = torch.randn(2, 8, 2, dtype=torch.float64)
-    model.eval(), fresh.eval()
-    assert torch.equal(model(x), fresh(x))
+    model.eval()
+    # the layout of checkpoints written before per-layer layouts is read as well
+    for saved in (layout, {"state_dims": [4, 3], "dense_skip": [False, True]}):
+        fresh = _model()
+        fresh.apply_layout_(saved)
+        fresh.load_state_dict(model.state_dict())
+        assert torch.equal(model(x), fresh.eval()(x))
     with pytest.raises(ValueError, match="layers"):
         fresh.apply_layout_({"state_dims": [1], "dense_skip": [False]})
+    with pytest.raises(ValueError, match="kind of layer"):
+        fresh.apply_layout_({"layers": [{"n_bc": 4, "n_diag": 4, "n_real": 0, "n_complex": 0}] * 2})
 
 
 def test_unknown_task_and_config_key():
-    with pytest.raises(ValueError, match="valid tasks"):
+    with pytest.raises(ValueError, match="task must be one of"):
         SSMModel(ModelConfig(), d_input=1, d_output=2, task="segmentation")
     with pytest.raises(ValueError, match="d_stat"):
         ModelConfig(d_stat=3)

@@ -416,7 +416,8 @@ def test_shared_reduction_drops_a_dead_state_first():
         layer.x_proj_weight[layer.dt_rank + 2] = 0.0          # B(x)[2] == 0: state 2 is unreachable
         layer(inputs())
     plan = layer.plan_reduction(lambda hsv, n: 4)
-    assert plan.scores[2] < 1e-6 * plan.scores.max() and plan.scores.sum() == pytest.approx(1.0)
+    scores = plan.detail.scores
+    assert scores[2] < 1e-6 * scores.max() and scores.sum() == pytest.approx(1.0)
     report = layer.reduce_(plan)
     assert layer.n_diag == 4 and "[0, 1, 3, 4]" in report.notes[0]
     torch.testing.assert_close(-torch.exp(layer.A_log[0]), -torch.tensor([1.0, 2, 4, 5], dtype=torch.float64))
@@ -454,7 +455,7 @@ def test_model_layout_round_trip_after_reduction(reduction):
     model(torch.randn(4, 11, 2, dtype=torch.float64))
     model.ssm_layers()[0].reduce_(3)
     layout = model.layout()
-    assert layout["state_dims"][1] == 6 and len(layout["selective"]) == 2
+    assert layout["state_dims"][1] == 6 and len(layout["layers"]) == 2
     fresh = SSMModel(cfg, d_input=2, d_output=3).double()
     fresh.apply_layout_(layout)
     fresh.load_state_dict(model.state_dict())

@@ -1,5 +1,5 @@
-"""Tests of shrinkssm.train.allocator: the glibc setting takes effect where glibc is, and the
-trainer applies it unless told not to."""
+"""Tests of shrinkssm.train.allocator: the glibc setting takes effect where glibc is, and
+configure_process applies it unless told not to."""
 
 import ctypes
 import ctypes.util
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import shrinkssm.train.trainer as trainer_module
-from shrinkssm.train import Trainer, allocator, apply_overrides
+import shrinkssm.train.process as process_module
+from shrinkssm.train import allocator, apply_overrides, configure_process
 from shrinkssm.train.config import RunConfig
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
@@ -36,10 +36,9 @@ def test_keep_freed_memory_without_mallopt(monkeypatch):
     assert allocator.keep_freed_memory() is False
 
 
-def test_trainer_applies_it_unless_disabled(monkeypatch, tmp_path):
+def test_configure_process_applies_it_unless_disabled(monkeypatch):
     calls = []
-    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append(1) or True)
-    base = ["data.name=digits", "model.d_state=8", "train.steps=40", "train.progress=false"]
-    Trainer(apply_overrides(RunConfig(), base), tmp_path / "on")
-    Trainer(apply_overrides(RunConfig(), base + ["train.keep_freed_memory=false"]), tmp_path / "off")
+    monkeypatch.setattr(process_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    configure_process(apply_overrides(RunConfig(), []))
+    configure_process(apply_overrides(RunConfig(), ["train.keep_freed_memory=false"]))
     assert calls == [1]

@@ -1,7 +1,8 @@
 """In-training compression: when and how much to reduce, and the optimizer's side of it.
 
 * :class:`ReductionSchedule` -- the steps at which to reduce.
-* :class:`Compressor` -- the hook a training loop calls after ``optimizer.step()``.
+* :class:`Compressor` -- the hook a training loop calls after ``optimizer.step()``; it reduces
+  every :class:`~shrinkssm.nn.shrinkable.ShrinkableLayer` the same way.
 * :func:`swap_parameters` -- optimizer surgery for replaced parameters (pure function).
 * :class:`ReductionHistory` -- what happened, per reduction point and layer.
 """
@@ -9,9 +10,11 @@
 from shrinkssm.compress.compressor import (
     METHODS as METHODS,
     MODES as MODES,
+    OUTPUTS as OUTPUTS,
+    SELECTIONS as SELECTIONS,
     Compressor as Compressor,
-    ReducibleLayer as ReducibleLayer,
-    reducible_layers as reducible_layers,
+    ShrinkableLayer as ShrinkableLayer,
+    shrinkable_layers as shrinkable_layers,
 )
 from shrinkssm.compress.history import (
     LayerEvent as LayerEvent,
@@ -25,6 +28,6 @@ from shrinkssm.compress.optim_state import (
 )
 from shrinkssm.compress.schedule import ReductionSchedule as ReductionSchedule
 
-__all__ = ["Compressor", "ReductionSchedule", "ReducibleLayer", "reducible_layers", "MODES",
-           "METHODS", "LayerEvent", "ReductionEvent", "ReductionHistory", "STATE_POLICIES",
+__all__ = ["Compressor", "ReductionSchedule", "ShrinkableLayer", "shrinkable_layers", "MODES",
+           "METHODS", "OUTPUTS", "SELECTIONS", "LayerEvent", "ReductionEvent", "ReductionHistory", "STATE_POLICIES",
            "slice_to_shape", "swap_parameters"]

@@ -1,19 +1,14 @@
 """The in-training compressor: a hook for any PyTorch training loop.
 
-At every step of its :class:`ReductionSchedule` the :class:`Compressor` measures each reducible
-layer (its Hankel singular values), picks a rank per layer from the mode, replaces the layer by its
-reduction (``layer.reduce_``) and fixes up the optimizer (:func:`swap_parameters`), so that the
-loop simply goes on. It knows *when* and *how much*; *how* is the layers' and ``shrinkssm.lti``'s
-business. Follows CompreSSM (arXiv 2510.02823), ``docs/design.md`` §6.
+At every step of its :class:`ReductionSchedule` the :class:`Compressor` asks each shrinkable layer
+for a plan under its rank rule (:meth:`Compressor.rank_rule`), gates it, applies it and fixes up
+the optimizer (:func:`swap_parameters`), so that the loop simply goes on. It knows *when* and *how
+much*; *how* is the layers' and ``shrinkssm.lti``'s business. Follows CompreSSM (arXiv
+2510.02823), ``docs/design.md`` §6.
 
-Two kinds of layer (see :func:`reducible_layers`):
-
-* :class:`ReducibleLayer` (the LRU): one LTI system per layer (``system()``), measured here, one
-  rank per layer.
-* :class:`SelfPlanningLayer` (selective SSMs, ``docs/design.md`` §7): the layer measures itself
-  (per-channel surrogate HSVs) and applies the compressor's rank rule
-  (:meth:`Compressor.channel_rank`) where it needs to, e.g. per channel; the compressor gates on
-  the plan's total state count and passes the plan back to ``reduce_``.
+Every layer goes the same way, through the protocol of :mod:`shrinkssm.nn.shrinkable`
+(``plan_reduction`` / ``apply_reduction_`` / ``layout`` / ``apply_layout_``): the LRU and the
+selective layer are two implementations, and a new kind of layer needs no change here.
 
 Usage::
 
@@ -27,76 +22,27 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from shrinkssm import lti
+from shrinkssm._checks import check_choice
 from shrinkssm.compress.history import LayerEvent, ReductionEvent, ReductionHistory
 from shrinkssm.compress.optim_state import STATE_POLICIES, swap_parameters
 from shrinkssm.compress.schedule import ReductionSchedule
+from shrinkssm.nn.shrinkable import ReductionPlan, ShrinkableLayer, shrinkable_layers
 
-__all__ = ["Compressor", "ReducibleLayer", "SelfPlanningLayer", "reducible_layers", "MODES", "METHODS"]
+__all__ = ["Compressor", "ShrinkableLayer", "shrinkable_layers", "MODES", "METHODS", "OUTPUTS",
+           "SELECTIONS"]
 
 log = logging.getLogger("shrinkssm")
 
 MODES = ("tolerance", "fixed", "pragmatic", "none")
-METHODS = ("balanced", "singular_perturbation", "modal", "random")
-OUTPUTS = ("complex", "real")
-SELECTIONS = ("largest", "smallest")
-
-
-@runtime_checkable
-class ReducibleLayer(Protocol):
-    """What the compressor needs of a layer (the LRU is one)."""
-
-    d_state: int
-    last_replaced: dict
-
-    def system(self) -> lti.DiagonalSystem: ...
-
-    def reduce_(self, rank: int, method: str = ..., output: str = ..., **options): ...
-
-    def resize_(self, d_state: int, dense_skip: bool = ...) -> None: ...
-
-
-@runtime_checkable
-class SelfPlanningLayer(Protocol):
-    """A layer that measures itself and proposes its own (e.g. per-channel) ranks.
-
-    ``plan_reduction(rank_rule, method=..., output=...)`` returns a plan with ``hsv`` (1-D float64
-    tensor, for the record), ``old``/``target`` (in the units of ``d_state``), ``old_size``/
-    ``target_size`` (what the gate compares), ``skipped`` (None, or why nothing can be planned)
-    and ``agree_(fn)`` (pass its ranks through the compressor's ``agree`` hook);
-    ``rank_rule(hsv, size) -> int`` is :meth:`Compressor.channel_rank`. ``reduce_(plan,
-    method=..., output=..., **options)`` applies it and returns a report like the LRU's.
-    ``layout()`` / ``apply_layout_()`` describe and restore the layer's shapes (pragmatic rollback).
-    """
-
-    d_state: int
-    last_replaced: dict
-
-    def plan_reduction(self, rank_rule, *, method: str = ..., output: str = ...): ...
-
-    def reduce_(self, rank, method: str = ..., output: str = ..., **options): ...
-
-    def layout(self) -> dict: ...
-
-    def apply_layout_(self, layout: dict) -> None: ...
-
-
-def reducible_layers(model: nn.Module) -> list[nn.Module]:
-    """Every reducible layer of ``model`` (:class:`ReducibleLayer` or :class:`SelfPlanningLayer`),
-    in ``model.modules()`` order (a DDP wrapper is walked into like any other module)."""
-    return [m for m in model.modules() if isinstance(m, (ReducibleLayer, SelfPlanningLayer))]
-
-
-def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+"""How much each reduction takes (:class:`Compressor`, ``compress.mode``)."""
+METHODS, OUTPUTS, SELECTIONS = lti.METHODS, lti.OUTPUTS, lti.SELECTIONS
 
 
 class Compressor:
@@ -161,11 +107,11 @@ class Compressor:
         seed: int = 0,
         agree: Callable[[list[int]], list[int]] | None = None,
     ) -> None:
-        _check_choice("mode", mode, MODES)
-        _check_choice("method", method, METHODS)
-        _check_choice("output", output, OUTPUTS)
-        _check_choice("selection", selection, SELECTIONS)
-        _check_choice("optimizer_state", optimizer_state, STATE_POLICIES)
+        check_choice("mode", mode, MODES)
+        check_choice("method", method, METHODS)
+        check_choice("output", output, OUTPUTS)
+        check_choice("selection", selection, SELECTIONS)
+        check_choice("optimizer_state", optimizer_state, STATE_POLICIES)
         if not 0.0 <= tol < 1.0:
             raise ValueError(f"tol must lie in [0, 1), got {tol}")
         if not 0.0 < fraction < 1.0:
@@ -187,6 +133,26 @@ class Compressor:
         self.history = ReductionHistory()
         self.stopped = False          # set when pragmatic mode rolled a reduction back
 
+    @classmethod
+    def from_config(cls, section: Any, total_steps: int, *, seed: int = 0,
+                    evaluate: Callable[[nn.Module], float] | None = None,
+                    agree: Callable[[list[int]], list[int]] | None = None) -> "Compressor":
+        """The compressor of a ``compress`` config section, scheduled over ``total_steps``.
+
+        ``section`` is anything with the attributes of ``shrinkssm.train.config.CompressConfig``
+        (``mode``, ``tol``, ``fraction``, ``n_points``, ``window``, ``steps``, ``method``,
+        ``output``, ``selection``, ``gate``, ``min_rank``, ``optimizer_state``, ``margin``); every
+        setting of the constructor is taken from it by name.
+        """
+        schedule = ReductionSchedule.for_run(total_steps, section.n_points, section.window,
+                                             section.steps, section.mode)
+        settings = {name: getattr(section, name) for name in cls.SETTINGS}
+        return cls(schedule, evaluate=evaluate, seed=seed, agree=agree, **settings)
+
+    SETTINGS = ("mode", "tol", "fraction", "method", "output", "selection", "gate", "min_rank",
+                "optimizer_state", "margin")
+    """The constructor's settings that :meth:`from_config` reads from a config section."""
+
     # ----------------------------------------------------------------------------------------
     def step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
              ) -> ReductionEvent | None:
@@ -198,52 +164,48 @@ class Compressor:
             return None
         return self.reduce(step, model, optimizer)
 
-    def target_rank(self, hsv: torch.Tensor, d_state: int) -> int:
-        """The rank the mode asks for, before the gate: ``hsv`` (descending) of one layer."""
-        if self.mode == "tolerance":
-            rank = lti.rank_for_energy(hsv, self.tol)
-            if self.output == "real":   # a real order; one LRU state carries two real states
-                rank = math.ceil(rank / 2)
-        elif self.mode in ("fixed", "pragmatic"):
-            rank = int(d_state * (1.0 - self.fraction))
-        else:
-            rank = d_state
-        return max(self.min_rank, min(rank, d_state))
+    def rank_rule(self, hsv: torch.Tensor, size: int, size_of: Callable[[int], int] | None = None) -> int:
+        """The size the mode asks a system to keep, before the gate (the rule every layer applies
+        in ``plan_reduction``, :mod:`shrinkssm.nn.shrinkable`).
 
-    def channel_rank(self, hsv: torch.Tensor, size: int) -> int:
-        """The rank rule handed to self-planning layers: like :meth:`target_rank` for one real
-        system of order ``size`` (``hsv`` descending), without the LRU's real-to-complex halving."""
+        ``hsv``: the system's HSVs, descending; ``size``: its current size. ``tolerance``: the
+        energy rule, ``size_of(rank_for_energy(hsv, tol))`` (``size_of`` maps "keep the first k
+        HSVs" to units of ``size``; identity by default); ``fixed`` and ``pragmatic``:
+        ``floor(size * (1 - fraction))``; ``none``: ``size``. Then floored at ``min_rank`` and
+        capped at ``size``.
+        """
         if self.mode == "tolerance":
             rank = lti.rank_for_energy(hsv, self.tol)
+            if size_of is not None:
+                rank = size_of(rank)
         elif self.mode in ("fixed", "pragmatic"):
             rank = int(size * (1.0 - self.fraction))
         else:
             rank = size
-        return max(self.min_rank, min(rank, size))
+        return max(self.min_rank, min(int(rank), size))
 
     def reduce(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
                ) -> ReductionEvent:
         """Reduce now (whatever the schedule says) and record the event.
 
-        First every layer is measured and given a target rank; only if some layer will change are
-        the before/after evaluations run and (``pragmatic``) a snapshot taken.
+        First every layer plans (measures itself under :meth:`rank_rule`); only if some layer will
+        change are the before/after evaluations run and (``pragmatic``) a snapshot taken.
         """
         start = time.perf_counter()
-        layers = reducible_layers(model)
+        layers = shrinkable_layers(model)
         if not layers:
-            raise ValueError("the model has no reducible SSM layers (nothing with system() or "
-                             "plan_reduction(), and reduce_())")
-        plans: dict[int, object] = {}
-        events = [self._measure_layer(index, layer, plans) for index, layer in enumerate(layers)]
+            raise ValueError("the model has no shrinkable layers (nothing that implements "
+                             "shrinkssm.nn.shrinkable.ShrinkableLayer)")
+        plans, seconds = [], []
+        for index, layer in enumerate(layers):
+            t0 = time.perf_counter()
+            plans.append(layer.plan_reduction(self.rank_rule, method=self.method, output=self.output))
+            seconds.append(time.perf_counter() - t0)
+            if plans[-1].skipped is not None and plans[-1].notes:
+                log.warning("layer %d: %s", index, plans[-1].notes[0])
         if self.agree is not None:
-            for layer_event, target in zip(events, self.agree([e.target for e in events])):
-                layer_event.target = int(target)
-            for index, plan in plans.items():
-                if plan.skipped is None:
-                    plan.agree_(self.agree)
-                    events[index].target = plan.target
-        for layer_event in events:
-            layer_event.skipped = self._why_skip(layer_event, plans.get(layer_event.layer))
+            self._agree(plans)
+        events = [self._event(index, plan, secs) for index, (plan, secs) in enumerate(zip(plans, seconds))]
         acting = [e for e in events if e.skipped is None]
         event = ReductionEvent(step=step, mode=self.mode, method=self.method, output=self.output,
                                layers=events)
@@ -256,7 +218,7 @@ class Compressor:
             replaced = []
             for layer_event in acting:
                 layer = layers[layer_event.layer]
-                self._apply(layer_event, layer, step, plans.get(layer_event.layer))
+                self._apply(layer_event, layer, step, plans[layer_event.layer])
                 replaced.extend(layer.last_replaced.values())   # empty when nothing changed
             if optimizer is not None and replaced:
                 swap_parameters(optimizer, replaced, self.optimizer_state)
@@ -271,93 +233,71 @@ class Compressor:
         self.history.append(event)
         return event
 
-    def _measure_layer(self, index: int, layer: nn.Module, plans: dict) -> LayerEvent:
-        """A layer's HSVs and the rank the mode asks for (a self-planning layer's plan goes into
-        ``plans[index]``)."""
-        t0 = time.perf_counter()
-        if isinstance(layer, SelfPlanningLayer):
-            plan = layer.plan_reduction(self.channel_rank, method=self.method, output=self.output)
-            plans[index] = plan
-            event = LayerEvent(layer=index, old=plan.old, new=plan.old, target=plan.target,
-                               hsv=plan.hsv.double().cpu().tolist())
-            event.seconds = time.perf_counter() - t0
-            return event
-        old = layer.d_state
-        try:
-            hsv = lti.hankel_singular_values(layer.system(), output=self.output).double().cpu()
-        except ValueError as exc:      # not stable (|lam| = 1 even in float64) or not finite
-            event = LayerEvent(layer=index, old=old, new=old, target=old, hsv=[],
-                               notes=[f"not measured, layer kept as it was: {exc}"])
-            log.warning("layer %d: %s", index, event.notes[0])
-            event.seconds = time.perf_counter() - t0
-            return event
-        event = LayerEvent(layer=index, old=old, new=old, target=self.target_rank(hsv, old),
-                           hsv=hsv.tolist())
-        event.seconds = time.perf_counter() - t0
+    def _agree(self, plans: list[ReductionPlan]) -> None:
+        """Every plan's ranks through the ``agree`` hook, in one call (one collective under data
+        parallelism, whatever the layers)."""
+        flat = [int(r) for plan in plans for r in plan.ranks]
+        agreed = [int(r) for r in self.agree(flat)]
+        if len(agreed) != len(flat):
+            raise ValueError(f"agree returned {len(agreed)} ranks for {len(flat)}")
+        for plan in plans:
+            n = len(plan.ranks)
+            plan.ranks, agreed = agreed[:n], agreed[n:]
+
+    def _event(self, index: int, plan: ReductionPlan, seconds: float) -> LayerEvent:
+        """The record of one layer's plan, with why it is skipped (None: it will be applied)."""
+        old, old_size = plan.old, plan.old_size
+        measured = plan.skipped is None or len(plan.hsv) > 0
+        target, target_size = (plan.target, plan.target_size) if plan.skipped is None else (old, old_size)
+        event = LayerEvent(layer=index, old=old, new=old, target=target, hsv=plan.hsv.double().cpu().tolist(),
+                           notes=list(plan.notes), seconds=seconds, old_size=old_size,
+                           new_size=old_size, target_size=target_size)
+        if not measured:
+            event.skipped = plan.skipped
+        elif self.mode == "none":
+            event.skipped = "mode none"
+        elif self.stopped:
+            event.skipped = "stopped after a rollback"
+        elif plan.skipped is not None:
+            event.skipped = plan.skipped
+        elif target_size >= self.gate * old_size:
+            event.skipped = f"gate: state size {target_size} is not below {self.gate:g} x {old_size}"
         return event
 
-    def _why_skip(self, event: LayerEvent, plan=None) -> str | None:
-        """Why a layer stays as it is (None: it is reduced to ``event.target`` or its ``plan``)."""
-        if not event.hsv and plan is None:
-            return event.notes[0] if event.notes else "no Hankel singular values"
-        if self.mode == "none":
-            return "mode none"
-        if self.stopped:
-            return "stopped after a rollback"
-        if plan is not None:
-            if plan.skipped is not None:
-                return plan.skipped
-            if plan.target_size >= self.gate * plan.old_size:
-                return f"gate: {plan.target_size} states are not below {self.gate:g} x {plan.old_size}"
-            return None
-        if event.target >= self.gate * event.old:
-            return f"gate: rank {event.target} is not below {self.gate:g} x {event.old}"
-        return None
-
-    def _apply(self, event: LayerEvent, layer: nn.Module, step: int, plan=None) -> None:
-        """Reduce one layer to ``event.target`` (or its ``plan``) and record the outcome in ``event``."""
+    def _apply(self, event: LayerEvent, layer: nn.Module, step: int, plan: ReductionPlan) -> None:
+        """Apply one layer's plan and record the outcome in ``event``."""
         t0 = time.perf_counter()
         options = {"selection": self.selection} if self.selection != "largest" else {}
         if self.method == "random":
             options["generator"] = torch.Generator().manual_seed(
                 self.seed * 1_000_003 + step * 1_009 + event.layer)
         try:
-            report = layer.reduce_(event.target if plan is None else plan, method=self.method,
-                                   output=self.output, **options)
+            report = layer.apply_reduction_(plan, **options)
         except ValueError as exc:      # e.g. a reduced system too close to defective to diagonalise
             event.skipped = f"reduction failed, layer kept as it was: {exc}"
             log.warning("step %d, layer %d: %s", step, event.layer, event.skipped)
             event.seconds += time.perf_counter() - t0
             return
-        event.new, event.error_bound = report.new_d_state, report.error_bound
+        event.new, event.new_size, event.error_bound = report.new_d_state, report.new_size, report.error_bound
         event.kept_energy, event.notes = report.kept_energy, list(report.notes)
         event.seconds += time.perf_counter() - t0
 
     # -- pragmatic mode: snapshot and rollback --------------------------------------------------
     @staticmethod
-    def _shape(layer: nn.Module):
-        """What must be restored before a layer's state dict loads: its layout, or (size, skip)."""
-        if isinstance(layer, SelfPlanningLayer):
-            return ("layout", layer.layout())
-        return ("resize", layer.d_state, getattr(layer, "dense_skip", False))
-
-    @classmethod
-    def _snapshot(cls, layers: list[nn.Module], optimizer) -> dict:
+    def _snapshot(layers: list[nn.Module], optimizer) -> dict:
         return {
-            "layers": [(cls._shape(layer), copy.deepcopy(layer.state_dict())) for layer in layers],
+            "layers": [(copy.deepcopy(layer.layout()), copy.deepcopy(layer.state_dict())) for layer in layers],
             "optimizer": copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None,
         }
 
-    def _restore(self, layers: list[nn.Module], optimizer, snapshot: dict) -> None:
+    @staticmethod
+    def _restore(layers: list[nn.Module], optimizer, snapshot: dict) -> None:
         replaced = []
-        for layer, (shape, state) in zip(layers, snapshot["layers"]):
-            if self._shape(layer) == shape:
+        for layer, (layout, state) in zip(layers, snapshot["layers"]):
+            if layer.layout() == layout:
                 continue
             current = dict(layer.named_parameters(recurse=False))
-            if shape[0] == "layout":
-                layer.apply_layout_(shape[1])
-            else:
-                layer.resize_(shape[1], shape[2])
+            layer.apply_layout_(layout)
             layer.load_state_dict(state)
             restored = dict(layer.named_parameters(recurse=False))
             replaced.extend((current[name], restored[name]) for name in current)

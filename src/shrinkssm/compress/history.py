@@ -18,9 +18,13 @@ __all__ = ["LayerEvent", "ReductionEvent", "ReductionHistory"]
 class LayerEvent:
     """One layer at one reduction point.
 
-    ``hsv`` lists every Hankel singular value before the reduction (descending); ``target`` is the
-    rank the mode asked for and ``new`` the size after (equal to ``old`` when the gate or the
-    minimum rank kept the layer as it was).
+    ``hsv`` lists every Hankel singular value before the reduction (descending). Two units
+    (:mod:`shrinkssm.nn.shrinkable`): ``old`` / ``target`` / ``new`` are the layer's ``d_state``
+    (LRU: complex states; selective: mean real states per channel, rounded up), ``old_size`` /
+    ``target_size`` / ``new_size`` its ``state_size`` (real numbers of recurrent state per step,
+    the unit the gate compares; None in records written before it was kept). ``target`` is what
+    the mode asked for and ``new`` the size after (equal to ``old`` when the gate or the minimum
+    rank kept the layer as it was).
     """
 
     layer: int
@@ -33,6 +37,9 @@ class LayerEvent:
     seconds: float = 0.0
     skipped: str | None = None        # why the layer was left alone (gate, min_rank, mode none)
     notes: list[str] = field(default_factory=list)
+    old_size: int | None = None
+    target_size: int | None = None
+    new_size: int | None = None
 
 
 @dataclass
@@ -61,7 +68,13 @@ class ReductionEvent:
 
     @property
     def state_dims_after(self) -> list[int]:
+        """``d_state`` of every layer after the point (``old`` if it was rolled back)."""
         return [e.old if self.rolled_back else e.new for e in self.layers]
+
+    @property
+    def state_sizes_after(self) -> list[int | None]:
+        """``state_size`` of every layer after the point (None in old records)."""
+        return [e.old_size if self.rolled_back else e.new_size for e in self.layers]
 
 
 @dataclass

@@ -29,6 +29,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from shrinkssm._checks import check_choice
+
 __all__ = ["STATE_POLICIES", "swap_parameters", "slice_to_shape"]
 
 STATE_POLICIES = ("reset", "slice", "restart")
@@ -79,9 +81,7 @@ def swap_parameters(
         How many parameters were swapped. A pair whose old parameter the optimizer does not hold
         raises ``ValueError`` (the caller would otherwise train a layer that never updates).
     """
-    if policy not in STATE_POLICIES:
-        raise ValueError(f"unknown optimizer-state policy {policy!r}; "
-                         f"valid: {', '.join(STATE_POLICIES)}")
+    check_choice("optimizer_state policy", policy, STATE_POLICIES)
     where = {id(p): (g, i) for g in optimizer.param_groups for i, p in enumerate(g["params"])}
     count = 0
     for old, new in replaced:

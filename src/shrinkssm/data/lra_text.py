@@ -42,7 +42,7 @@ import numpy as np
 from ._common import check_bool, check_int, missing_files, pad_rows
 from .formats import DataFileError, data_home
 from .sequence import SequenceData
-from .splits import DataSplits, TaskSpec, holdout
+from .splits import VAL_STREAM, DataSplits, TaskSpec, holdout
 
 __all__ = [
     "AAN_FILES",
@@ -66,7 +66,6 @@ AAN_FILES = {
     "test": "new_aan_pairs.test.tsv",
 }
 AAN_DIR = "tsv_data"  # folder of the LRA release holding the three files
-_VAL_STREAM = 2
 
 INSTALL = {
     "imdb": (
@@ -179,7 +178,7 @@ def load_imdb(
     for split, (rows, labels) in parts.items():
         padded, lengths = pad_rows(rows, seq_len, dtype=np.dtype(np.uint8), pad_value=PAD_ID)
         data[split] = SequenceData(padded, labels, lengths=lengths)
-    train, val = holdout(data["train"], val_fraction, seed=seed, stream=_VAL_STREAM)
+    train, val = holdout(data["train"], val_fraction, seed=seed, stream=VAL_STREAM)
     spec = TaskSpec(
         kind="classification", d_input=VOCAB_SIZE, seq_len=seq_len, n_classes=2, tokens=True,
         vocab_size=VOCAB_SIZE, metric="accuracy", variable_length=True, name="imdb",
@@ -338,7 +337,7 @@ def load_aan(
     if official_val:
         train, val = data["train"], data["val"]
     else:
-        train, val = holdout(data["train"], val_fraction, seed=seed, stream=_VAL_STREAM)
+        train, val = holdout(data["train"], val_fraction, seed=seed, stream=VAL_STREAM)
     spec = TaskSpec(
         kind="classification", d_input=VOCAB_SIZE, seq_len=2 * doc_len, n_classes=2, tokens=True,
         vocab_size=VOCAB_SIZE, metric="accuracy", variable_length=False, n_segments=2, name="aan",

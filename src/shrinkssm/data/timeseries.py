@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import check_choice, missing_files
+from shrinkssm._checks import check_choice
+
+from ._common import missing_files
 from .formats import DataFileError, data_home
 from .sequence import SequenceData
-from .splits import DataSplits, TaskSpec, holdout
+from .splits import VAL_STREAM, DataSplits, TaskSpec, holdout
 
 __all__ = [
     "TsFile",
@@ -46,7 +48,6 @@ __all__ = [
 
 NORMALIZE = ("standard", "none")
 MISSING = ("error", "mean")
-_VAL_STREAM = 2
 
 INSTALL = (
     "pip install aeon (bundles ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels, "
@@ -251,8 +252,8 @@ def load_ucr(
     name = dataset
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"dataset must be a UCR/UEA data set name such as 'ArrowHead', got {name!r}")
-    check_choice(normalize, "normalize", NORMALIZE)
-    check_choice(missing, "missing", MISSING)
+    check_choice("normalize", normalize, NORMALIZE)
+    check_choice("missing", missing, MISSING)
     paths = ucr_files(root, name)
     if not all(p.is_file() for p in paths.values()):
         directory = paths["train"].parent
@@ -275,7 +276,7 @@ def load_ucr(
     for split, ts in (("train", train_file), ("test", test_file)):
         inputs, lengths = _to_padded(ts.series, seq_len)
         splits[split] = SequenceData(inputs, ts.labels, lengths if variable else None)
-    train, val = holdout(splits["train"], val_fraction, seed=seed, stream=_VAL_STREAM)
+    train, val = holdout(splits["train"], val_fraction, seed=seed, stream=VAL_STREAM)
     splits["train"], splits["val"] = train, val
     steps = _valid_steps(train)
     has_nan = any(bool(np.isnan(_valid_steps(d)).any()) for d in splits.values())

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from shrinkssm._checks import check_choice
+
 __all__ = ["NORMALIZATIONS", "Normalize", "channel_stats", "make_normalize"]
 
 NORMALIZATIONS = ("unit", "standard", "none")
@@ -126,5 +128,5 @@ def make_normalize(mode: str, train_inputs: torch.Tensor, *, max_value: float) -
     elif mode == "none":
         transform = Normalize(mean=(0.0,), std=(1.0,))
     else:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+        check_choice("normalize", mode, NORMALIZATIONS)
     return transform, {"mode": mode, "mean": list(transform.mean), "std": list(transform.std)}

@@ -59,7 +59,9 @@ frequency responses, norms).
 """
 from ._blas import blas_threads, set_blas_threads
 from .analysis import frequency_response, h2_norm, hinf_norm, impulse_response
+from .balancing import SELECTIONS
 from .gramians import (
+    OUTPUTS,
     discrete_lyapunov,
     dlyap,
     gramians,
@@ -68,7 +70,10 @@ from .gramians import (
     rank_for_energy,
 )
 from .reduction import (
+    METHODS,
+    SCORES,
     ReductionInfo,
+    balanced_states,
     balanced_singular_perturbation,
     balanced_truncation,
     balred,
@@ -103,6 +108,11 @@ __all__ = [
     "modal_truncation",
     "random_truncation",
     "reduce_system",
+    "balanced_states",
+    "METHODS",
+    "OUTPUTS",
+    "SELECTIONS",
+    "SCORES",
     "impulse_response",
     "frequency_response",
     "hinf_norm",

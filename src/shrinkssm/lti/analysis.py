@@ -10,11 +10,12 @@ unit circle of the largest singular value, H2 is ``sqrt(sum_k ||h[k]||_F^2)``.
 """
 from __future__ import annotations
 
-import operator
 
 import numpy as np
 import scipy.optimize
 import torch
+
+from shrinkssm._checks import check_positive_int
 
 from ._blas import limited_blas
 from .gramians import (
@@ -61,14 +62,7 @@ def impulse_response(sys: DiagonalSystem | DenseSystem, length: int) -> torch.Te
         ``length < 1``; a response that overflows (an unstable system over a long horizon).
     """
     _check_system(sys)
-    if isinstance(length, bool):
-        raise ValueError(f"length must be a positive integer, got {length!r}")
-    try:
-        L = operator.index(length)
-    except TypeError:
-        raise ValueError(f"length must be a positive integer, got {length!r}") from None
-    if L < 1:
-        raise ValueError(f"length must be >= 1, got {L}")
+    L = check_positive_int("length", length)
     B, C = _np(sys.B), _np(sys.C)
     if isinstance(sys, DiagonalSystem):
         lam = _np(sys.lam)

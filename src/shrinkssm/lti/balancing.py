@@ -42,12 +42,15 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
 
+from shrinkssm._checks import check_choice
+
 from ._blas import limited_blas
 
 __all__ = [
     "MODULUS_MARGIN",
     "REAL_PART_MARGIN",
     "MAX_COND_DROPS",
+    "SELECTIONS",
     "SquareRoot",
     "Modal",
     "Truncation",
@@ -67,6 +70,8 @@ REAL_PART_MARGIN = 1e-4  # continuous time: reduced eigenvalues are kept at Re(m
 MAX_COND_DROPS = 8  # ill-conditioned eigenvectors: how many times the order may be lowered
 _EIGENBASIS_MAX_COND = 1e3  # stein_gramians: above this cond(V) the Gramians go through SciPy
 _DOMAINS = ("discrete", "continuous")
+SELECTIONS = ("largest", "smallest")
+"""Which balanced directions a truncation keeps: the leading ones, or (ablation) the trailing nonzero ones."""
 
 
 # ------------------------------------------------------------------------------------ Gramians
@@ -416,8 +421,8 @@ def truncate(sr: SquareRoot, F, B: np.ndarray, C: np.ndarray, order: int, *, rea
     ValueError
         Ill-conditioned eigenvectors after :data:`MAX_COND_DROPS` drops; non-finite results.
     """
-    if domain not in _DOMAINS:
-        raise ValueError(f"domain must be one of {_DOMAINS}, got {domain!r}")
+    check_choice("domain", domain, _DOMAINS)
+    check_choice("selection", selection, SELECTIONS)
     notes: list[str] = []
     order = capped_order(order, sr, notes)
     if order == 0:

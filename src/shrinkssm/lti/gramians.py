@@ -26,6 +26,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from shrinkssm._checks import check_choice
+
 from ._blas import limited_blas
 from .balancing import SquareRoot, diagonal_gramians, square_root
 from .systems import (
@@ -38,6 +40,7 @@ from .systems import (
 )
 
 __all__ = [
+    "OUTPUTS",
     "gramians",
     "discrete_lyapunov",
     "dlyap",
@@ -46,7 +49,8 @@ __all__ = [
     "rank_for_energy",
 ]
 
-_OUTPUTS = ("complex", "real")
+OUTPUTS = ("complex", "real")
+"""The two views of a diagonal system whose Gramians and HSVs are taken (``docs/design.md`` §3)."""
 
 
 # ------------------------------------------------------------------ numeric working representation
@@ -92,8 +96,7 @@ def _from_numpy(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def _check_output(output: str) -> None:
-    if output not in _OUTPUTS:
-        raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+    check_choice("output", output, OUTPUTS)
 
 
 def _to_numpy(t: torch.Tensor, complex_: bool) -> np.ndarray:

@@ -46,17 +46,19 @@ real eigenvalue costs a whole state), see ``ReductionInfo.order``.
 from __future__ import annotations
 
 import inspect
-import operator
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from shrinkssm._checks import check_choice, check_positive_int
+
 from ._blas import limited_blas
 from .balancing import (
     MAX_COND_DROPS,
     MODULUS_MARGIN,
+    SELECTIONS,
     Modal,
     SquareRoot,
     capped_order,
@@ -67,6 +69,7 @@ from .balancing import (
     truncate,
 )
 from .gramians import (
+    OUTPUTS,
     _balancing,
     _D_numpy,
     _from_numpy,
@@ -85,9 +88,15 @@ __all__ = [
     "modal_truncation",
     "random_truncation",
     "reduce_system",
+    "balanced_states",
+    "METHODS",
+    "SCORES",
     "MODULUS_MARGIN",
     "MAX_COND_DROPS",
 ]
+
+SCORES = ("magnitude", "hinf")
+"""How :func:`modal_truncation` ranks modes: ``|lam_j|`` or the per-mode H-infinity norm."""
 
 _MAX_COND_BY_DTYPE = {torch.complex64: 1e4, torch.complex128: 1e8}  # default of max_cond=None
 
@@ -152,20 +161,7 @@ class ReductionInfo:
 
 # ------------------------------------------------------------------------------ argument checks
 def _check_rank(rank) -> int:
-    if isinstance(rank, bool):
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    try:
-        r = operator.index(rank)
-    except TypeError:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}") from None
-    if r < 1:
-        raise ValueError(f"rank must be >= 1, got {r}")
-    return r
-
-
-def _check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return check_positive_int("rank", rank)
 
 
 def _check_max_cond(max_cond, sys) -> float:
@@ -277,8 +273,8 @@ def _balanced_reduced_dense(sys, rank: int, output: str = "complex", selection: 
 
 @limited_blas
 def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: str = "complex",
-                        selection: str = "largest", *, max_cond: float | None = None
-                        ) -> tuple[DiagonalSystem, ReductionInfo]:
+                        selection: str = "largest", *, max_cond: float | None = None,
+                        order: int | None = None) -> tuple[DiagonalSystem, ReductionInfo]:
     """Balanced truncation to ``rank`` LRU states, re-diagonalised (square-root method).
 
     Parameters
@@ -299,6 +295,10 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
         is lowered (module docstring). None: 1e4 for complex64 systems, 1e8 for complex128 (the
         diagonal form then reproduces the balanced model to about 1e-3 / 1e-8 relative accuracy;
         trained LRU systems give cond(W) of 1 to 100). ``float('inf')`` disables the check.
+    order : int or None, keyword-only
+        ``output="real"`` only: the real order to start from (default ``2 * rank``); it is lowered
+        only as far as the budget of ``rank`` LRU states and the guards demand. With ``rank =
+        balanced_states(sys, order)`` the result keeps exactly ``order`` unless a guard acts.
 
     Returns
     -------
@@ -329,7 +329,7 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
     """
     t0 = time.perf_counter()
     rank = _check_rank(rank)
-    _check_choice("selection", selection, ("largest", "smallest"))
+    check_choice("selection", selection, SELECTIONS)
     max_cond = _check_max_cond(max_cond, sys)
     num, sr = _balancing(sys, output, "balanced_truncation")
     if rank >= sys.n_states:
@@ -338,7 +338,12 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
         notes: list[str] = []
         _target_order(rank, sr, output, notes)
         return _zero_system(sys, sr, "balanced", output, t0, notes, sys.D)
-    tr = truncate(sr, _StateOperator(num, sys), num.B, num.C, rank if output == "complex" else 2 * rank,
+    if order is not None:
+        order = check_positive_int("order", order)
+        if output != "real":
+            raise ValueError(f"order (a real order) applies to output='real', not {output!r}")
+    start = rank if output == "complex" else (2 * rank if order is None else min(order, 2 * rank))
+    tr = truncate(sr, _StateOperator(num, sys), num.B, num.C, start,
                   real=num.real, domain="discrete", max_states=rank, max_cond=max_cond, selection=selection)
     notes = list(tr.notes)
     order, kept = tr.order, tr.kept
@@ -349,6 +354,32 @@ def balanced_truncation(sys: DiagonalSystem | DenseSystem, rank: int, output: st
                          2.0 * float(sr.hsv[discarded].sum()), _energy(sr.hsv, kept), tuple(notes),
                          time.perf_counter() - t0)
     return reduced, info
+
+
+@limited_blas
+def balanced_states(sys: DiagonalSystem | DenseSystem, order: int, output: str = "real",
+                    selection: str = "largest") -> int:
+    """LRU states the balanced truncation of ``sys`` to ``order`` balanced directions needs.
+
+    In the ``"complex"`` view that is ``order`` itself. In the ``"real"`` view (``order`` a real
+    order) it is the number of states of the diagonal form of the reduced real system: one per
+    conjugate pair of its eigenvalues and one per real eigenvalue (``docs/design.md`` §4.3), so
+    between ``ceil(order / 2)`` and ``order``. ``order`` is capped at the nonzero HSVs; a map with
+    none needs one (silent) state. Uses the balancing cached for ``sys``.
+    """
+    order = check_positive_int("order", order)
+    check_choice("output", output, OUTPUTS)
+    check_choice("selection", selection, SELECTIONS)
+    if output == "complex":
+        return order
+    num, sr = _balancing(sys, output, "balanced_states")
+    k = min(order, sr.n_nonzero)
+    if k == 0:
+        return 1
+    idx = np.arange(k) if selection == "largest" else np.arange(sr.n_nonzero - k, sr.n_nonzero)
+    A_b, _, _ = _balanced_coordinates(num, sr, idx)
+    mu = np.linalg.eig(A_b)[0]           # as modal_form: exact pairs and exactly real values
+    return int(np.count_nonzero(mu.imag >= 0))
 
 
 def _zero_system(sys, sr, method, output, t0, notes, D) -> tuple[DiagonalSystem, ReductionInfo]:
@@ -504,8 +535,8 @@ def modal_truncation(sys: DiagonalSystem | DenseSystem, rank: int, score: str = 
     """
     t0 = time.perf_counter()
     rank = _check_rank(rank)
-    _check_choice("score", score, ("magnitude", "hinf"))
-    _check_choice("selection", selection, ("largest", "smallest"))
+    check_choice("score", score, SCORES)
+    check_choice("selection", selection, SELECTIONS)
     max_cond = _check_max_cond(max_cond, sys)
     num, sr = _balancing(sys, output, "modal_truncation")
     if rank >= sys.n_states:
@@ -561,6 +592,9 @@ _METHODS = {
     "modal": modal_truncation,
     "random": random_truncation,
 }
+METHODS = tuple(_METHODS)
+"""The reduction methods of :func:`reduce_system`, by name (the one list the layers, the
+compressor and the config schema take theirs from)."""
 
 
 @limited_blas
@@ -582,7 +616,7 @@ def reduce_system(sys: DiagonalSystem | DenseSystem, rank: int, method: str = "b
     -------
     (DiagonalSystem, ReductionInfo)
     """
-    _check_choice("method", method, tuple(_METHODS))
+    check_choice("method", method, METHODS)
     fn = _METHODS[method]
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("sys", "rank")]
     unknown = sorted(set(kwargs) - set(allowed))

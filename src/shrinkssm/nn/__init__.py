@@ -1,16 +1,22 @@
 """Layers and models, in ML notation (``d_model``, ``d_state``).
 
+* :class:`ShrinkableLayer` -- the protocol of a layer that shrinks during training (describe, plan,
+  apply, report, layout; :mod:`shrinkssm.nn.shrinkable`): where a new reducible layer plugs in.
 * :class:`LRU` -- the Linear Recurrent Unit; ``system()`` describes it as an
   :class:`shrinkssm.lti.DiagonalSystem`, ``reduce_()`` replaces it by a smaller one.
 * :class:`SelectiveSSM` -- a Mamba-1 style selective SSM block; its mean LTI surrogate ranks states
-  for ``plan_reduction()`` / ``reduce_()`` (per-channel balanced truncation or a shared subset).
+  for ``plan_reduction()`` (per-channel balanced truncation or a shared subset).
 * :class:`SSMModel` -- encoder, blocks of (norm -> mixer -> GELU -> GLU -> residual), pooling, head.
 """
 
-from shrinkssm.nn.lru import LRU as LRU, LayerReduction as LayerReduction, SSM_LR_GROUP as SSM_LR_GROUP
+from shrinkssm.nn.lru import LRU as LRU, SSM_LR_GROUP as SSM_LR_GROUP
+from shrinkssm.nn.shrinkable import (
+    LayerReduction as LayerReduction,
+    ReductionPlan as ReductionPlan,
+    ShrinkableLayer as ShrinkableLayer,
+    shrinkable_layers as shrinkable_layers,
+)
 from shrinkssm.nn.selective import (
-    SelectiveReduction as SelectiveReduction,
-    SelectiveReductionPlan as SelectiveReductionPlan,
     SelectiveSSM as SelectiveSSM,
     calibrate_surrogates as calibrate_surrogates,
 )
@@ -21,6 +27,6 @@ from shrinkssm.nn.model import (
     SSMModel as SSMModel,
 )
 
-__all__ = ["LRU", "LayerReduction", "SSM_LR_GROUP", "ModelConfig", "SSMModel", "SSMBlock",
-           "MaskedBatchNorm", "SelectiveSSM", "SelectiveReduction", "SelectiveReductionPlan",
+__all__ = ["LRU", "LayerReduction", "ReductionPlan", "ShrinkableLayer", "shrinkable_layers",
+           "SSM_LR_GROUP", "ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "SelectiveSSM",
            "calibrate_surrogates"]

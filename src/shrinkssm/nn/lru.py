@@ -9,22 +9,27 @@ the parametrisation of ``docs/design.md`` §2::
 The system-theory conventions (which side the conjugate sits on, what "rank" counts) are those of
 :mod:`shrinkssm.lti`. :meth:`LRU.system` is the bridge to that package: it returns the exact map the
 forward pass computes, and :meth:`LRU.reduce_` writes a reduced system back into the layer.
+
+Sizes: ``d_state`` counts complex states (``N``); ``state_size = 2 N``, the real numbers the scan
+carries per sequence and step (the unit every layer kind shares). The layer implements the
+shrinkable-layer protocol of :mod:`shrinkssm.nn.shrinkable` (plan, apply, report, layout).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shrinkssm import lti
+from shrinkssm._checks import check_choice
+from shrinkssm.nn.shrinkable import LayerReduction, ReductionPlan, RankRule, set_param
 from shrinkssm.ops import _native_backend, lru_recurrence
 from shrinkssm.ops.scan import FUSED_MAX_WIDTH, resolve_backend
 
-__all__ = ["LRU", "LayerReduction", "SSM_LR_GROUP"]
+__all__ = ["LRU", "SSM_LR_GROUP"]
 
 SSM_LR_GROUP = "ssm"
 """Value of ``param._lr_group`` for the recurrent parameters (nu, theta, gamma, B): the published
@@ -36,41 +41,15 @@ so a reduced eigenvalue on the positive real axis (theta = 0) is given this phas
 change of lam is below 1e-6 * |lam|, far under the reduction's own error bound."""
 
 
-@dataclass(frozen=True)
-class LayerReduction:
-    """What :meth:`LRU.reduce_` did to one layer.
-
-    ``hsv`` holds all Hankel singular values of the layer before the reduction (descending,
-    float64); ``error_bound`` bounds the H-infinity norm of the change of the layer's map (None for
-    methods without an a-priori bound). ``notes`` repeats what the reduction had to say (no-op,
-    clamped eigenvalues, ...).
-    """
-
-    old_d_state: int
-    new_d_state: int
-    method: str
-    output: str
-    hsv: Tensor
-    error_bound: float | None
-    kept_energy: float
-    seconds: float
-    notes: tuple[str, ...] = ()
-
-    @property
-    def changed(self) -> bool:
-        """True if the layer was replaced (its state shrank)."""
-        return self.new_d_state < self.old_d_state
-
-
 class LRU(nn.Module):
-    """Linear Recurrent Unit over real sequences.
+    """Linear Recurrent Unit over real sequences; a :class:`~shrinkssm.nn.shrinkable.ShrinkableLayer`.
 
     Parameters
     ----------
     d_model : int
         Width H of the input and output.
     d_state : int
-        Number N of complex states.
+        Number N of complex states (``state_size = 2 N`` real numbers per step).
     r_min, r_max : float
         ``|lam|`` is drawn so that eigenvalues are uniform on the ring ``r_min <= |lam| <= r_max``.
     max_phase : float
@@ -149,17 +128,7 @@ class LRU(nn.Module):
         self.d_state = n
 
     def _set_param(self, name: str, value: Tensor, **tags) -> nn.Parameter:
-        old = self._parameters.get(name)
-        param = nn.Parameter(value.detach().clone(), requires_grad=True)
-        for key, val in tags.items():
-            setattr(param, key, val)
-        if old is not None:  # carry over tags that callers may have added
-            for key, val in vars(old).items():
-                if key.startswith("_") and not hasattr(param, key):
-                    setattr(param, key, val)
-            self.last_replaced[name] = (old, param)
-        setattr(self, name, param)
-        return param
+        return set_param(self, name, value, **tags)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -195,6 +164,27 @@ class LRU(nn.Module):
         """
         self._allocate(d_state, dense_skip)
         self.last_replaced.clear()
+
+    D_STATE_UNIT = "complex states"
+
+    @property
+    def state_size(self) -> int:
+        """Real numbers of recurrent state per sequence and step: ``2 * d_state`` (a complex
+        state is two)."""
+        return 2 * self.d_state
+
+    def layout(self) -> dict:
+        """Shapes that differ from construction (for checkpoints): ``{"d_state", "dense_skip"}``."""
+        return {"d_state": int(self.d_state), "dense_skip": bool(self.dense_skip)}
+
+    def apply_layout_(self, layout: dict) -> None:
+        """Reallocate for a :meth:`layout` (placeholder values) before ``load_state_dict``."""
+        if set(layout) != {"d_state", "dense_skip"}:
+            raise ValueError(f"an LRU layout has the keys ['d_state', 'dense_skip'], got {sorted(layout)}")
+        if int(layout["d_state"]) < 1:
+            raise ValueError(f"an LRU layout needs d_state >= 1, got {layout['d_state']}")
+        if layout != self.layout():
+            self.resize_(int(layout["d_state"]), bool(layout["dense_skip"]))
 
     def extra_repr(self) -> str:
         skip = ", dense_skip=True" if self.dense_skip else ""
@@ -356,6 +346,64 @@ class LRU(nn.Module):
         return sys
 
     @torch.no_grad()
+    def plan_reduction(self, rank_rule: RankRule, *, method: str = "balanced",
+                       output: str = "complex") -> ReductionPlan:
+        """Measure the layer's HSVs and propose a rank (nothing changes).
+
+        Parameters
+        ----------
+        rank_rule : callable
+            ``rank_rule(hsv, size, size_of=None) -> int`` (:mod:`shrinkssm.nn.shrinkable`), applied
+            to the HSVs of :meth:`system` in the view ``output`` with ``size = d_state``. In the
+            ``"real"`` view the HSVs belong to real orders: ``size_of(k)`` is the number of LRU
+            states that order ``k`` needs (balanced truncation: the count of its diagonal form,
+            :func:`shrinkssm.lti.balanced_states`, since a real reduced eigenvalue costs a whole
+            state; the other methods keep whole modes, ``ceil(k / 2)``).
+        method : one of :data:`shrinkssm.lti.METHODS`
+        output : one of :data:`shrinkssm.lti.OUTPUTS`
+
+        Returns
+        -------
+        ReductionPlan
+            One rank (complex states, weight 2 real numbers each). A system that cannot be
+            measured (not stable even in float64, not finite) gives a skipped plan with a warning.
+        """
+        check_choice("method", method, lti.METHODS)
+        check_choice("output", output, lti.OUTPUTS)
+        try:
+            sys = self.system()
+            hsv = lti.hankel_singular_values(sys, output=output).double().cpu()
+        except ValueError as exc:      # not stable (|lam| = 1 even in float64) or not finite
+            return ReductionPlan.not_measured(self, method, output, 2,
+                                              f"not measured, layer kept as it was: {exc}", warn=True)
+        orders: dict[int, int] = {}    # LRU states -> the real order the rule asked them for
+        size_of = None
+        if output == "real":
+            def size_of(order: int) -> int:
+                states = (lti.balanced_states(sys, order) if method == "balanced"
+                          else math.ceil(order / 2))
+                orders.setdefault(states, order)
+                return states
+        rank = int(rank_rule(hsv, self.d_state) if size_of is None else rank_rule(hsv, self.d_state, size_of))
+        return ReductionPlan(id(self), method, output, hsv, [rank], [2], self.state_size, 2,
+                             detail={"order": orders.get(rank)})
+
+    @torch.no_grad()
+    def apply_reduction_(self, plan: ReductionPlan, **options) -> LayerReduction:
+        """Apply a plan of :meth:`plan_reduction` (its one rank, method and output): as
+        :meth:`reduce_`. A balanced plan in the ``"real"`` view keeps exactly the real order the
+        rank rule chose (fewer if a guard acts; the report's notes say so)."""
+        if plan.layer_id != id(self):
+            raise ValueError("the plan was made for another layer")
+        if plan.skipped is not None:
+            raise ValueError(f"cannot apply a skipped plan ({plan.skipped})")
+        order = (plan.detail or {}).get("order")
+        if (order is not None and plan.method == "balanced" and plan.output == "real"
+                and options.get("selection", "largest") == "largest"):
+            options = {**options, "order": order}
+        return self.reduce_(plan.ranks[0], plan.method, plan.output, **options)
+
+    @torch.no_grad()
     def reduce_(
         self,
         rank: int,
@@ -405,7 +453,8 @@ class LRU(nn.Module):
         return LayerReduction(
             old_d_state=old, new_d_state=self.d_state, method=method, output=output,
             hsv=info.hsv, error_bound=info.error_bound, kept_energy=info.kept_energy,
-            seconds=info.seconds, notes=notes,
+            seconds=info.seconds, notes=notes, old_size=2 * old, new_size=self.state_size,
+            ranks=(self.d_state,),
         )
 
     def _load_system(self, sys: lti.DiagonalSystem) -> tuple[str, ...]:

@@ -22,13 +22,19 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from shrinkssm._checks import check_choice
 from shrinkssm.nn.lru import LRU
-from shrinkssm.nn.selective import SelectiveSSM
+from shrinkssm.nn.selective import REDUCTIONS, SURROGATES, SelectiveSSM
+from shrinkssm.nn.shrinkable import ShrinkableLayer
 from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block, linear
+from shrinkssm.ops.scan import BACKENDS
 
-__all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS"]
+__all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS", "LAYERS", "LAYER_KINDS"]
 
 TASKS = ("classification", "regression", "lm")
+LAYER_KINDS = {"lru": LRU, "selective": SelectiveSSM}
+"""The mixers a block can have (``model.layer``), by name."""
+LAYERS = tuple(LAYER_KINDS)
 
 
 class ModelConfig(BaseModel):
@@ -38,11 +44,12 @@ class ModelConfig(BaseModel):
 
     n_layers: int = Field(1, ge=1, description="number of blocks")
     d_model: int = Field(8, ge=1, description="width H of every block")
-    layer: Literal["lru", "selective"] = Field(
+    layer: Literal[LAYERS] = Field(
         "lru", description="the mixer of every block: LRU, or a Mamba-style selective SSM")
     d_state: int | list[int] = Field(
         256, description="initial state size N of every mixer, or one per block (LRU: complex "
-        "states; selective: real states per channel, 16 in Mamba)")
+        "states, state_size 2N real numbers per step; selective: real states per channel, 16 in "
+        "Mamba, state_size E*N)")
     norm: Literal["batch", "layer"] = Field("batch", description="the published block uses batch")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     pooling: Literal["mean", "last"] = Field("mean", description="classification only")
@@ -50,7 +57,7 @@ class ModelConfig(BaseModel):
     r_max: float = Field(0.999, gt=0.0, lt=1.0, description="largest initial |lambda|")
     max_phase: float = Field(2 * math.pi, gt=0.0, le=2 * math.pi)
     train_gamma: bool = True
-    scan: Literal["auto", "native", "chunked", "ref"] = Field(
+    scan: Literal[BACKENDS] = Field(
         "auto", description="scan backend (the selective scan has auto, native and ref)")
     # selective layers only (layer="selective"; ignored by the LRU)
     expand: int = Field(2, ge=1, description="selective: channels E = expand * d_model")
@@ -59,19 +66,24 @@ class ModelConfig(BaseModel):
                                 "projection, null = ceil(d_model / 16)")
     dt_min: float = Field(0.001, gt=0.0, description="selective: smallest initial step size")
     dt_max: float = Field(0.1, gt=0.0, description="selective: largest initial step size")
-    selective_reduction: Literal["per_channel", "shared"] = Field(
+    selective_reduction: Literal[REDUCTIONS] = Field(
         "per_channel", description="selective: per-channel balanced truncation (the paper) or one "
         "shared subset of state indices per layer")
-    selective_surrogate: Literal["second_moment", "mean"] = Field(
+    selective_surrogate: Literal[SURROGATES] = Field(
         "second_moment", description="selective: Gramians of the LTI surrogate from the second "
         "moments of delta B(x), C(x) or from their means (the paper's literal construction)")
     surrogate_momentum: float | None = Field(
         0.1, gt=0.0, le=1.0, description="selective: weight of a batch in the surrogate's moving "
         "averages, null = plain average")
 
-    def state_size(self, block: int) -> int:
-        """Initial state size of block ``block``."""
+    def d_state_of(self, block: int) -> int:
+        """Initial ``d_state`` of block ``block`` (in the unit of ``layer``'s ``D_STATE_UNIT``)."""
         return self.d_state[block] if isinstance(self.d_state, list) else self.d_state
+
+    @property
+    def d_state_unit(self) -> str:
+        """What one unit of ``d_state`` is for this ``layer`` (its class's ``D_STATE_UNIT``)."""
+        return LAYER_KINDS[self.layer].D_STATE_UNIT
 
     @model_validator(mode="after")
     def _selective_settings(self) -> "ModelConfig":
@@ -151,12 +163,12 @@ class SSMBlock(nn.Module):
         self.norm = MaskedBatchNorm(h) if cfg.norm == "batch" else nn.LayerNorm(h)
         if cfg.layer == "selective":
             self.selective = SelectiveSSM(
-                h, cfg.state_size(index), expand=cfg.expand, d_conv=cfg.d_conv, dt_rank=cfg.dt_rank,
+                h, cfg.d_state_of(index), expand=cfg.expand, d_conv=cfg.d_conv, dt_rank=cfg.dt_rank,
                 dt_min=cfg.dt_min, dt_max=cfg.dt_max, reduction=cfg.selective_reduction,
                 surrogate=cfg.selective_surrogate, surrogate_momentum=cfg.surrogate_momentum,
                 scan=cfg.scan)
         else:
-            self.lru = LRU(h, cfg.state_size(index), r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
+            self.lru = LRU(h, cfg.d_state_of(index), r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
                            train_gamma=cfg.train_gamma, scan=cfg.scan)
         self.glu = nn.Linear(h, 2 * h)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -237,8 +249,7 @@ class SSMModel(nn.Module):
                  task: str = "classification", tokens: bool | None = None,
                  per_step: bool | None = None, n_segments: int = 1) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        check_choice("task", task, TASKS)
         self.config, self.task = config, task
         self.tokens = task == "lm" if tokens is None else tokens
         self.per_step = task != "classification" if per_step is None else per_step
@@ -253,47 +264,53 @@ class SSMModel(nn.Module):
         self.head = nn.Linear(4 * h if n_segments == 2 else h, d_output)
 
     # -- compression interface ----------------------------------------------------------------
-    def ssm_layers(self) -> list[LRU | SelectiveSSM]:
+    def ssm_layers(self) -> list[ShrinkableLayer]:
         """The SSM layers (LRU or selective), first block first."""
         return [block.mixer for block in self.blocks]
 
     def state_dims(self) -> list[int]:
-        """Current state size of every SSM layer: complex states of an LRU; mean real states per
-        channel (rounded up) of a selective layer."""
-        return [layer.d_state for layer in self.ssm_layers()]
+        """``d_state`` of every SSM layer, in the unit of the model's layer kind
+        (:meth:`state_unit`: complex states of an LRU, mean real states per channel of a
+        selective layer); the sizes the config's ``model.d_state`` sets."""
+        return [int(layer.d_state) for layer in self.ssm_layers()]
+
+    def state_sizes(self) -> list[int]:
+        """``state_size`` of every SSM layer: real numbers of recurrent state per sequence and
+        step (what the scan pays; the same unit for every layer kind)."""
+        return [int(layer.state_size) for layer in self.ssm_layers()]
+
+    def state_unit(self) -> str:
+        """What one unit of :meth:`state_dims` is (``D_STATE_UNIT`` of the layers; every block
+        of a model has the same kind)."""
+        units = sorted({layer.D_STATE_UNIT for layer in self.ssm_layers()})
+        return units[0] if len(units) == 1 else "mixed: " + "; ".join(units)
 
     def layout(self) -> dict:
-        """Per-layer shapes that differ from the config after reductions (for checkpoints).
-
-        LRU models: ``{"state_dims", "dense_skip"}``. Selective models add ``"selective"``: each
-        layer's :meth:`SelectiveSSM.layout` (per-channel ranks live in its buffers).
-        """
-        layers = self.ssm_layers()
-        out = {"state_dims": self.state_dims(),
-               "dense_skip": [getattr(layer, "dense_skip", False) for layer in layers]}
-        if any(isinstance(layer, SelectiveSSM) for layer in layers):
-            out["selective"] = [layer.layout() for layer in layers]
-        return out
+        """Per-layer shapes that differ from the config after reductions (for checkpoints):
+        ``{"layers": [layer.layout(), ...], "state_dims": [...]}`` (``state_dims`` for readers;
+        ``layers`` is what :meth:`apply_layout_` rebuilds from)."""
+        return {"layers": [layer.layout() for layer in self.ssm_layers()],
+                "state_dims": self.state_dims()}
 
     def apply_layout_(self, layout: dict) -> None:
-        """Reshape the layers to a :meth:`layout` (placeholder values) before loading weights."""
-        dims, dense = layout["state_dims"], layout["dense_skip"]
+        """Reshape the layers to a :meth:`layout` (placeholder values) before loading weights.
+
+        Also reads the layouts of checkpoints written before per-layer layouts
+        (``{"state_dims", "dense_skip"}`` and, for selective models, ``"selective"``)."""
         layers = self.ssm_layers()
-        if len(dims) != len(layers) or len(dense) != len(layers):
-            raise ValueError(f"layout describes {len(dims)} layers, the model has {len(layers)}")
-        selective = layout.get("selective")
-        if any(isinstance(layer, SelectiveSSM) for layer in layers) != (selective is not None):
-            raise ValueError("the layout and the model disagree on the kind of layer (lru / selective)")
-        if selective is not None:
-            if len(selective) != len(layers):
-                raise ValueError(f"layout describes {len(selective)} layers, the model has {len(layers)}")
-            for layer, shapes in zip(layers, selective):
-                if layer.layout() != shapes:
-                    layer.apply_layout_(shapes)
-            return
-        for layer, n, d in zip(layers, dims, dense):
-            if layer.d_state != n or layer.dense_skip != d:
-                layer.resize_(int(n), bool(d))
+        entries = _layer_layouts(layout)
+        if len(entries) != len(layers):
+            raise ValueError(f"layout describes {len(entries)} layers, the model has {len(layers)}")
+        for i, (layer, entry) in enumerate(zip(layers, entries)):
+            if set(entry) != set(layer.layout()):
+                raise ValueError(f"the layout and the model disagree on the kind of layer {i} "
+                                 f"(layout keys {sorted(entry)}, the {type(layer).__name__} has "
+                                 f"{sorted(layer.layout())})")
+            if layer.layout() != entry:
+                layer.apply_layout_(entry)
+        if "layers" in layout and "state_dims" in layout and list(layout["state_dims"]) != self.state_dims():
+            raise ValueError(f"the layout's state_dims {layout['state_dims']} disagree with its layers "
+                             f"(which give {self.state_dims()})")
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -359,3 +376,15 @@ class SSMModel(nn.Module):
             h, state = block.step(h, state)
             new_states.append(state)
         return self.head(h), new_states
+
+
+def _layer_layouts(layout: dict) -> list[dict]:
+    """The per-layer entries of a model layout, old or new format (:meth:`SSMModel.apply_layout_`)."""
+    if "layers" in layout:
+        return list(layout["layers"])
+    if "selective" in layout:
+        return list(layout["selective"])
+    dims, dense = layout["state_dims"], layout["dense_skip"]
+    if len(dims) != len(dense):
+        raise ValueError(f"layout lists {len(dims)} state sizes and {len(dense)} dense_skip flags")
+    return [{"d_state": int(n), "dense_skip": bool(d)} for n, d in zip(dims, dense)]

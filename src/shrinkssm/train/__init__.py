@@ -1,10 +1,19 @@
 """Training: the run config, the loop, checkpoints, metrics.
 
 * :func:`load_config` / :class:`RunConfig` -- YAML + dotted overrides, validated.
+* :func:`configure_process` -- the process-wide settings of a run (threads, malloc, plotting
+  backend, data-parallel group), in one explicit call; importing changes nothing global.
+* :func:`load_data` / :func:`build_model` / :func:`build_compressor` -- a run's parts from its
+  config (:mod:`shrinkssm.train.build`).
 * :class:`Trainer` -- one run in one run directory (``shrinkssm train``).
 * :func:`save_checkpoint` / :func:`load_checkpoint` -- atomic, checked checkpoints.
 """
 
+from shrinkssm.train.build import (
+    build_compressor as build_compressor,
+    build_model as build_model,
+    load_data as load_data,
+)
 from shrinkssm.train.checkpoint import (
     CheckpointError as CheckpointError,
     load_checkpoint as load_checkpoint,
@@ -20,14 +29,13 @@ from shrinkssm.train.config import (
     load_config as load_config,
 )
 from shrinkssm.train.objective import Objective as Objective, evaluate as evaluate
+from shrinkssm.train.process import configure_process as configure_process
 from shrinkssm.train.trainer import (
     Trainer as Trainer,
     TrainingDiverged as TrainingDiverged,
-    build_compressor as build_compressor,
-    build_model as build_model,
 )
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "CompressConfig",
            "ConfigError", "DataConfig", "RunConfig", "TrainConfig", "apply_overrides",
            "load_config", "Objective", "evaluate", "Trainer", "TrainingDiverged",
-           "build_compressor", "build_model"]
+           "build_compressor", "build_model", "load_data", "configure_process"]

@@ -6,7 +6,7 @@ A checkpoint is one ``torch.save`` file (a zip archive) holding a dict:
 ``format``         ``"shrinkssm-checkpoint"`` and ``version`` (for a clear error on a stranger)
 ``step``           optimizer steps done; ``epoch``/``batch`` locate the data iterator
 ``config``         the resolved run config (dict); ``model_io`` the data-derived sizes
-``layout``         per-layer state sizes and skip shapes, applied before the weights load
+``layout``         per-layer shapes (``SSMModel.layout``), applied before the weights load
 ``model``          ``model.state_dict()``; ``optimizer`` and ``scheduler`` likewise
 ``compressor``     reduction history and progress
 ``rng``            torch (and CUDA) RNG states, so dropout continues as if uninterrupted
@@ -163,8 +163,13 @@ def _check_fields(data: dict) -> str | None:
     dims, dense = layout.get("state_dims"), layout.get("dense_skip")
     if not (isinstance(dims, list) and dims and all(_is_int(n) and n >= 1 for n in dims)):
         return f"layout.state_dims must be a list of positive integers, got {dims!r}"
-    if not (isinstance(dense, list) and len(dense) == len(dims)
-            and all(isinstance(d, bool) for d in dense)):
+    if "layers" in layout:                  # one layout per layer (SSMModel.layout)
+        layers = layout["layers"]
+        if not (isinstance(layers, list) and len(layers) == len(dims)
+                and all(isinstance(entry, dict) for entry in layers)):
+            return f"layout.layers must be a list of {len(dims)} layer layouts (dicts), got {layers!r}"
+    elif not (isinstance(dense, list) and len(dense) == len(dims)
+              and all(isinstance(d, bool) for d in dense)):   # written before per-layer layouts
         return f"layout.dense_skip must be a list of {len(dims)} booleans, got {dense!r}"
     bad = [k for k, v in data["model"].items() if not isinstance(k, str)
            or not isinstance(v, torch.Tensor)]

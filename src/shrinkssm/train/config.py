@@ -34,6 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shrinkssm.compress import METHODS, MODES, OUTPUTS, SELECTIONS, STATE_POLICIES
 from shrinkssm.nn.model import ModelConfig
 
 __all__ = ["RunConfig", "DataConfig", "TrainConfig", "CompressConfig", "ConfigError",
@@ -124,20 +125,23 @@ class TrainConfig(_Section):
 
 
 class CompressConfig(_Section):
-    """In-training compression (:class:`shrinkssm.compress.Compressor`)."""
+    """In-training compression (:class:`shrinkssm.compress.Compressor`, built from this section by
+    :meth:`~shrinkssm.compress.Compressor.from_config`). The allowed values of ``mode``,
+    ``method``, ``output``, ``selection`` and ``optimizer_state`` are the package's own lists
+    (``shrinkssm.compress.MODES``, ``shrinkssm.lti.METHODS``, ...)."""
 
-    mode: Literal["tolerance", "fixed", "pragmatic", "none"] = "tolerance"
+    mode: Literal[MODES] = "tolerance"
     tol: float = Field(0.01, ge=0.0, lt=1.0, description="Hankel energy discarded per reduction")
     fraction: float = Field(0.1, gt=0.0, lt=1.0, description="states dropped per reduction (fixed)")
     n_points: int = Field(4, ge=0, description="equidistant reduction points ...")
     window: float = Field(0.1, gt=0.0, le=1.0, description="... within this fraction of training")
     steps: list[int] | None = Field(None, description="explicit reduction steps (override n_points)")
-    method: Literal["balanced", "singular_perturbation", "modal", "random"] = "balanced"
-    output: Literal["complex", "real"] = "complex"
-    selection: Literal["largest", "smallest"] = "largest"
+    method: Literal[METHODS] = "balanced"
+    output: Literal[OUTPUTS] = "complex"
+    selection: Literal[SELECTIONS] = "largest"
     gate: float = Field(0.95, gt=0.0, le=1.0)
     min_rank: int = Field(1, ge=1)
-    optimizer_state: Literal["reset", "slice", "restart"] = Field(
+    optimizer_state: Literal[STATE_POLICIES] = Field(
         "restart", description="Adam state of replaced parameters; restart measured best "
         "(experiments/optimizer_state.py)")
     margin: float = Field(0.02, ge=0.0, description="pragmatic: tolerated validation drop")

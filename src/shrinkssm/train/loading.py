@@ -13,6 +13,7 @@ import torch
 
 from shrinkssm.data import DataSplits
 from shrinkssm.nn import SSMModel
+from shrinkssm.train.build import build_model, load_data
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint
 from shrinkssm.train.config import ConfigError, RunConfig, build_config
 
@@ -55,8 +56,6 @@ def load_run(run_dir: str | Path, *, with_model: bool = True,
     """Read ``run_dir/checkpoints/last.pt``; with ``with_model`` also load the data and model.
 
     ``allow_nonfinite`` loads a checkpoint whose weights hold NaN/inf (refused otherwise)."""
-    from shrinkssm.train.trainer import _load_data, build_model
-
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     path = run_dir / "checkpoints" / "last.pt"
@@ -67,7 +66,7 @@ def load_run(run_dir: str | Path, *, with_model: bool = True,
         raise CheckpointError(f"checkpoint {path} holds an invalid config: {exc}") from None
     if not with_model:
         return LoadedRun(run_dir, config, ckpt, None, None)
-    splits = _load_data(config)
+    splits = load_data(config)
     model = build_model(config, splits)
     try:
         model.apply_layout_(ckpt["layout"])

@@ -40,17 +40,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from shrinkssm.compress import Compressor, ReductionEvent, ReductionSchedule
-from shrinkssm.data import Batch, DataFileError, DataSplits, SequenceData, load_dataset
-from shrinkssm.data.wording import for_train
-from shrinkssm.nn import SSMModel
+from shrinkssm.compress import ReductionEvent
+from shrinkssm.data import Batch, DataSplits, SequenceData
 from shrinkssm.plots import plot_run
-from shrinkssm.train.allocator import keep_freed_memory
+from shrinkssm.train.build import build_compressor, build_model, load_data
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shrinkssm.train.config import ConfigError, RunConfig, build_config
 from shrinkssm.train.distributed import DistEnv, init_distributed
@@ -60,7 +58,7 @@ from shrinkssm.train.optim import build_optimizer, build_scheduler
 from shrinkssm.train.rundir import (RunDirError, RunLock, atomic_write, clean_stale_temporaries,
                                     describe_os_error, write_files_atomically)
 
-__all__ = ["Trainer", "TrainingDiverged", "build_model", "build_compressor"]
+__all__ = ["Trainer", "TrainingDiverged"]
 
 log = logging.getLogger("shrinkssm")
 
@@ -69,36 +67,6 @@ _MAX_SKIPPED = 10
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message gives the step and the last good checkpoint."""
-
-
-def _load_data(config: RunConfig) -> DataSplits:
-    """The data set of ``config.data``; an unknown name or option is a config error."""
-    try:
-        return load_dataset(config.data.name, root=config.data.root,
-                            val_fraction=config.data.val_fraction, seed=config.train.seed,
-                            **config.data.options)
-    except DataFileError:
-        raise
-    except ValueError as exc:                   # in the config's words: data.options.X, data.root
-        raise ConfigError(for_train(str(exc), config.data.name)) from None
-
-
-def build_model(config: RunConfig, splits: DataSplits) -> SSMModel:
-    """The model a config asks for, sized for the data set's task."""
-    spec = splits.spec
-    return SSMModel(config.model, d_input=spec.vocab_size if spec.tokens else spec.d_input,
-                    d_output=spec.output_dim, task=spec.kind, tokens=spec.tokens,
-                    per_step=spec.per_step, n_segments=spec.n_segments)
-
-
-def build_compressor(config: RunConfig, evaluate_fn=None, agree=None) -> Compressor:
-    """The compressor of the ``compress`` section, scheduled over ``train.steps``."""
-    c = config.compress
-    schedule = ReductionSchedule.for_run(config.train.steps, c.n_points, c.window, c.steps, c.mode)
-    return Compressor(schedule, mode=c.mode, tol=c.tol, fraction=c.fraction, method=c.method,
-                      output=c.output, selection=c.selection, gate=c.gate, min_rank=c.min_rank,
-                      optimizer_state=c.optimizer_state, evaluate=evaluate_fn, margin=c.margin,
-                      seed=config.train.seed, agree=agree)
 
 
 @dataclass
@@ -127,12 +95,23 @@ class Trainer:
         The run directory's lock, already held by the caller (the CLI takes it before it opens
         ``train.log``); otherwise the main process takes it here. Released at the end of
         :meth:`fit` (or if construction fails).
+    dist : DistEnv, optional
+        This process's place in a data-parallel job, as :func:`~shrinkssm.train.configure_process`
+        returns it; None joins the group ``torchrun`` describes (if any) here.
+
+    Notes
+    -----
+    Process-wide settings (threads, malloc thresholds, plotting backend) are not the Trainer's:
+    call :func:`~shrinkssm.train.configure_process` first for them. The Trainer does seed torch's
+    global RNG from ``train.seed`` before building the model (and restores the RNG state on
+    resume): that state belongs to the run.
     """
 
     def __init__(self, config: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
                  splits: DataSplits | None = None, stop_after: int | None = None,
-                 lock: RunLock | None = None) -> None:
+                 lock: RunLock | None = None, dist: DistEnv | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self._dist = dist
         self.stop_after = stop_after
         self._lock = lock
         self._stop_signal: int | None = None
@@ -156,11 +135,8 @@ class Trainer:
         config = config.resolved()              # eval, warm-up and log cadence from train.steps
         self.config: RunConfig = config
         cfg = config.train
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.keep_freed_memory:
-            keep_freed_memory()
-        self.dist: DistEnv = init_distributed(cfg.device, cfg.dist_timeout)
+        self.dist: DistEnv = self._dist if self._dist is not None else \
+            init_distributed(cfg.device, cfg.dist_timeout)
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size ({cfg.batch_size}) must be a multiple of the "
                               f"number of processes ({self.dist.world_size})")
@@ -172,12 +148,13 @@ class Trainer:
             for path in clean_stale_temporaries(self.run_dir):
                 log.info("removed %s, left by an interrupted writer", path)
         torch.manual_seed(cfg.seed)
-        self.splits = splits if splits is not None else _load_data(config)
+        self.splits = splits if splits is not None else load_data(config)
         self.objective = Objective(self.splits.spec)
         self.model = build_model(config, self.splits).to(self.device)
         if self.dist.rank:                       # dropout masks differ between ranks
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         self.initial_dims = self.model.state_dims()
+        self.initial_sizes = self.model.state_sizes()
         self.step = 0
         self.position = _Position()
         self.train_seconds = 0.0
@@ -551,6 +528,10 @@ class Trainer:
             f"test_{metric}": test[metric], f"val_{metric}": val[metric],
             "test_loss": test["loss"], "val_loss": val["loss"],
             "state_dims": self.model.state_dims(), "initial_state_dims": self.initial_dims,
+            "state_sizes": self.model.state_sizes(), "initial_state_sizes": self.initial_sizes,
+            "state_units": {"state_dims": f"d_state per layer: {self.model.state_unit()}",
+                            "state_sizes": "state_size per layer: real numbers of recurrent "
+                                           "state per sequence and step"},
             "train_seconds": round(self.train_seconds, 3), "steps": self.step,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "reductions": [{"step": e.step, "dims": e.state_dims_after,
@@ -590,7 +571,8 @@ class Trainer:
         return write_files_atomically(
             self.run_dir / "plots",
             lambda staging: plot_run(rows, self.compressor.history, self.initial_dims,
-                                     self.config.train.steps, staging, self.objective.metric))
+                                     self.config.train.steps, staging, self.objective.metric,
+                                     self.model.state_unit()))
 
 
 class _Window:

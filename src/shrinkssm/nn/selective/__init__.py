@@ -15,10 +15,10 @@ from shrinkssm.nn.selective.layer import SelectiveSSM
 from shrinkssm.nn.selective.reduction import (
     ALPHA_FLOOR,
     REDUCTIONS,
+    METHODS,
     ChannelStates,
     ReducedState,
-    SelectiveReduction,
-    SelectiveReductionPlan,
+    SelectivePlanDetail,
     balance_channel,
     state_scores,
 )
@@ -35,8 +35,8 @@ __all__ = [
     "SURROGATES",
     "MOMENT_POSITIONS",
     "SelectiveSSM",
-    "SelectiveReduction",
-    "SelectiveReductionPlan",
+    "METHODS",
+    "SelectivePlanDetail",
     "ChannelRealization",
     "ChannelStates",
     "ReducedState",

@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shrinkssm._checks import check_choice
 from shrinkssm.nn.selective.reduction import REDUCTIONS, SelectiveReducer
+from shrinkssm.nn.shrinkable import set_param
 from shrinkssm.nn.selective.surrogate import SURROGATES, SurrogateStatistics
 from shrinkssm.ops.selective_scan import BACKENDS, ScanLayout, lanes_for, selective_scan
 
@@ -44,7 +46,8 @@ __all__ = ["SelectiveSSM"]
 
 
 class SelectiveSSM(SurrogateStatistics, SelectiveReducer, nn.Module):
-    """Mamba-1 style selective SSM block (equations in :mod:`shrinkssm.nn.selective.layer`).
+    """Mamba-1 style selective SSM block (equations in :mod:`shrinkssm.nn.selective.layer`); a
+    :class:`~shrinkssm.nn.shrinkable.ShrinkableLayer`.
 
     Parameters
     ----------
@@ -106,10 +109,8 @@ class SelectiveSSM(SurrogateStatistics, SelectiveReducer, nn.Module):
                              f"{expand}, {d_conv}")
         if not 0.0 < dt_min < dt_max:
             raise ValueError(f"need 0 < dt_min < dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
-        if surrogate not in SURROGATES:
-            raise ValueError(f"unknown surrogate {surrogate!r}; valid: {', '.join(SURROGATES)}")
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("surrogate", surrogate, SURROGATES)
         if surrogate_momentum is not None and not 0.0 < surrogate_momentum <= 1.0:
             raise ValueError(f"surrogate_momentum must lie in (0, 1] or be None, got {surrogate_momentum}")
         if scan not in BACKENDS:
@@ -173,17 +174,7 @@ class SelectiveSSM(SurrogateStatistics, SelectiveReducer, nn.Module):
         self._clear_layouts()
 
     def _set_param(self, name: str, value: Tensor, **tags) -> nn.Parameter:
-        old = self._parameters.get(name)
-        param = nn.Parameter(value.detach().clone(), requires_grad=True)
-        for key, val in tags.items():
-            setattr(param, key, val)
-        if old is not None:
-            for key, val in vars(old).items():
-                if key.startswith("_") and not hasattr(param, key):
-                    setattr(param, key, val)
-            self.last_replaced[name] = (old, param)
-        setattr(self, name, param)
-        return param
+        return set_param(self, name, value, **tags)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -208,6 +199,8 @@ class SelectiveSSM(SurrogateStatistics, SelectiveReducer, nn.Module):
 
 
     # -- sizes ---------------------------------------------------------------------------------
+    D_STATE_UNIT = "real states per channel (mean over channels, rounded up)"
+
     @property
     def n_bc(self) -> int:
         """Width of ``B(x)`` and ``C(x)``."""
@@ -242,7 +235,8 @@ class SelectiveSSM(SurrogateStatistics, SelectiveReducer, nn.Module):
 
     @property
     def state_size(self) -> int:
-        """All real states of the layer (what the scan pays for)."""
+        """Real numbers of recurrent state per sequence and step, summed over the ``E`` channels
+        (a complex state counts 2): what the scan pays for. ``E * N`` for an unreduced layer."""
         return self.d_inner * self.n_diag + self.n_real + 2 * self.n_complex
 
     @property

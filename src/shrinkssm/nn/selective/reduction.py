@@ -9,15 +9,16 @@ stability clamp keeps ``Re(alpha) <= -ALPHA_FLOOR``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from shrinkssm._checks import check_choice
+from shrinkssm.lti import OUTPUTS, SELECTIONS
 from shrinkssm.lti.balancing import (
     REAL_PART_MARGIN,
     SquareRoot,
@@ -26,9 +27,10 @@ from shrinkssm.lti.balancing import (
     truncate,
 )
 from shrinkssm.nn.selective.surrogate import ChannelRealization, balance_channels
+from shrinkssm.nn.shrinkable import LayerReduction, RankRule, ReductionPlan
 
-__all__ = ["ALPHA_FLOOR", "REDUCTIONS", "ChannelStates", "ReducedState", "SelectiveReducer",
-           "SelectiveReduction", "SelectiveReductionPlan", "balance_channel", "state_scores"]
+__all__ = ["ALPHA_FLOOR", "REDUCTIONS", "METHODS", "ChannelStates", "ReducedState", "SelectiveReducer",
+           "SelectivePlanDetail", "balance_channel", "state_scores"]
 
 REDUCTIONS = ("per_channel", "shared")
 """Values of ``reduction=``: the faithful per-channel balanced truncation, or one shared subset."""
@@ -36,7 +38,9 @@ REDUCTIONS = ("per_channel", "shared")
 ALPHA_FLOOR = REAL_PART_MARGIN
 """Largest real part a reduced continuous-time eigenvalue may have (its stability margin)."""
 
-_METHODS = ("balanced", "random")
+METHODS = ("balanced", "random")
+"""The methods of :data:`shrinkssm.lti.METHODS` a selective layer has: ``balanced`` (its
+``reduction``) and ``random`` (a random shared subset, the ablation)."""
 _F64 = torch.float64
 
 
@@ -132,74 +136,15 @@ class ReducedState:
     c: Tensor
 
 
-# ------------------------------------------------------------------------------------------------
-# Plans and reports
-# ------------------------------------------------------------------------------------------------
-
-
 @dataclass
-class SelectiveReductionPlan:
-    """What :meth:`SelectiveSSM.plan_reduction` proposes (the compressor's gate reads it).
+class SelectivePlanDetail:
+    """The selective layer's part of a :class:`~shrinkssm.nn.shrinkable.ReductionPlan`
+    (``plan.detail``): which reduction, the shared-subset scores, and the per-channel
+    realizations and balancings the plan computed (reused when it is applied at once)."""
 
-    ``hsv`` concatenates every channel's surrogate HSVs (descending, float64; for the record);
-    ``old``/``target`` are in ``d_state`` units (mean real states per channel, rounded up);
-    ``old_size``/``target_size`` count all real states of the layer (what the gate compares);
-    ``ranks`` is a per-channel list (``"per_channel"``) or one shared count (``"shared"``).
-    ``skipped`` says why nothing can be planned (e.g. no surrogate statistics yet). Apply a plan at
-    once (before the layer trains on): ``reduce_`` reuses the balancing it computed.
-    """
-
-    method: str
-    kind: str
-    hsv: Tensor
-    old: int
-    target: int
-    old_size: int
-    target_size: int
-    ranks: list[int] | int
-    skipped: str | None = None
-    scores: Tensor | None = None
-    kept_energy: float | None = None
-    layer_id: int = 0
-    n_channels: int = 1
+    kind: str                        # "per_channel" or "shared"
+    scores: Tensor | None = None     # (N,) float64 per-index scores of a shared plan
     cache: tuple | None = field(default=None, repr=False)   # (realizations, balancings), per channel
-
-    def agree_(self, agree: Callable[[list[int]], list[int]]) -> None:
-        """Pass the ranks through the compressor's ``agree`` hook (data-parallel training: every
-        process takes rank 0's), keeping ``target`` and ``target_size`` consistent."""
-        if isinstance(self.ranks, int):
-            self.ranks = int(agree([self.ranks])[0])
-            self.target_size = self.n_channels * self.ranks
-        else:
-            self.ranks = [int(r) for r in agree(list(self.ranks))]
-            self.target_size = sum(self.ranks)
-        self.target = math.ceil(self.target_size / self.n_channels)
-
-
-@dataclass(frozen=True)
-class SelectiveReduction:
-    """What :meth:`SelectiveSSM.reduce_` did (fields read by the compressor as for the LRU).
-
-    ``error_bound`` is None: ``2 * sum(discarded sigma)`` bounds only the surrogate's change, not
-    the selective layer's; the largest per-channel surrogate bound is in ``notes``.
-    """
-
-    old_d_state: int
-    new_d_state: int
-    method: str
-    output: str
-    hsv: Tensor
-    error_bound: float | None
-    kept_energy: float
-    seconds: float
-    notes: tuple[str, ...] = ()
-    old_size: int = 0
-    new_size: int = 0
-    ranks: tuple[int, ...] = field(default=())
-
-    @property
-    def changed(self) -> bool:
-        return self.new_size < self.old_size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,9 +157,9 @@ class SelectiveReducer:
     (the compressor's protocol: ``plan_reduction`` / ``reduce_``)."""
 
     def _kind(self, method: str) -> str:
-        if method not in _METHODS:
+        if method not in METHODS:
             raise ValueError(f"method {method!r} is not available for selective layers; valid: "
-                             f"{', '.join(_METHODS)} (balanced means the layer's reduction="
+                             f"{', '.join(METHODS)} (balanced means the layer's reduction="
                              f"{self.reduction!r})")
         kind = "shared" if method == "random" else self.reduction
         if kind == "shared" and self.is_balanced_form:
@@ -224,15 +169,16 @@ class SelectiveReducer:
             raise ValueError("a shared-subset reduction needs a layer without reduced states")
         return kind
 
-    def plan_reduction(self, rank_rule: Callable[[Tensor, int], int], *, method: str = "balanced",
-                       output: str = "complex") -> SelectiveReductionPlan:
+    def plan_reduction(self, rank_rule: RankRule, *, method: str = "balanced",
+                       output: str = "complex") -> ReductionPlan:
         """Measure the layer's surrogate and propose ranks (nothing changes).
 
         Parameters
         ----------
         rank_rule : callable ``(hsv: (n,) float64 descending, size: int) -> int``
             The compressor's rule (energy rule with ``tau``, a fixed fraction, ...), applied to each
-            channel's HSVs (``"per_channel"``) or to the sorted state scores (``"shared"``).
+            channel's HSVs with ``size`` its real order (``"per_channel"``) or to the sorted state
+            scores with ``size = N`` (``"shared"``).
         method : {"balanced", "random"}
             "balanced": the layer's ``reduction``; "random": a random shared subset of the size the
             scores ask for (ablation).
@@ -241,39 +187,37 @@ class SelectiveReducer:
 
         Returns
         -------
-        SelectiveReductionPlan
+        ReductionPlan
+            ``hsv`` concatenates every channel's surrogate HSVs (descending); ``ranks`` is one real
+            order per channel (weight 1 each) or one shared count (weight ``E``); ``detail`` a
+            :class:`SelectivePlanDetail`. Skipped while there are no surrogate statistics. Apply a
+            plan at once (before the layer trains on): it reuses the balancings it computed.
         """
-        if output not in ("complex", "real"):
-            raise ValueError(f"unknown output {output!r}; valid: complex, real")
+        check_choice("output", output, OUTPUTS)
         kind = self._kind(method)
         E = self.d_inner
         old_size = self.state_size
-        empty = torch.zeros(0, dtype=torch.float64)
         if not self.has_surrogate():
-            return SelectiveReductionPlan(method, kind, empty, self.d_state, self.d_state, old_size, old_size,
-                                          [], skipped="no surrogate statistics yet", layer_id=id(self),
-                                          n_channels=E)
+            return ReductionPlan.not_measured(self, method, output, E, "no surrogate statistics yet")
         reals = self._realizations()
         bals = balance_channels(reals)
         hsv_all = torch.from_numpy(np.sort(np.concatenate([b.hsv for b in bals]))[::-1].copy())
-        cache = (reals, bals)
         if kind == "per_channel":
             ranks = []
             for r, bal in zip(reals, bals):
                 ranks.append(int(max(1, min(r.order, rank_rule(torch.from_numpy(bal.hsv.copy()), r.order)))))
-            target_size = sum(ranks)
             kept = [float(b.hsv[:k].sum() / b.hsv.sum()) if b.hsv.sum() > 0 else 1.0
                     for b, k in zip(bals, ranks)]
-            return SelectiveReductionPlan(method, kind, hsv_all, self.d_state, math.ceil(target_size / E),
-                                          old_size, target_size, ranks, kept_energy=sum(kept) / len(kept),
-                                          layer_id=id(self), n_channels=E, cache=cache)
+            return ReductionPlan(id(self), method, output, hsv_all, ranks, [1] * E, old_size, E,
+                                 kept_energy=sum(kept) / len(kept),
+                                 detail=SelectivePlanDetail(kind, cache=(reals, bals)))
         scores = self._shared_scores(bals)
         order = torch.argsort(scores, descending=True)
         N = self.n_diag
         k = int(max(1, min(N, rank_rule(scores[order], N))))
         kept = float(scores[order[:k]].sum() / scores.sum()) if scores.sum() > 0 else 1.0
-        return SelectiveReductionPlan(method, kind, hsv_all, self.d_state, k, old_size, E * k, k,
-                                      scores=scores, kept_energy=kept, layer_id=id(self), n_channels=E)
+        return ReductionPlan(id(self), method, output, hsv_all, [k], [E], old_size, E,
+                             kept_energy=kept, detail=SelectivePlanDetail(kind, scores=scores))
 
     @staticmethod
     def _shared_scores(bals: list[SquareRoot]) -> Tensor:
@@ -285,26 +229,63 @@ class SelectiveReducer:
             per_channel.append(s / total if total > 0 else s)
         return torch.stack(per_channel).mean(0)
 
-    def reduce_(self, rank: int | Sequence[int] | SelectiveReductionPlan, method: str = "balanced",
-                output: str = "complex", **options) -> SelectiveReduction:
-        """Replace the layer, in place, by its reduction (only shrinks).
+    def reduce_(self, rank: int | Sequence[int] | ReductionPlan, method: str = "balanced",
+                output: str = "complex", **options) -> LayerReduction:
+        """Replace the layer, in place, by its reduction to explicit ranks (only shrinks).
 
         Parameters
         ----------
-        rank : int, sequence of E ints, or SelectiveReductionPlan
+        rank : int, sequence of E ints, or ReductionPlan
             ``"per_channel"``: a kept real order per channel (an int means the same for every
             channel); ``"shared"`` / ``"random"``: the number of state indices kept. A plan from
-            :meth:`plan_reduction` carries its own ranks.
+            :meth:`plan_reduction` is applied as :meth:`apply_reduction_` does.
         method : {"balanced", "random"}
         output : {"complex", "real"}
             As in :meth:`plan_reduction`.
+        **options
+            As in :meth:`apply_reduction_`.
+
+        Returns
+        -------
+        LayerReduction
+        """
+        if isinstance(rank, ReductionPlan):
+            if rank.method != method:
+                raise ValueError("the plan was made for another layer or method")
+            return self.apply_reduction_(rank, **options)
+        self._check_options(options)
+        wanted = self._explicit_ranks(rank, self._kind(method))
+        queue = [wanted] if isinstance(wanted, int) else list(wanted)
+        plan = self.plan_reduction(lambda hsv, n: queue.pop(0), method=method, output=output)
+        if plan.skipped:
+            raise ValueError(f"cannot reduce: {plan.skipped}")
+        return self.apply_reduction_(plan, **options)
+
+    @staticmethod
+    def _check_options(options: dict) -> None:
+        unknown = set(options) - {"selection", "generator", "max_cond"}
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)}; valid: generator, max_cond, selection")
+        check_choice("selection", options.get("selection", "largest"), SELECTIONS)
+
+    def apply_reduction_(self, plan: ReductionPlan, **options) -> LayerReduction:
+        """Apply a plan of :meth:`plan_reduction`, in place (only shrinks).
+
+        Parameters
+        ----------
+        plan : ReductionPlan
+            Made by this layer's :meth:`plan_reduction` (its ranks may have been changed since,
+            e.g. by the compressor's ``agree`` hook).
         **options
             ``selection="smallest"`` keeps the least important directions / indices (ablation);
             ``generator`` seeds ``"random"``; ``max_cond`` (default 1e8) as in :func:`balance_channel`.
 
         Returns
         -------
-        SelectiveReduction
+        LayerReduction
+            ``error_bound`` is None: ``2 * sum(discarded sigma)`` bounds only the surrogate's
+            change, not the selective layer's; the largest per-channel surrogate bound is in
+            ``notes``. ``ranks``: every channel's order after the reduction.
 
         Notes
         -----
@@ -313,36 +294,24 @@ class SelectiveReducer:
         first parameter is replaced, so a failure leaves the layer as it was.
         """
         t0 = time.perf_counter()
-        unknown = set(options) - {"selection", "generator", "max_cond"}
-        if unknown:
-            raise ValueError(f"unknown options {sorted(unknown)}; valid: generator, max_cond, selection")
+        self._check_options(options)
         selection = options.get("selection", "largest")
-        if selection not in ("largest", "smallest"):
-            raise ValueError(f"unknown selection {selection!r}; valid: largest, smallest")
+        if plan.layer_id != id(self) or not isinstance(plan.detail, SelectivePlanDetail):
+            raise ValueError("the plan was made for another layer or method")
+        if plan.skipped:
+            raise ValueError(f"cannot apply a skipped plan ({plan.skipped})")
         self.last_replaced = {}
-        if isinstance(rank, SelectiveReductionPlan):
-            plan = rank
-            if plan.layer_id != id(self) or plan.method != method:
-                raise ValueError("the plan was made for another layer or method")
-            if plan.skipped:
-                raise ValueError(f"cannot apply a skipped plan ({plan.skipped})")
-        else:
-            wanted = self._explicit_ranks(rank, self._kind(method))
-            queue = [wanted] if isinstance(wanted, int) else list(wanted)
-            plan = self.plan_reduction(lambda hsv, n: queue.pop(0), method=method, output=output)
-            if plan.skipped:
-                raise ValueError(f"cannot reduce: {plan.skipped}")
         old_d, old_size = self.d_state, self.state_size
-        notes: tuple[str, ...] = ()
-        if plan.kind == "shared":
-            notes = self._reduce_shared(int(plan.ranks), plan, method, selection, options.get("generator"))
+        if plan.detail.kind == "shared":
+            notes = self._reduce_shared(int(plan.ranks[0]), plan, plan.method, selection,
+                                        options.get("generator"))
         else:
             notes = self._reduce_per_channel(list(plan.ranks), selection, float(options.get("max_cond", 1e8)),
-                                             plan.cache)
-        return SelectiveReduction(old_d, self.d_state, method, output, plan.hsv, None,
-                                  float(plan.kept_energy if plan.kept_energy is not None else 1.0),
-                                  time.perf_counter() - t0, notes, old_size, self.state_size,
-                                  tuple(self.channel_orders().tolist()))
+                                             plan.detail.cache)
+        return LayerReduction(old_d, self.d_state, plan.method, plan.output, plan.hsv, None,
+                              float(plan.kept_energy if plan.kept_energy is not None else 1.0),
+                              time.perf_counter() - t0, notes, old_size, self.state_size,
+                              tuple(self.channel_orders().tolist()))
 
     def _explicit_ranks(self, rank, kind: str) -> list[int] | int:
         if kind == "shared":
@@ -356,7 +325,7 @@ class SelectiveReducer:
         return [min(r, n) for r, n in zip(ranks, orders)]
 
     # -- the two reductions ----------------------------------------------------------------------
-    def _reduce_shared(self, k: int, plan: SelectiveReductionPlan, method: str, selection: str,
+    def _reduce_shared(self, k: int, plan: ReductionPlan, method: str, selection: str,
                        generator: torch.Generator | None) -> tuple[str, ...]:
         N = self.n_diag
         if k >= N:
@@ -364,7 +333,7 @@ class SelectiveReducer:
         if method == "random":
             keep = torch.randperm(N, generator=generator)[:k]
         else:
-            order = torch.argsort(plan.scores, descending=selection == "largest", stable=True)
+            order = torch.argsort(plan.detail.scores, descending=selection == "largest", stable=True)
             keep = order[:k]
         keep = keep.sort().values
         dev = self.D.device
