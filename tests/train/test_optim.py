@@ -57,3 +57,23 @@ def _regroup(reference, opt, model):
     index = {id(p): i for i, p in enumerate(model.parameters())}
     ref_params = list(reference.parameters())
     return [_Group([ref_params[index[id(p)]] for p in g["params"]]) for g in opt.param_groups]
+
+
+def test_constant_schedule_without_warmup_keeps_the_learning_rate_of_every_group():
+    from shrinkssm.train.optim import WarmupCosine, build_scheduler
+
+    rule = WarmupCosine(total_steps=100, warmup_steps=0, schedule="constant")
+    assert [rule(s) for s in (0, 1, 50, 99, 100, 500)] == [1.0] * 6
+    cfg = TrainConfig(steps=100, lr=4e-4, ssm_lr_factor=1.0, weight_decay=0.0, lr_schedule="constant",
+                      warmup_steps=0)
+    opt = build_optimizer(_model(), cfg)
+    sched = build_scheduler(opt, cfg)
+    seen = []
+    for _ in range(100):
+        opt.step()
+        sched.step()
+        seen.append(sorted({g["lr"] for g in opt.param_groups}))
+    assert seen == [[4e-4]] * 100
+    # cosine, for contrast, has decayed to 0 at the end
+    cos = WarmupCosine(total_steps=100, warmup_steps=0, schedule="cosine")
+    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)

@@ -94,7 +94,9 @@ def build_model(config: RunConfig, splits: DataSplits) -> SSMModel:
 def build_compressor(config: RunConfig, evaluate_fn=None, agree=None) -> Compressor:
     """The compressor of the ``compress`` section, scheduled over ``train.steps``."""
     c = config.compress
-    schedule = ReductionSchedule.for_run(config.train.steps, c.n_points, c.window, c.steps, c.mode)
+    schedule = ReductionSchedule.for_run(config.train.steps, c.n_points, c.window, c.steps, c.mode,
+                                         schedule=c.schedule, check_every=c.check_every,
+                                         published_eval_every=c.published_eval_every)
     return Compressor(schedule, mode=c.mode, tol=c.tol, fraction=c.fraction, method=c.method,
                       output=c.output, selection=c.selection, gate=c.gate, min_rank=c.min_rank,
                       optimizer_state=c.optimizer_state, evaluate=evaluate_fn, margin=c.margin,
