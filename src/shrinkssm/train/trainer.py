@@ -53,11 +53,11 @@ import torch
 from tqdm.auto import tqdm
 
 from shrinkssm.compress import Compressor, ReductionEvent, ReductionSchedule
-from shrinkssm.compress.tracking import TRACK_FILE, HSVTracker
+from shrinkssm.compress.tracking import TRACK_FILE, HSVTracker, read_track
 from shrinkssm.data import Batch, DataFileError, DataSplits, SequenceData, load_dataset
 from shrinkssm.data.wording import for_train
 from shrinkssm.nn import SSMModel
-from shrinkssm.plots import plot_run
+from shrinkssm.plots import plot_run, track_taus
 from shrinkssm.train.allocator import keep_freed_memory
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shrinkssm.train.config import ConfigError, RunConfig, build_config
@@ -659,10 +659,12 @@ class Trainer:
     def plot(self) -> list[Path]:
         """Write the run's plots into ``run_dir/plots`` (each PNG whole, or not at all)."""
         rows = read_metrics(self.run_dir / "metrics.jsonl")
+        track = read_track(self.run_dir / TRACK_FILE) if self.config.compress.track_every else []
         return write_files_atomically(
             self.run_dir / "plots",
             lambda staging: plot_run(rows, self.compressor.history, self.initial_dims,
-                                     self.config.train.steps, staging, self.objective.metric))
+                                     self.config.train.steps, staging, self.objective.metric,
+                                     track, track_taus(self.config)))
 
 
 class _Window:
