@@ -291,7 +291,7 @@ def long_study_section(study: str, title: str, root: Path | None = None,
     table, stats = results_table(groups)
     out = [f"## {title}", "",
            f"The published sMNIST model and optimisation, {', '.join(f'{s:,}' for s in steps)} "
-           f"steps per run ({steps[-1] / 200_000:.0%} of the paper's 200,000), the published "
+           f"steps per run ({steps[-1] / 200_000:.1%} of the paper's 200,000), the published "
            "reduction schedule scaled to the run (5% and 10% of the steps); "
            "`python experiments/study1_long.py`.", "", table, "", TOP3_NOTE, ""]
     base = groups.get("baseline", [])
