@@ -121,3 +121,40 @@ def test_a_log_loss_axis_has_plain_labelled_ticks(tmp_path, figures):
     labels = [t.get_text() for t in ax.get_yticklabels()
               if low <= t.get_position()[1] <= high and t.get_text()]
     assert len(labels) >= 3 and all(set(label) <= set("0123456789.") for label in labels), labels
+
+
+def _track():
+    """Tracked HSV rows of one layer: 8 states, a reduction to 6 between steps 20 and 30; the
+    per-state energies swap the top two states between steps 10 and 20."""
+    rows = []
+    for step, n in ((10, 8), (20, 8), (30, 6), (40, 6)):
+        hsv = [math.exp(-k / 2) * (1 + step / 100) for k in range(n)]
+        energy = list(hsv)
+        if step == 20:
+            energy[0], energy[1] = energy[1], energy[0] + 1
+        rows.append({"step": step, "layers": [{"layer": 0, "d_state": n, "hsv": hsv,
+                                               "state_energy": energy}]})
+    return rows
+
+
+def test_hsv_tracks_are_log_scale_with_a_cut_per_tau(tmp_path, figures):
+    files = plots.plot_run(_rows(), _history(dims=(8,)), [8], 200, tmp_path, "accuracy",
+                           track=_track(), taus=(0.01, 0.2))
+    assert {p.name for p in files} >= {"hsv_tracks.png", "hsv_stability.png"}
+    ax = figures["hsv_tracks.png"].axes[0]
+    assert ax.get_yscale() == "log"
+    cuts = [line for line in ax.get_lines() if line.get_label().startswith("cut of")]
+    assert [c.get_label().split(" (")[0] for c in cuts] == ["cut of \u03c4 = 0.01", "cut of \u03c4 = 0.2"]
+    # the cut of tau = 0.2 at step 40 is sigma_r with r from the energy rule on that row's HSVs
+    hsv = _track()[-1]["layers"][0]["hsv"]
+    total, running, r = sum(hsv), 0.0, 0
+    while running < 0.8 * total:
+        running += hsv[r]
+        r += 1
+    assert cuts[1].get_ydata()[-1] == pytest.approx(hsv[r - 1])
+    assert f"keeps {r} at the end" in cuts[1].get_label()
+    stability = figures["hsv_stability.png"].axes[0]
+    lines = [line for line in stability.get_lines() if line.get_label().startswith("\u03c4")]
+    # compared: 10 -> 20 (same size) and 30 -> 40; 20 -> 30 crosses the reduction
+    assert list(lines[0].get_xdata()) == [20, 40]
+    assert figures["clipped"] == []

@@ -272,7 +272,8 @@ def _analyze_source(run_dir: Path, allow_nonfinite: bool):
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from shrinkssm.plots import plot_run
+    from shrinkssm.compress.tracking import TRACK_FILE, ranking_stability, read_track
+    from shrinkssm.plots import plot_run, track_taus
     from shrinkssm.train.metrics_log import read_metrics
     from shrinkssm.train.rundir import write_files_atomically
 
@@ -281,8 +282,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     rows = read_metrics(run_dir / "metrics.jsonl")
     metric = next((k[4:] for r in rows for k in r if k.startswith("val_") and k != "val_loss"
                    and not k.startswith("val_score")), "accuracy")
+    track = read_track(run_dir / TRACK_FILE)
     files = write_files_atomically(run_dir / "plots", lambda staging: plot_run(
-        rows, history, initial, config.train.steps, staging, metric, config.model.d_state_unit))
+        rows, history, initial, config.train.steps, staging, metric, config.model.d_state_unit,
+        track, track_taus(config)))
     print(f"run {run_dir}: step {step} of {config.train.steps}, "
           f"mode {config.compress.mode}, method {config.compress.method}; from its {source}")
     print(f"{'step':>8}  {'layer':>5}  {'before':>6}  {'after':>6}  {'bound':>10}  "
@@ -296,6 +299,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                   f"{kept:>11}  {le.seconds:>8.3f}  {note}")
     if not len(history):
         print("  (no reduction points reached yet)")
+    if track:
+        print(f"HSVs tracked at {len(track)} points (steps {track[0]['step']}-{track[-1]['step']}); "
+              "overlap of the top-r state sets between consecutive points (1 = the same states):")
+        for layer in sorted({e["layer"] for row in track for e in row["layers"]}):
+            parts = []
+            for tau in track_taus(config):
+                points = ranking_stability(track, layer, tau)
+                if points:
+                    overlaps = [p[2] for p in points]
+                    parts.append(f"tau {tau:g}: mean {sum(overlaps) / len(overlaps):.3f}, "
+                                 f"min {min(overlaps):.3f}, last {overlaps[-1]:.3f}")
+            print(f"  layer {layer}: " + ("; ".join(parts) if parts else "no comparable points"))
     for path in files:
         print(f"wrote {path}")
     return 0

@@ -1,4 +1,6 @@
-"""Plots of a run: training curves, state size over training, HSV spectra at each reduction.
+"""Plots of a run: training curves, state size over training, HSV spectra at each reduction, and
+(with ``compress.track_every``) HSV trajectories over training and the stability of the state
+ranking.
 
 Every function takes plain data (metric rows, a :class:`~shrinkssm.compress.ReductionHistory`)
 and writes one PNG. Figures are made with matplotlib's object-oriented API (``Figure``, no
@@ -26,14 +28,21 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from shrinkssm.compress.history import ReductionHistory
+from shrinkssm.compress.tracking import ranking_stability
+from shrinkssm.lti.gramians import rank_for_energy
 
-__all__ = ["plot_training_curves", "plot_state_dims", "plot_hsv_spectra", "plot_run",
-           "layer_color", "loss_label", "metric_label"]
+__all__ = ["plot_training_curves", "plot_state_dims", "plot_hsv_spectra", "plot_hsv_tracks",
+           "plot_ranking_stability", "plot_run", "track_taus", "layer_color", "loss_label", "metric_label",
+           "TRACK_TAUS"]
+
+TRACK_TAUS = (0.01, 0.02, 0.04)
+"""The tolerances whose cuts the HSV-trajectory plots mark (the run's own ``tol`` is added)."""
 
 _DPI = 110
 _NICE = [1, 2, 2.5, 5, 10]          # integer tick steps: 0, 50, 100 rather than 0, 30, 60
@@ -228,15 +237,129 @@ def plot_hsv_spectra(history: ReductionHistory, path: str | os.PathLike) -> Path
     return _save(fig, path)
 
 
+def _track_layers(track: Sequence[dict]) -> list[int]:
+    return sorted({e["layer"] for row in track for e in row["layers"]})
+
+
+def _size_changes(track: Sequence[dict], layer: int) -> list[int]:
+    """Steps of the tracked rows at which ``layer`` has a smaller size than at the row before."""
+    sizes = [(row["step"], e["d_state"]) for row in track for e in row["layers"] if e["layer"] == layer]
+    return [s for (s, n), (_, m) in zip(sizes[1:], sizes) if n < m]
+
+
+def _tau_styles(taus: Sequence[float]) -> dict[float, tuple]:
+    shades = matplotlib.colormaps["Greys"]
+    n = len(taus)
+    return {tau: (shades(0.45 + 0.5 * i / max(1, n - 1)), ("--", "-.", ":", (0, (5, 1)))[i % 4])
+            for i, tau in enumerate(sorted(taus))}
+
+
+def track_taus(config) -> tuple[float, ...]:
+    """The tolerances marked in a run's HSV-trajectory plots: :data:`TRACK_TAUS` and the run's
+    own ``compress.tol`` when it compresses by tolerance (``config``: a RunConfig)."""
+    taus = set(TRACK_TAUS)
+    if config.compress.mode == "tolerance" and config.compress.tol > 0:
+        taus.add(float(config.compress.tol))
+    return tuple(sorted(taus))
+
+
+def plot_hsv_tracks(track: Sequence[dict], path: str | os.PathLike,
+                    taus: Sequence[float] = TRACK_TAUS) -> Path:
+    """The HSVs of every layer against step (log scale), from ``hsv_track.jsonl`` rows.
+
+    One panel per layer: the ``i``-th largest HSV over training, one thin line per ``i`` (light:
+    the largest, dark: the smallest), and for each ``tau`` the cut -- the smallest HSV that the
+    energy rule with ``tau`` keeps, ``sigma_r`` with ``r = rank_for_energy(hsv, tau)`` -- as a
+    grey line whose label gives ``r`` at the last point. Dotted lines: a reduction between two
+    points (the layer is smaller at the later one).
+    """
+    layers = _track_layers(track) or [0]
+    cols = min(len(layers), 3)
+    rows_ = -(-len(layers) // cols)
+    fig, axes = _subplots(rows_, cols, figsize=(6.5 * cols, 4.3 * rows_), squeeze=False)
+    styles = _tau_styles(taus)
+    for k, layer in enumerate(layers):
+        ax = axes[k // cols, k % cols]
+        points = [(row["step"], e["hsv"]) for row in track for e in row["layers"]
+                  if e["layer"] == layer and e.get("hsv")]
+        width = max((len(h) for _, h in points), default=0)
+        cmap = matplotlib.colormaps["viridis_r"]
+        for i in range(width):
+            xs = [s for s, h in points if len(h) > i and h[i] > 0]
+            ys = [h[i] for s, h in points if len(h) > i and h[i] > 0]
+            ax.plot(xs, ys, color=cmap(i / max(1, width - 1)), lw=0.6, alpha=0.8)
+        for tau, (color, ls) in styles.items():
+            ranks = [rank_for_energy(torch.tensor(h, dtype=torch.float64), tau) for _, h in points]
+            cuts = [(s, h[r - 1], r) for (s, h), r in zip(points, ranks)]
+            if cuts:
+                ax.plot([c[0] for c in cuts], [max(c[1], 1e-300) for c in cuts], color=color,
+                        ls=ls, lw=2.0, label=f"cut of \u03c4 = {tau:g} (keeps {cuts[-1][2]} at the end)")
+        for step in _size_changes(track, layer):
+            ax.axvline(step, color="0.6", ls=":", lw=1)
+        if points:
+            ax.set_yscale("log")
+        ax.set_title(f"layer {layer}", color=layer_color(layer))
+        ax.set_xlabel("step")
+        ax.set_ylabel("Hankel singular value \u03c3\u1d62 (one line per rank i)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=_NICE))
+        ax.legend(fontsize=8, loc="lower left")
+    for index in range(len(layers), rows_ * cols):
+        axes[index // cols, index % cols].axis("off")
+    fig.suptitle("Hankel singular values over training (light: largest; dotted: a reduction)")
+    return _save(fig, path)
+
+
+def plot_ranking_stability(track: Sequence[dict], path: str | os.PathLike,
+                           taus: Sequence[float] = TRACK_TAUS) -> Path:
+    """How stable the ranking of the states is: for each ``tau``, the overlap of the top-r state
+    sets (``r`` the states the energy rule with ``tau`` keeps) between consecutive tracked points
+    (:func:`shrinkssm.compress.tracking.ranking_stability`), against the later point's step.
+
+    1 means the same states would be kept; points across a reduction are not compared (dotted
+    lines mark them). A layer without per-state energies (selective) shows a note instead.
+    """
+    layers = _track_layers(track) or [0]
+    fig, axes = _subplots(len(layers), 1, figsize=(7.5, 3.4 * len(layers)), squeeze=False)
+    styles = _tau_styles(taus)
+    for k, layer in enumerate(layers):
+        ax = axes[k, 0]
+        drawn = False
+        for tau, (color, ls) in styles.items():
+            points = ranking_stability(track, layer, tau)
+            if points:
+                drawn = True
+                ax.plot([p[0] for p in points], [p[2] for p in points], "o", color=color, ls=ls,
+                        ms=3, lw=1.4, label=f"\u03c4 = {tau:g} (top {points[-1][1]} at the end)")
+        for step in _size_changes(track, layer):
+            ax.axvline(step, color="0.6", ls=":", lw=1)
+        if not drawn:
+            ax.text(0.5, 0.5, "no comparable consecutive points (per-state energies needed)",
+                    transform=ax.transAxes, ha="center", fontsize=8, color="0.4")
+        ax.set_ylim(0, 1.04)
+        ax.set_title(f"layer {layer}", color=layer_color(layer))
+        ax.set_xlabel("step (the later of two consecutive tracked points)")
+        ax.set_ylabel("overlap of the top-r state sets\n(fraction shared)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=_NICE))
+        if drawn:
+            ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Stability of the state ranking between consecutive points")
+    return _save(fig, path)
+
+
 def plot_run(rows: Sequence[dict], history: ReductionHistory, initial: Sequence[int],
              total_steps: int, out_dir: str | os.PathLike, metric: str = "accuracy",
-             unit: str = "complex states") -> list[Path]:
+             unit: str = "complex states", track: Sequence[dict] = (),
+             taus: Sequence[float] = TRACK_TAUS) -> list[Path]:
     """All plots of a run into ``out_dir``; returns the files written. ``initial`` and the
-    history's sizes are ``d_state`` values in ``unit`` (the layers' ``D_STATE_UNIT``)."""
+    history's sizes are ``d_state`` values in ``unit`` (the layers' ``D_STATE_UNIT``); ``track``:
+    the rows of ``hsv_track.jsonl`` (HSV trajectories and ranking stability, marked for ``taus``)."""
     out_dir = Path(out_dir)
     steps = [e.step for e in history if any(le.new < le.old for le in e.layers)]
     written = [plot_training_curves(rows, out_dir / "curves.png", metric, steps),
                plot_state_dims(history, initial, total_steps, out_dir / "state_dims.png", unit)]
     if len(history):
         written.append(plot_hsv_spectra(history, out_dir / "hsv_spectra.png"))
+    if track:
+        written.append(plot_hsv_tracks(track, out_dir / "hsv_tracks.png", taus))
+        written.append(plot_ranking_stability(track, out_dir / "hsv_stability.png", taus))
     return written

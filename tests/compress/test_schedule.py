@@ -51,3 +51,33 @@ def test_a_run_schedule_follows_mode_and_explicit_steps():
     # the uncompressed baseline has no points, even where the window could not hold them
     assert ReductionSchedule.for_run(10, 4, 0.1, mode="none").steps == ()
     assert ReductionSchedule.for_run(1000, 4, 0.1, steps=[5], mode="none").steps == ()
+
+
+def test_described_schedule_checks_every_2000_steps_in_the_first_10_percent():
+    assert ReductionSchedule.described(200_000, 2_000, 0.1).steps == tuple(range(2_000, 20_001, 2_000))
+    assert ReductionSchedule.described(180_000, 2_000, 0.1).steps == tuple(range(2_000, 18_001, 2_000))
+    # the defaults follow the run's length: T/100 between checks
+    assert ReductionSchedule.described(200_000).steps == tuple(range(2_000, 20_001, 2_000))
+    assert ReductionSchedule.described(30_000).steps == tuple(range(300, 3_001, 300))
+
+
+def test_published_schedule_reduces_only_where_its_evaluation_branch_runs():
+    # checks every 2,000 steps inside an evaluation branch that runs every 5,000: 10k and 20k
+    assert ReductionSchedule.published(200_000, 2_000, 5_000, 0.1).steps == (10_000, 20_000)
+    assert ReductionSchedule.published(200_000).steps == (10_000, 20_000)
+    # the published sCIFAR setting: lcm(2000, 4500) = 18000, the end of its window
+    assert ReductionSchedule.published(180_000, 2_000, 4_500, 0.1).steps == (18_000,)
+    # brute force: every step in the window that both cadences hit
+    for T, c, e, w in [(1_000, 30, 45, 0.3), (777, 7, 3, 0.5), (100, 200, 5, 1.0)]:
+        expected = tuple(s for s in range(1, int(w * T) + 1) if s % c == 0 and s % e == 0)
+        assert ReductionSchedule.published(T, c, e, w).steps == expected
+
+
+def test_a_run_schedule_by_name():
+    assert ReductionSchedule.for_run(200_000, schedule="published").steps == (10_000, 20_000)
+    assert ReductionSchedule.for_run(200_000, schedule="described").steps[:2] == (2_000, 4_000)
+    assert ReductionSchedule.for_run(200_000, schedule="published", mode="none").steps == ()
+    with pytest.raises(ValueError, match="unknown schedule 'paper'; valid: equidistant, described, published"):
+        ReductionSchedule.for_run(1000, schedule="paper")
+    with pytest.raises(ValueError, match="check_every must be >= 1"):
+        ReductionSchedule.described(1000, 0)

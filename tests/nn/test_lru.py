@@ -283,3 +283,25 @@ def test_fixed_gamma_is_a_buffer_and_survives_reduction():
     err = (y - y_r).flatten(1).norm(dim=1)
     assert torch.all(err <= bound * u.flatten(1).norm(dim=1) * (1 + 1e-9))
     assert float(err.min()) > 0                                     # and it really was reduced
+
+
+def test_system_follows_a_fused_optimizer_step():
+    # torch's fused AdamW changes parameters in place without bumping their version counter; the
+    # cached system must not outlive the values it was computed from
+    from shrinkssm.train.config import TrainConfig
+    from shrinkssm.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    layer = LRU(d_model=4, d_state=6)
+    opt = build_optimizer(layer, TrainConfig(lr=0.01))
+    assert opt.defaults.get("fused") is True
+    before = layer.system()
+    assert layer.system() is before                     # unchanged parameters: the same object
+    layer(torch.randn(2, 5, 4)).sum().backward()
+    opt.step()
+    after = layer.system()
+    assert after is not before
+    f64 = lambda t: t.detach().double()  # noqa: E731
+    lam = torch.exp(torch.complex(-torch.exp(f64(layer.nu_log)), torch.exp(f64(layer.theta_log))))
+    assert torch.allclose(after.lam, lam, rtol=0, atol=1e-15)
+    assert not torch.allclose(before.lam, after.lam)

@@ -148,3 +148,56 @@ def test_explicit_cadence_wins_and_resolving_is_idempotent():
     assert cfg.resolved() == cfg
     # a resolved config written to config.yaml reads back as the same run
     assert apply_overrides(cfg, []) == cfg
+
+
+CONFIG_DIR = Path(__file__).parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["baseline", "tau0.01", "tau0.02", "tau0.04"])
+def test_smnist_configs_carry_the_published_settings(name):
+    from shrinkssm.train.trainer import build_compressor
+
+    cfg = load_config(CONFIG_DIR / f"smnist_{name}.yaml")
+    m, t, c = cfg.model, cfg.train, cfg.compress
+    assert (m.n_layers, m.d_model, m.d_state, m.dropout, m.r_min, m.r_max) == (1, 8, 256, 0.1, 0.9, 0.999)
+    assert (t.steps, t.batch_size, t.lr, t.lr_schedule, t.warmup_steps) == (200_000, 50, 4e-4, "constant", 0)
+    assert (t.weight_decay, t.ssm_lr_factor, t.eval_every) == (0.0, 1.0, 5_000)
+    assert (c.schedule, c.check_every, c.published_eval_every, c.window) == ("published", 2_000, 5_000, 0.1)
+    assert "compress.schedule=published" in (CONFIG_DIR / f"smnist_{name}.yaml").read_text()
+    compressed = cfg if name != "baseline" else apply_overrides(cfg, ["compress.mode=tolerance"])
+    assert build_compressor(compressed).schedule.steps == (10_000, 20_000)
+    described = apply_overrides(compressed, ["compress.schedule=described"])
+    assert build_compressor(described).schedule.steps == tuple(range(2_000, 20_001, 2_000))
+    if name == "baseline":
+        assert c.mode == "none" and build_compressor(cfg).schedule.steps == ()
+    else:
+        assert (c.mode, c.tol) == ("tolerance", float(name[3:]))
+
+
+@pytest.mark.parametrize("name", ["baseline", "tau0.05", "tau0.10", "tau0.15"])
+def test_scifar_configs_carry_the_published_settings(name):
+    from shrinkssm.train.trainer import build_compressor
+
+    cfg = load_config(CONFIG_DIR / f"scifar_{name}.yaml")
+    m, t, c = cfg.model, cfg.train, cfg.compress
+    assert (m.n_layers, m.d_model, m.d_state, m.dropout) == (6, 512, 384, 0.1)
+    assert (t.steps, t.batch_size, t.lr, t.lr_schedule, t.warmup_steps) == (180_000, 50, 1e-3, "cosine", 18_000)
+    assert (t.weight_decay, t.ssm_lr_factor, t.eval_every) == (0.05, 0.25, 4_500)
+    assert (c.schedule, c.check_every, c.published_eval_every) == ("published", 2_000, 4_500)
+    compressed = cfg if name != "baseline" else apply_overrides(cfg, ["compress.mode=tolerance"])
+    assert build_compressor(compressed).schedule.steps == (18_000,)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["compress.schedule=published", "compress.steps=[5]"],
+     "compress.steps: explicit reduction steps go with compress.schedule=equidistant, not published"),
+    (["compress.schedule=described", "compress.check_every=1000"],
+     "compress.schedule: described gives no reduction point in the first 0.1 of train.steps=3000"),
+    (["compress.schedule=fast"], "compress.schedule: must be one of 'equidistant', 'described' or 'published'"),
+    (["compress.check_every=0"], "compress.check_every: must be >= 1"),
+    (["compress.track_every=0"], "compress.track_every: must be >= 1"),
+])
+def test_bad_schedules_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), overrides)
+    assert message in str(info.value)

@@ -86,6 +86,7 @@ def test_lean_fused_step_is_bit_identical_to_torchs_fused_optimizer(cls, torch_c
     assert all(torch.equal(p, q) for p, q in zip(ps, qs))
     assert str(opt.state_dict()) == str(ref.state_dict())
     assert calls == ["pre", "post"] * 12
+    assert all(p._version >= 12 - (i == 1) * 2 for i, p in enumerate(ps))   # each update bumps it
     # its state dict continues in torch's optimizer exactly where it left off
     ref2 = torch_cls(groups([p.detach().clone().requires_grad_() for p in ps]), fused=True)
     ref2.load_state_dict(copy.deepcopy(opt.state_dict()))   # state_dict() hands out the tensors
@@ -102,3 +103,23 @@ def test_lean_fused_optimizer_is_what_build_optimizer_gives_on_cpu_and_refuses_w
     assert isinstance(opt, FusedAdamW) and isinstance(opt, torch.optim.AdamW)
     with pytest.raises(ValueError, match="amsgrad"):
         FusedAdamW([torch.zeros(2, requires_grad=True)], amsgrad=True)
+
+
+def test_constant_schedule_without_warmup_keeps_the_learning_rate_of_every_group():
+    from shrinkssm.train.optim import WarmupCosine, build_scheduler
+
+    rule = WarmupCosine(total_steps=100, warmup_steps=0, schedule="constant")
+    assert [rule(s) for s in (0, 1, 50, 99, 100, 500)] == [1.0] * 6
+    cfg = TrainConfig(steps=100, lr=4e-4, ssm_lr_factor=1.0, weight_decay=0.0, lr_schedule="constant",
+                      warmup_steps=0)
+    opt = build_optimizer(_model(), cfg)
+    sched = build_scheduler(opt, cfg)
+    seen = []
+    for _ in range(100):
+        opt.step()
+        sched.step()
+        seen.append(sorted({g["lr"] for g in opt.param_groups}))
+    assert seen == [[4e-4]] * 100
+    # cosine, for contrast, has decayed to 0 at the end
+    cos = WarmupCosine(total_steps=100, warmup_steps=0, schedule="cosine")
+    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)

@@ -140,12 +140,16 @@ class Compressor:
         """The compressor of a ``compress`` config section, scheduled over ``total_steps``.
 
         ``section`` is anything with the attributes of ``shrinkssm.train.config.CompressConfig``
-        (``mode``, ``tol``, ``fraction``, ``n_points``, ``window``, ``steps``, ``method``,
+        (``mode``, ``tol``, ``fraction``, ``n_points``, ``window``, ``steps``, ``schedule``,
+        ``check_every``, ``published_eval_every`` (the last three optional), ``method``,
         ``output``, ``selection``, ``gate``, ``min_rank``, ``optimizer_state``, ``margin``); every
         setting of the constructor is taken from it by name.
         """
-        schedule = ReductionSchedule.for_run(total_steps, section.n_points, section.window,
-                                             section.steps, section.mode)
+        schedule = ReductionSchedule.for_run(
+            total_steps, section.n_points, section.window, section.steps, section.mode,
+            schedule=getattr(section, "schedule", "equidistant"),
+            check_every=getattr(section, "check_every", None),
+            published_eval_every=getattr(section, "published_eval_every", None))
         settings = {name: getattr(section, name) for name in cls.SETTINGS}
         return cls(schedule, evaluate=evaluate, seed=seed, agree=agree, **settings)
 

@@ -299,11 +299,15 @@ class LRU(nn.Module):
         y_k = (state @ c_t).real + self._skip(u_k)                           # (B, H)
         return y_k, state
 
+    def _key_tensors(self) -> tuple[Tensor, ...]:
+        return (self.nu_log, self.theta_log, self.gamma_log, self.B_re, self.B_im, self.C_re,
+                self.C_im, self.D)
+
     def _parameter_key(self) -> tuple:
-        """Identity and in-place version of every parameter: changes whenever any of them does."""
-        tensors = (self.nu_log, self.theta_log, self.gamma_log, self.B_re, self.B_im, self.C_re,
-                   self.C_im, self.D)
-        return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+        """Identity and in-place version of every parameter: changes whenever any of them is
+        replaced or changed by an ordinary in-place operation (not by fused optimizer kernels,
+        which leave the version alone; :meth:`system` compares values as well)."""
+        return tuple((id(t), t.data_ptr(), t._version) for t in self._key_tensors())
 
     def _step_matrices(self) -> tuple[Tensor, Tensor, Tensor]:
         """lam (N,), (gamma B)^T (H, N) and C^T (N, H) for :meth:`step`; when no gradient is being
@@ -336,13 +340,16 @@ class LRU(nn.Module):
         """
         key = self._parameter_key()
         cached = getattr(self, "_system_cache", None)
-        if cached is not None and cached[0] == key:
+        # torch's fused AdamW updates parameters in place without bumping their version counter,
+        # so the key alone would hand out the system of an earlier step: the values are compared too
+        if cached is not None and cached[0] == key and all(
+                torch.equal(p.detach(), v) for p, v in zip(self._key_tensors(), cached[2])):
             return cached[1]
         f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
         lam = torch.exp(torch.complex(-torch.exp(f64(self.nu_log)), torch.exp(f64(self.theta_log))))
         b = torch.complex(f64(self.B_re), f64(self.B_im)) * torch.exp(f64(self.gamma_log))[:, None]
         sys = lti.DiagonalSystem(lam, b, torch.complex(f64(self.C_re), f64(self.C_im)), f64(self.D))
-        self._system_cache = (key, sys)
+        self._system_cache = (key, sys, tuple(p.detach().clone() for p in self._key_tensors()))
         return sys
 
     @torch.no_grad()

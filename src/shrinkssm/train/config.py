@@ -21,6 +21,14 @@ Cadence that scales with the run. ``train.eval_every``, ``train.warmup_steps`` a
 
 An explicit value always wins. ``compress.mode=none`` schedules no reduction points at all, so
 its ``n_points`` / ``window`` / ``steps`` need not fit the run.
+
+Reduction schedules by name (``compress.schedule``, :mod:`shrinkssm.compress.schedule`):
+``equidistant`` (``compress.n_points`` evenly over ``compress.window``, the default),
+``described`` (a check every ``compress.check_every`` steps within the window, as the CompreSSM
+paper describes) and ``published`` (of those, only the multiples of
+``compress.published_eval_every``, as the published code runs: at 200k steps, 10,000 and 20,000).
+``compress.track_every=K`` records every layer's HSVs every K steps without reducing
+(``hsv_track.jsonl``, :mod:`shrinkssm.compress.tracking`).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shrinkssm.compress import METHODS, MODES, OUTPUTS, SELECTIONS, STATE_POLICIES
+from shrinkssm.compress.schedule import SCHEDULES, ReductionSchedule
 from shrinkssm.nn.model import ModelConfig
 
 __all__ = ["RunConfig", "DataConfig", "TrainConfig", "CompressConfig", "ConfigError",
@@ -133,9 +142,21 @@ class CompressConfig(_Section):
     mode: Literal[MODES] = "tolerance"
     tol: float = Field(0.01, ge=0.0, lt=1.0, description="Hankel energy discarded per reduction")
     fraction: float = Field(0.1, gt=0.0, lt=1.0, description="states dropped per reduction (fixed)")
+    schedule: Literal[SCHEDULES] = Field(
+        "equidistant", description="when to reduce (shrinkssm.compress.schedule): equidistant = "
+        "compress.n_points evenly over compress.window; described = every compress.check_every "
+        "steps within compress.window (as the paper describes); published = those of them that "
+        "are also multiples of compress.published_eval_every (what the published code runs)")
     n_points: int = Field(4, ge=0, description="equidistant reduction points ...")
     window: float = Field(0.1, gt=0.0, le=1.0, description="... within this fraction of training")
     steps: list[int] | None = Field(None, description="explicit reduction steps (override n_points)")
+    check_every: int | None = Field(None, ge=1, description="described/published: steps between "
+                                    "reduction checks; null = train.steps / 100 (2,000 at 200k)")
+    published_eval_every: int | None = Field(
+        None, ge=1, description="published: the published code's evaluation cadence that gates "
+        "its checks; null = train.steps / 40 (5,000 at 200k)")
+    track_every: int | None = Field(None, ge=1, description="record every layer's HSVs every this "
+                                    "many steps without reducing (hsv_track.jsonl); null = off")
     method: Literal[METHODS] = "balanced"
     output: Literal[OUTPUTS] = "complex"
     selection: Literal[SELECTIONS] = "largest"
@@ -162,6 +183,19 @@ class RunConfig(_Section):
                              f"got {self.model.r_min:g}")
         c, steps = self.compress, self.train.steps
         if c.mode == "none":                    # the baseline: no reduction points at all
+            return self
+        if c.schedule != "equidistant":
+            if c.steps:
+                raise ValueError(f"compress.steps: explicit reduction steps go with "
+                                 f"compress.schedule=equidistant, not {c.schedule}")
+            points = ReductionSchedule.for_run(
+                steps, window=c.window, mode=c.mode, schedule=c.schedule,
+                check_every=c.check_every, published_eval_every=c.published_eval_every)
+            if not len(points):
+                raise ValueError(f"compress.schedule: {c.schedule} gives no reduction point in "
+                                 f"the first {c.window:g} of train.steps={steps}; lower "
+                                 "compress.check_every or compress.published_eval_every, widen "
+                                 "compress.window or lengthen train.steps")
             return self
         window = math.floor(c.window * steps)
         if not c.steps and c.n_points > window:

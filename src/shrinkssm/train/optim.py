@@ -92,7 +92,8 @@ class _LeanFusedStep:
     device (all are on the CPU), the profiler scope around every call and per-parameter checks
     that the constructor has made. Step pre- and post-hooks (``register_step_pre_hook``, global
     ones) run as in torch. Groups that ask for amsgrad, maximize, capturable, differentiable or a
-    tensor learning rate are not taken: the constructor rejects them.
+    tensor learning rate are not taken: the constructor rejects them. Unlike torch's fused step
+    it bumps the parameters' version counters, as an in-place update should.
     """
 
     def __init__(self, params, **kwargs) -> None:
@@ -147,11 +148,23 @@ class _LeanFusedStep:
                     kernel(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
                            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                            eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+                    _bump_versions(params)
         for hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
             hook(self, args, kwargs)
         return loss
 
     step.hooked = True  # tells torch.optim.Optimizer not to wrap step in its profiler scope
+
+
+_bump = getattr(torch.autograd.graph, "increment_version", None)
+
+
+def _bump_versions(params: list) -> None:
+    """Mark ``params`` as changed in place: torch's fused kernel writes them without bumping
+    their version counters (a per-parameter AdamW's in-place ops do), and caches keyed on the
+    version (``LRU.system()``, ``lti``'s factorisations) must see the update."""
+    if _bump is not None:
+        _bump(params)
 
 
 class FusedAdam(_LeanFusedStep, torch.optim.Adam):

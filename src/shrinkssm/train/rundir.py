@@ -38,9 +38,10 @@ __all__ = ["RunDirError", "RunDirBusy", "RunLock", "atomic_write", "clean_stale_
 log = logging.getLogger("shrinkssm")
 
 LOCK_NAME = ".lock"
-RUN_OUTPUTS = ("checkpoints/last.pt", "config.yaml", "metrics.jsonl", "reductions.json",
-               "summary.json", "train.log", "plots/curves.png", "plots/state_dims.png",
-               "plots/hsv_spectra.png")
+RUN_OUTPUTS = ("checkpoints/last.pt", "checkpoints/best.pt", "config.yaml", "metrics.jsonl",
+               "reductions.json", "hsv_track.jsonl", "summary.json", "train.log",
+               "plots/curves.png", "plots/state_dims.png", "plots/hsv_spectra.png",
+               "plots/hsv_tracks.png", "plots/hsv_stability.png")
 """The files a run writes (relative to its directory), which ``--force`` removes."""
 _TMP = re.compile(r"^\..+\.tmp-\d+$")
 

@@ -8,7 +8,14 @@ Run directory::
 
     config.yaml            resolved config            metrics.jsonl    one row per logged step
     checkpoints/last.pt    latest checkpoint          reductions.json  reduction history
+    checkpoints/best.pt    best validation so far     hsv_track.jsonl  HSVs every compress.track_every
     plots/*.png            curves, state sizes, HSVs  summary.json     final results
+
+Best checkpoint: at every validation (``train.eval_every``) whose score beats every earlier one
+(the task's metric as "higher is better": accuracy up, loss-like metrics down), the whole state is
+written to ``checkpoints/best.pt``, layout of the reduced model included, so it loads like
+``last.pt``. The summary reports the test metric of that model (``test_<metric>_at_best_val``)
+beside the final model's; nothing is chosen on the test split.
 
 One writer: the main process holds the run directory's :class:`~.rundir.RunLock` from
 construction to the end of :meth:`Trainer.fit` (a second trainer into the same directory fails with
@@ -46,8 +53,9 @@ import torch
 from tqdm.auto import tqdm
 
 from shrinkssm.compress import ReductionEvent
+from shrinkssm.compress.tracking import TRACK_FILE, HSVTracker, read_track
 from shrinkssm.data import Batch, DataSplits, SequenceData
-from shrinkssm.plots import plot_run
+from shrinkssm.plots import plot_run, track_taus
 from shrinkssm.train.build import build_compressor, build_model, load_data
 from shrinkssm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shrinkssm.train.config import ConfigError, RunConfig, build_config
@@ -160,6 +168,7 @@ class Trainer:
         self.train_seconds = 0.0
         self._eval_seconds = 0.0
         self._window = _Window()
+        self._best: dict = {"step": None, "score": None, "val": None}
         if checkpoint is not None:
             self._restore(checkpoint)
         else:
@@ -171,6 +180,11 @@ class Trainer:
             self.metrics = MetricsLog(
                 self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None,
                 tensorboard_dir=self.run_dir / "tensorboard" if cfg.tensorboard else None)
+        self.tracker = None
+        if self.dist.is_main and config.compress.track_every:
+            self.tracker = HSVTracker(config.compress.track_every, self.run_dir / TRACK_FILE,
+                                      output=config.compress.output,
+                                      resume_step=self.step if resume else None)
 
     # -- set-up -----------------------------------------------------------------------------------
     def _build_optimization(self) -> None:
@@ -219,6 +233,7 @@ class Trainer:
         self.position = _Position(int(ckpt["epoch"]), int(ckpt["batch"]))
         self.initial_dims = list(ckpt["extra"]["initial_dims"])
         self.train_seconds = float(ckpt["extra"]["train_seconds"])
+        self._best.update(ckpt["extra"].get("best") or {})
         # the metrics window still open at the checkpoint (each rank sums its own batches); with
         # another number of processes the first row after the resume covers the resumed steps only
         windows = ckpt["extra"].get("windows_per_rank") or [ckpt["extra"].get("window")]
@@ -255,12 +270,13 @@ class Trainer:
             if len(batch):                      # a rank's share of the last batch may be empty
                 yield batch
 
-    def evaluate_split(self, split: str, cap: int | None = None) -> dict[str, float]:
-        """Metrics of the current model on "train", "val" or "test" (summed over ranks)."""
+    def evaluate_split(self, split: str, cap: int | None = None, model=None) -> dict[str, float]:
+        """Metrics of the current model (or ``model``) on "train", "val" or "test" (summed over
+        ranks)."""
         t0 = time.perf_counter()
         data = getattr(self.splits, split)
-        result = evaluate(self.model, self._eval_batches(data, cap), self.objective, self.device,
-                          combine=self.dist.sum_stats)
+        result = evaluate(self.model if model is None else model, self._eval_batches(data, cap),
+                          self.objective, self.device, combine=self.dist.sum_stats)
         self._eval_seconds += time.perf_counter() - t0
         return result
 
@@ -270,6 +286,10 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
+
+    def best_path(self) -> Path:
+        """``checkpoints/best.pt``: the state at the best validation so far."""
+        return self.run_dir / "checkpoints" / "best.pt"
 
     @property
     def saved_step(self) -> int | None:
@@ -285,6 +305,13 @@ class Trainer:
     def save(self) -> Path:
         """Write ``checkpoints/last.pt`` (rank 0; every rank takes part in gathering RNG states)
         and ``reductions.json``; refuses (:class:`TrainingDiverged`) to save non-finite weights."""
+        return self._write_checkpoint(best=False)
+
+    def save_best(self) -> Path:
+        """Write the same payload as :meth:`save` to ``checkpoints/best.pt`` (nothing else)."""
+        return self._write_checkpoint(best=True)
+
+    def _write_checkpoint(self, best: bool) -> Path:
         for name, param in self.model.named_parameters():
             if not torch.isfinite(param).all():
                 raise TrainingDiverged(f"parameter {name} is not finite at step {self.step}; "
@@ -292,8 +319,9 @@ class Trainer:
                                        "train.lr or train.grad_clip.")
         rng_states = self.dist.gather(torch.get_rng_state())
         windows = self.dist.gather(self._window.state())
+        path = self.best_path() if best else self.checkpoint_path()
         if self.dist.is_main:
-            save_checkpoint(self.checkpoint_path(), {
+            save_checkpoint(path, {
                 "step": self.step, "epoch": self.position.epoch, "batch": self.position.batch,
                 "config": self.config.model_dump(mode="json"),
                 "model_io": {"d_input": self.model.d_input, "d_output": self.model.d_output,
@@ -307,12 +335,13 @@ class Trainer:
                         "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
                 "extra": {"initial_dims": self.initial_dims, "train_seconds": self.train_seconds,
                           "world_size": self.dist.world_size, "window": windows[0],
-                          "windows_per_rank": windows},
+                          "windows_per_rank": windows, "best": dict(self._best)},
             })
-            self._saved_step = self.step
-            self._save_history()
+            if not best:
+                self._saved_step = self.step
+                self._save_history()
         self.dist.barrier()
-        return self.checkpoint_path()
+        return path
 
     def _save_history(self) -> None:
         atomic_write(self.run_dir / "reductions.json",
@@ -425,6 +454,8 @@ class Trainer:
                 skipped = 0
                 self.step += 1
                 self._eval_seconds = 0.0
+                if self.tracker is not None and self.tracker.due(self.step):
+                    self._track()
                 if self.compressor.schedule.is_due(self.step):
                     # buffers that each process updated from its own batches (batch-norm
                     # statistics, selective surrogates) must agree before a reduction is planned
@@ -464,10 +495,40 @@ class Trainer:
             val = self.evaluate_split("val", cfg.eval_batches)
             row = row or {"step": self.step, "wall_seconds": round(self.train_seconds, 4)}
             row.update({f"val_{k}": v for k, v in val.items()})
+            self._keep_if_best(val)
         if row is not None:
             self._write(row)
             if "loss" in row:
                 bar.set_postfix(self._postfix(row), refresh=False)
+
+    def _keep_if_best(self, val: dict) -> None:
+        """Write ``checkpoints/best.pt`` when this validation beats every earlier one (ties keep
+        the earlier; the score is "higher is better", see :meth:`Objective.score`)."""
+        score = self.objective.score(val)
+        if self._best["score"] is not None and not score > self._best["score"]:
+            return
+        self._best = {"step": self.step, "score": float(score),
+                      "val": float(val[self.objective.metric])}
+        self.save_best()
+
+    def _track(self) -> None:
+        """Record every layer's HSVs (``compress.track_every``); its time is not training time."""
+        t0 = time.perf_counter()
+        self.tracker.record(self.step, self.model)
+        self._eval_seconds += time.perf_counter() - t0
+
+    def _test_at_best(self, final_test: dict) -> dict | None:
+        """Test metrics of the model in ``checkpoints/best.pt`` (the final model's when the best
+        validation was the last one); None if no validation ran."""
+        if self._best["step"] is None:
+            return None
+        if self._best["step"] == self.step:
+            return final_test
+        ckpt = load_checkpoint(self.best_path(), map_location=self.device)
+        model = build_model(self.config, self.splits)
+        model.apply_layout_(ckpt["layout"])
+        model.load_state_dict(ckpt["model"])
+        return self.evaluate_split("test", model=model.to(self.device))
 
     def _write(self, row: dict) -> None:
         if self.metrics is not None:
@@ -523,6 +584,7 @@ class Trainer:
         test = self.evaluate_split("test")
         val = self.evaluate_split("val")
         metric = self.objective.metric
+        at_best = self._test_at_best(test)
         summary = {
             "data": self.config.data.name, "task": self.objective.kind, "metric": metric,
             f"test_{metric}": test[metric], f"val_{metric}": val[metric],
@@ -540,6 +602,11 @@ class Trainer:
             "processes": self.dist.world_size,
             "run_dir": str(self.run_dir),
         }
+        if at_best is not None:
+            summary.update({f"test_{metric}_at_best_val": at_best[metric],
+                            f"best_val_{metric}": self._best["val"],
+                            "best_val_step": self._best["step"],
+                            "best_checkpoint": str(self.best_path())})
         if "accuracy" in test:
             summary.setdefault("test_accuracy", test["accuracy"])
             summary.setdefault("val_accuracy", val["accuracy"])
@@ -555,9 +622,12 @@ class Trainer:
 
     def _close(self) -> None:
         metrics, self.metrics = getattr(self, "metrics", None), None
+        tracker, self.tracker = getattr(self, "tracker", None), None
         try:
             if metrics is not None:
                 metrics.close()
+            if tracker is not None:
+                tracker.close()
         finally:
             self._release()
 
@@ -568,11 +638,12 @@ class Trainer:
     def plot(self) -> list[Path]:
         """Write the run's plots into ``run_dir/plots`` (each PNG whole, or not at all)."""
         rows = read_metrics(self.run_dir / "metrics.jsonl")
+        track = read_track(self.run_dir / TRACK_FILE) if self.config.compress.track_every else []
         return write_files_atomically(
             self.run_dir / "plots",
             lambda staging: plot_run(rows, self.compressor.history, self.initial_dims,
                                      self.config.train.steps, staging, self.objective.metric,
-                                     self.model.state_unit()))
+                                     self.model.state_unit(), track, track_taus(self.config)))
 
 
 class _Window:
