@@ -13,7 +13,9 @@ scaled to the run (``compress.schedule=published``: at 5% and 10% of the steps, 
   the start (it can only start once that run has finished: its size comes from it).
 
 Every run records its HSVs every 1% of the steps (``compress.track_every``) and keeps its best
-validation checkpoint. Runs live in ``experiments/runs/study1-long-<data>/<name>-seed<k>``.
+validation checkpoint. Runs live in ``experiments/study1_long_runs/study1-long-<data>/<name>-seed<k>``,
+which is committed as runs finish (and at the end of a session, with the checkpoints of the runs
+still under way), so that another session, on another machine, resumes where this one stopped.
 
 Resumable: a run with a ``summary.json`` is skipped, one with a checkpoint is resumed
 (``shrinkssm train --resume``), so the grid can be spread over several sessions. ``--max-minutes``
@@ -23,7 +25,7 @@ runs that many at once, each on ``--threads`` threads (measured on this 2-core m
 the report and ``--help``).
 
     python experiments/study1_long.py [--only fashion-mnist] [--seeds 0 1 2] [--steps 30000]
-        [--jobs 2 --threads 1] [--max-minutes 110] [--root experiments/runs]
+        [--jobs 2 --threads 1] [--max-minutes 110] [--root experiments/study1_long_runs]
     python experiments/study1_long.py --plan            # list the runs and their state, run nothing
 """
 
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 HERE = Path(__file__).parent
-RUNS = HERE / "runs"
+RUNS = HERE / "study1_long_runs"   # committed (plots, locks and best.pt aside): resumable on another machine
 TAUS = (0.01, 0.02, 0.04)
 PAPER_SIZES = {0.01: 47, 0.02: 28, 0.04: 13}     # official README Table 2 (sMNIST, 200k steps)
 DATASETS = {
