@@ -1,7 +1,42 @@
 """Fixtures shared by every test directory."""
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
+
+from shrinkssm.train.config import RunConfig, apply_overrides
+
+TINY = [  # a fast run on sklearn digits: reductions at steps 10 and 20 of 40
+    "data.name=digits", "model.d_model=8", "model.d_state=24", "model.norm=layer",
+    "train.steps=40", "train.batch_size=32", "train.lr=0.004", "train.warmup_steps=5",
+    "train.eval_every=20", "train.log_every=10", "train.checkpoint_every=15",
+    "train.progress=false", "compress.steps=[10, 20]", "compress.tol=0.05",
+]
+
+
+@pytest.fixture
+def tiny_config() -> RunConfig:
+    """A tiny, fast run config on sklearn digits (:data:`TINY`)."""
+    return apply_overrides(RunConfig(), TINY)
+
+
+def _scipy_lru_hsv(layer) -> np.ndarray:
+    f = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    lam = np.exp(-np.exp(f(layer.nu_log)) + 1j * np.exp(f(layer.theta_log)))
+    B = np.exp(f(layer.gamma_log))[:, None] * (f(layer.B_re) + 1j * f(layer.B_im))
+    C = f(layer.C_re) + 1j * f(layer.C_im)
+    P = scipy.linalg.solve_discrete_lyapunov(np.diag(lam), B @ B.conj().T)
+    Q = scipy.linalg.solve_discrete_lyapunov(np.diag(lam.conj()), C.conj().T @ C)
+    return np.sort(np.sqrt(np.clip(np.linalg.eigvals(P @ Q).real, 0.0, None)))[::-1]
+
+
+@pytest.fixture
+def scipy_lru_hsv():
+    """``f(layer) -> (N,) float64``: the HSVs of an LRU's u -> C x from its raw parameters with
+    scipy's Stein solver, descending (lam = exp(-exp(nu_log) + i exp(theta_log)),
+    B = gamma (B_re + i B_im)); no shrinkssm code."""
+    return _scipy_lru_hsv
 
 
 @pytest.fixture(scope="module")

@@ -11,31 +11,7 @@ from shrinkssm import lti
 from shrinkssm.compress.tracking import (HSVTracker, layer_hsvs, ranking_stability, read_track,
                                          top_overlap)
 from shrinkssm.nn import LRU
-from shrinkssm.train import RunConfig, Trainer, apply_overrides
-
-TINY = [  # a fast run on sklearn digits: reductions at steps 10 and 20 of 40
-    "data.name=digits", "model.d_model=8", "model.d_state=24", "model.norm=layer",
-    "train.steps=40", "train.batch_size=32", "train.lr=0.004", "train.warmup_steps=5",
-    "train.eval_every=20", "train.log_every=10", "train.checkpoint_every=15",
-    "train.progress=false", "compress.steps=[10, 20]", "compress.tol=0.05",
-]
-
-
-@pytest.fixture
-def tiny_config() -> RunConfig:
-    return apply_overrides(RunConfig(), TINY)
-
-
-def _scipy_hsv(layer) -> np.ndarray:
-    """HSVs of an LRU's u -> C x from its raw parameters with scipy's Stein solver (descending)."""
-    f = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
-    lam = np.exp(-np.exp(f(layer.nu_log)) + 1j * np.exp(f(layer.theta_log)))
-    B = np.exp(f(layer.gamma_log))[:, None] * (f(layer.B_re) + 1j * f(layer.B_im))
-    C = f(layer.C_re) + 1j * f(layer.C_im)
-    P = scipy.linalg.solve_discrete_lyapunov(np.diag(lam), B @ B.conj().T)
-    Q = scipy.linalg.solve_discrete_lyapunov(np.diag(lam.conj()), C.conj().T @ C)
-    return np.sort(np.sqrt(np.clip(np.linalg.eigvals(P @ Q).real, 0.0, None)))[::-1]
-
+from shrinkssm.train import Trainer, apply_overrides
 
 # -- the overlap metric, on hand-made data -----------------------------------------------------------
 def test_top_overlap_counts_shared_members_of_the_top_sets():
@@ -74,11 +50,11 @@ def test_ranking_stability_uses_the_rank_tau_keeps_and_skips_reductions():
 
 
 # -- measurement against an independent solver ---------------------------------------------------------
-def test_layer_hsvs_are_the_scipy_hsvs_and_energy_is_per_state():
+def test_layer_hsvs_are_the_scipy_hsvs_and_energy_is_per_state(scipy_lru_hsv):
     torch.manual_seed(0)
     layer = LRU(d_model=4, d_state=12)
     measured = layer_hsvs(layer)
-    np.testing.assert_allclose(measured.hsv, _scipy_hsv(layer), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(measured.hsv, scipy_lru_hsv(layer), rtol=1e-5, atol=1e-8)
     assert measured.state_energy.shape == (12,) and (measured.state_energy >= 0).all()
     # a state the input cannot reach carries no energy, and the others keep theirs
     with torch.no_grad():
@@ -106,14 +82,14 @@ def test_decoupled_states_get_their_own_hsv_as_energy():
 TRACKED = ["compress.track_every=5"]
 
 
-def test_tracking_records_every_k_steps_the_hsvs_of_the_layer_at_that_step(tiny_config, tmp_path):
+def test_tracking_records_every_k_steps_the_hsvs_of_the_layer_at_that_step(tiny_config, tmp_path, scipy_lru_hsv):
     cfg = apply_overrides(tiny_config, TRACKED)
     trainer = Trainer(cfg, tmp_path, stop_after=15)
     trainer.fit()
     rows = read_track(tmp_path / "hsv_track.jsonl")
     assert [r["step"] for r in rows] == [5, 10, 15]
     layer = trainer.model.ssm_layers()[0]
-    np.testing.assert_allclose(rows[-1]["layers"][0]["hsv"], _scipy_hsv(layer), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(rows[-1]["layers"][0]["hsv"], scipy_lru_hsv(layer), rtol=1e-5, atol=1e-9)
     assert rows[-1]["layers"][0]["d_state"] == layer.d_state
     # at the reduction point (step 10) the row holds what the compressor decided on, before it acted
     event = next(e for e in trainer.compressor.history if e.step == 10)

@@ -4,24 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from shrinkssm.train import (CheckpointError, Trainer, TrainingDiverged, apply_overrides,
                              load_checkpoint, save_checkpoint)
 from shrinkssm.train.metrics_log import read_metrics
-
-
-def _scipy_hsv(layer) -> np.ndarray:
-    """HSVs of an LRU's u -> C x from its raw parameters with scipy's Stein solver, descending
-    (lam = exp(-exp(nu_log) + i exp(theta_log)), B = gamma (B_re + i B_im)); no shrinkssm code."""
-    f = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
-    lam = np.exp(-np.exp(f(layer.nu_log)) + 1j * np.exp(f(layer.theta_log)))
-    B = np.exp(f(layer.gamma_log))[:, None] * (f(layer.B_re) + 1j * f(layer.B_im))
-    C = f(layer.C_re) + 1j * f(layer.C_im)
-    P = scipy.linalg.solve_discrete_lyapunov(np.diag(lam), B @ B.conj().T)
-    Q = scipy.linalg.solve_discrete_lyapunov(np.diag(lam.conj()), C.conj().T @ C)
-    return np.sort(np.sqrt(np.clip(np.linalg.eigvals(P @ Q).real, 0.0, None)))[::-1]
 
 
 def _energy_rank(hsv: np.ndarray, tau: float) -> int:
@@ -34,23 +21,23 @@ def _energy_rank(hsv: np.ndarray, tau: float) -> int:
     return len(hsv)
 
 
-def _spy_on_reductions(trainer, monkeypatch) -> list:
+def _spy_on_reductions(trainer, monkeypatch, hsv_of) -> list:
     """Record (step, HSVs from scipy, size) of the model's LRU at every reduction the trainer runs."""
     seen = []
     reduce = trainer.compressor.reduce
 
     def spy(step, model, optimizer=None):
         layer = trainer.model.ssm_layers()[0]
-        seen.append((step, _scipy_hsv(layer), layer.d_state))
+        seen.append((step, hsv_of(layer), layer.d_state))
         return reduce(step, model, optimizer)
 
     monkeypatch.setattr(trainer.compressor, "reduce", spy)
     return seen
 
 
-def test_a_run_writes_everything_a_user_expects(tiny_config, tmp_path, monkeypatch):
+def test_a_run_writes_everything_a_user_expects(tiny_config, tmp_path, monkeypatch, scipy_lru_hsv):
     trainer = Trainer(tiny_config, tmp_path)
-    seen = _spy_on_reductions(trainer, monkeypatch)
+    seen = _spy_on_reductions(trainer, monkeypatch, scipy_lru_hsv)
     summary = trainer.fit()
     for name in ("config.yaml", "metrics.jsonl", "reductions.json", "summary.json",
                  "checkpoints/last.pt", "plots/curves.png", "plots/state_dims.png",
