@@ -29,6 +29,11 @@ from shrinkssm.train.config import (
     load_config as load_config,
 )
 from shrinkssm.train.objective import Objective as Objective, evaluate as evaluate
+from shrinkssm.train.optim import (
+    FusedAdam as FusedAdam,
+    FusedAdamW as FusedAdamW,
+    build_optimizer as build_optimizer,
+)
 from shrinkssm.train.process import configure_process as configure_process
 from shrinkssm.train.trainer import (
     Trainer as Trainer,
@@ -38,4 +43,5 @@ from shrinkssm.train.trainer import (
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "CompressConfig",
            "ConfigError", "DataConfig", "RunConfig", "TrainConfig", "apply_overrides",
            "load_config", "Objective", "evaluate", "Trainer", "TrainingDiverged",
-           "build_compressor", "build_model", "load_data", "configure_process"]
+           "build_compressor", "build_model", "load_data", "configure_process", "FusedAdam",
+           "FusedAdamW", "build_optimizer"]
