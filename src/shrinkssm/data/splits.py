@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from shrinkssm._tasks import TASK_KINDS
 from shrinkssm._checks import check_choice
 
 from .sequence import SequenceData
@@ -28,7 +29,7 @@ VAL_STREAM = 2
 """``SeedSequence`` stream of the validation split (with ``train.seed``): every loader carves
 validation with it, so the validation split of a data set depends on the seed alone."""
 
-KINDS = ("classification", "regression", "lm")
+KINDS = TASK_KINDS
 METRICS = ("accuracy", "mse", "mae", "rmse", "perplexity", "bits_per_char")
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from shrinkssm._tasks import TASK_KINDS
 from shrinkssm._checks import check_choice
 from shrinkssm.nn.lru import LRU
 from shrinkssm.nn.selective import REDUCTIONS, SURROGATES, SelectiveSSM
@@ -31,7 +32,7 @@ from shrinkssm.ops.scan import BACKENDS
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS", "LAYERS", "LAYER_KINDS"]
 
-TASKS = ("classification", "regression", "lm")
+TASKS = TASK_KINDS
 LAYER_KINDS = {"lru": LRU, "selective": SelectiveSSM}
 """The mixers a block can have (``model.layer``), by name."""
 LAYERS = tuple(LAYER_KINDS)
