@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from shrinkssm import lti
