@@ -128,6 +128,14 @@ def test_from_hf_reads_a_saved_checkpoint(tmp_path, kind):
     assert (bin_dir / "pytorch_model.bin").is_file()
     again = from_hf(bin_dir)
     torch.testing.assert_close(again[1].out_proj.weight, layers[1].out_proj.weight, rtol=0, atol=0)
+    # and sharded safetensors (an index file and several shards)
+    shard_dir = tmp_path / "shards"
+    model.save_pretrained(shard_dir, max_shard_size="1KB")
+    assert (shard_dir / "model.safetensors.index.json").is_file()
+    sharded = from_hf(shard_dir)
+    for a, b in zip(sharded, layers):
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
 
 
 def test_from_hf_errors_name_the_file(tmp_path):
