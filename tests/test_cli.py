@@ -99,3 +99,18 @@ def test_cli_imports_no_torch_before_main_runs():
     code = "import sys, shrinkssm.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cli_trains_and_evaluates_a_mamba2_model(tmp_path, capsys):
+    """model.layer=mamba2 end to end: a short run on sklearn digits writes checkpoints, learns
+    (training loss falls) and its best checkpoint evaluates."""
+    run = tmp_path / "run"
+    args = ["data.name=digits", "model.layer=mamba2", "model.d_model=8", "model.d_state=8",
+            "model.headdim=4", "model.ngroups=2", "model.chunk_size=16", "model.norm=layer",
+            "compress.mode=none", "train.steps=30", "train.batch_size=32", "train.eval_every=15",
+            "train.log_every=5", "train.checkpoint_every=15", "train.progress=false"]
+    assert main(["train", "--out", str(run), *args]) == 0
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) >= 4 and losses[-1] < losses[0]
+    assert main(["eval", str(run), "--split", "val"]) == 0

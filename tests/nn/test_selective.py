@@ -486,4 +486,4 @@ def test_config_validation():
     with pytest.raises(ValueError, match="chunked"):
         ModelConfig(layer="selective", scan="chunked")
     with pytest.raises(ValueError, match="layer"):
-        ModelConfig(layer="mamba2")
+        ModelConfig(layer="mamba3")

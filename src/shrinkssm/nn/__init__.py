@@ -6,6 +6,10 @@
   :class:`shrinkssm.lti.DiagonalSystem`, ``reduce_()`` replaces it by a smaller one.
 * :class:`SelectiveSSM` -- a Mamba-1 style selective SSM block; its mean LTI surrogate ranks states
   for ``plan_reduction()`` (per-channel balanced truncation or a shared subset).
+* :class:`Mamba2SSM` -- a Mamba-2 (SSD) block: heads with a scalar decay, groups sharing B and C
+  (:mod:`shrinkssm.nn.mamba2`); it does not reduce yet.
+* :func:`from_hf` -- the mixers of a local Hugging Face Mamba / Mamba-2 checkpoint as these layers
+  (:mod:`shrinkssm.nn.hf`).
 * :class:`SSMModel` -- encoder, blocks of (norm -> mixer -> GELU -> GLU -> residual), pooling, head.
 """
 
@@ -20,6 +24,8 @@ from shrinkssm.nn.selective import (
     SelectiveSSM as SelectiveSSM,
     calibrate_surrogates as calibrate_surrogates,
 )
+from shrinkssm.nn.mamba2 import Mamba2SSM as Mamba2SSM
+from shrinkssm.nn.hf import from_hf as from_hf, layer_from_hf as layer_from_hf
 from shrinkssm.nn.model import (
     MaskedBatchNorm as MaskedBatchNorm,
     ModelConfig as ModelConfig,
@@ -29,4 +35,4 @@ from shrinkssm.nn.model import (
 
 __all__ = ["LRU", "LayerReduction", "ReductionPlan", "ShrinkableLayer", "shrinkable_layers",
            "SSM_LR_GROUP", "ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "SelectiveSSM",
-           "calibrate_surrogates"]
+           "calibrate_surrogates", "Mamba2SSM", "from_hf", "layer_from_hf"]

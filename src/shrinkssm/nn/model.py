@@ -4,8 +4,9 @@ One block (as in the LRU paper and the CompreSSM code)::
 
     x -> norm -> mixer -> GELU -> dropout -> GLU -> dropout -> + x
 
-The mixer is an :class:`~shrinkssm.nn.lru.LRU` (``layer="lru"``, the default) or a Mamba-style
-:class:`~shrinkssm.nn.selective.SelectiveSSM` (``layer="selective"``; it has its own gate and output
+The mixer is an :class:`~shrinkssm.nn.lru.LRU` (``layer="lru"``, the default), a Mamba-style
+:class:`~shrinkssm.nn.selective.SelectiveSSM` (``layer="selective"``) or a Mamba-2
+:class:`~shrinkssm.nn.mamba2.Mamba2SSM` (``layer="mamba2"``; the last two have their own gate and output
 projection, the GELU/GLU after it are kept so that both kinds of model share one block). The same
 model serves classification (pool over time, then a linear head), per-step regression (a linear
 head at every position) and language modelling (token embedding in, next-token logits out).
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from shrinkssm._tasks import TASK_KINDS
 from shrinkssm._checks import check_choice
 from shrinkssm.nn.lru import LRU
+from shrinkssm.nn.mamba2 import Mamba2SSM
 from shrinkssm.nn.selective import REDUCTIONS, SURROGATES, SelectiveSSM
 from shrinkssm.nn.shrinkable import ShrinkableLayer
 from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block, linear
@@ -33,7 +35,7 @@ from shrinkssm.ops.scan import BACKENDS
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS", "LAYERS", "LAYER_KINDS"]
 
 TASKS = TASK_KINDS
-LAYER_KINDS = {"lru": LRU, "selective": SelectiveSSM}
+LAYER_KINDS = {"lru": LRU, "selective": SelectiveSSM, "mamba2": Mamba2SSM}
 """The mixers a block can have (``model.layer``), by name."""
 LAYERS = tuple(LAYER_KINDS)
 
@@ -46,11 +48,13 @@ class ModelConfig(BaseModel):
     n_layers: int = Field(1, ge=1, description="number of blocks")
     d_model: int = Field(8, ge=1, description="width H of every block")
     layer: Literal[LAYERS] = Field(
-        "lru", description="the mixer of every block: LRU, or a Mamba-style selective SSM")
+        "lru", description="the mixer of every block: LRU, a Mamba-style selective SSM, or a "
+        "Mamba-2 (SSD) layer")
     d_state: int | list[int] = Field(
         256, description="initial state size N of every mixer, or one per block (LRU: complex "
         "states, state_size 2N real numbers per step; selective: real states per channel, 16 in "
-        "Mamba, state_size E*N)")
+        "Mamba, state_size E*N; mamba2: states per head channel, 64 or 128 in Mamba-2, "
+        "state_size E*N)")
     norm: Literal["batch", "layer"] = Field("batch", description="the published block uses batch")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     pooling: Literal["mean", "last"] = Field("mean", description="classification only")
@@ -59,14 +63,19 @@ class ModelConfig(BaseModel):
     max_phase: float = Field(2 * math.pi, gt=0.0, le=2 * math.pi)
     train_gamma: bool = True
     scan: Literal[BACKENDS] = Field(
-        "auto", description="scan backend (the selective scan has auto, native and ref)")
+        "auto", description="scan backend (the selective scan has auto, native and ref; the "
+        "mamba2 SSD scan auto, chunked and ref)")
     # selective layers only (layer="selective"; ignored by the LRU)
-    expand: int = Field(2, ge=1, description="selective: channels E = expand * d_model")
-    d_conv: int = Field(4, ge=1, description="selective: causal depthwise convolution kernel")
+    expand: int = Field(2, ge=1, description="selective, mamba2: channels E = expand * d_model")
+    d_conv: int = Field(4, ge=1, description="selective, mamba2: causal depthwise convolution kernel")
     dt_rank: int | None = Field(None, ge=1, description="selective: rank of the step-size "
                                 "projection, null = ceil(d_model / 16)")
-    dt_min: float = Field(0.001, gt=0.0, description="selective: smallest initial step size")
-    dt_max: float = Field(0.1, gt=0.0, description="selective: largest initial step size")
+    dt_min: float = Field(0.001, gt=0.0, description="selective, mamba2: smallest initial step size")
+    dt_max: float = Field(0.1, gt=0.0, description="selective, mamba2: largest initial step size")
+    # mamba2 layers only (layer="mamba2")
+    headdim: int = Field(64, ge=1, description="mamba2: channels P per head (heads = E / P)")
+    ngroups: int = Field(1, ge=1, description="mamba2: groups of heads sharing B and C")
+    chunk_size: int = Field(64, ge=1, description="mamba2: chunk length of the chunked SSD scan")
     selective_reduction: Literal[REDUCTIONS] = Field(
         "per_channel", description="selective: per-channel balanced truncation (the paper) or one "
         "shared subset of state indices per layer")
@@ -97,6 +106,13 @@ class ModelConfig(BaseModel):
             raise ValueError(f"dt_min ({self.dt_min}) must be below dt_max ({self.dt_max})")
         if self.layer == "selective" and self.scan == "chunked":
             raise ValueError("the selective scan has the backends auto, native and ref (not chunked)")
+        if self.layer == "mamba2":
+            if self.scan == "native":
+                raise ValueError("the mamba2 SSD scan has the backends auto, chunked and ref (not native)")
+            inner = self.expand * self.d_model
+            if inner % self.headdim or (inner // self.headdim) % self.ngroups:
+                raise ValueError(f"mamba2: expand * d_model = {inner} must be a multiple of headdim "
+                                 f"({self.headdim}) and the heads a multiple of ngroups ({self.ngroups})")
         return self
 
 
@@ -154,8 +170,8 @@ class MaskedBatchNorm(nn.Module):
 class SSMBlock(nn.Module):
     """norm -> mixer -> GELU -> dropout -> GLU -> dropout -> residual, on (B, L, H).
 
-    The mixer is ``self.lru`` (:class:`LRU`) or ``self.selective`` (:class:`SelectiveSSM`), after
-    ``cfg.layer``; :attr:`mixer` returns whichever it is.
+    The mixer is ``self.lru`` (:class:`LRU`), ``self.selective`` (:class:`SelectiveSSM`) or
+    ``self.mamba2`` (:class:`Mamba2SSM`), after ``cfg.layer``; :attr:`mixer` returns whichever it is.
     """
 
     def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
@@ -168,6 +184,11 @@ class SSMBlock(nn.Module):
                 dt_min=cfg.dt_min, dt_max=cfg.dt_max, reduction=cfg.selective_reduction,
                 surrogate=cfg.selective_surrogate, surrogate_momentum=cfg.surrogate_momentum,
                 scan=cfg.scan)
+        elif cfg.layer == "mamba2":
+            self.mamba2 = Mamba2SSM(
+                h, cfg.d_state_of(index), expand=cfg.expand, headdim=cfg.headdim, ngroups=cfg.ngroups,
+                d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
+                scan=cfg.scan)
         else:
             self.lru = LRU(h, cfg.d_state_of(index), r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
                            train_gamma=cfg.train_gamma, scan=cfg.scan)
@@ -178,9 +199,12 @@ class SSMBlock(nn.Module):
         self.fused_tail = True
 
     @property
-    def mixer(self) -> LRU | SelectiveSSM:
+    def mixer(self) -> LRU | SelectiveSSM | Mamba2SSM:
         """The block's SSM layer."""
-        return self.selective if hasattr(self, "selective") else self.lru
+        for name in ("selective", "mamba2"):
+            if hasattr(self, name):
+                return getattr(self, name)
+        return self.lru
 
     def _norm(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return self.norm(x, mask) if isinstance(self.norm, MaskedBatchNorm) else self.norm(x)

@@ -3,7 +3,9 @@
 :func:`scan` runs ``h[:, k] = lam * h[:, k-1] + b[:, k]``; :func:`lru_recurrence` runs the LRU's
 ``x[k] = lam * x[k-1] + B u[k]``, ``y[k] = Re(C x[k])``. Both take ``backend=`` "auto", "ref",
 "chunked" or "native" (see :mod:`shrinkssm.ops.scan` for what each does and how "auto" chooses) and
-are differentiable in every tensor argument. Conventions: :mod:`shrinkssm.lti`.
+are differentiable in every tensor argument. Conventions: :mod:`shrinkssm.lti`. :func:`ssd_scan`
+is the scan of Mamba-2 layers (scalar decay per head, chunked SSD form in plain PyTorch, with a
+sequential reference; :mod:`shrinkssm.ops.ssd_scan`).
 
 The native kernels are PyTorch custom operators (namespace ``shrinkssm``, listed in
 :mod:`shrinkssm.ops._native_backend`), so ``torch.compile`` and ``torch.export`` trace through
@@ -49,6 +51,9 @@ from shrinkssm.ops.scan import (
 from shrinkssm.ops.scan import (
     scan_ref as scan_ref,
 )
+from shrinkssm.ops.ssd_scan import (  # noqa: E402
+    ssd_scan as ssd_scan,
+)
 from shrinkssm.ops import selective_scan as _selective_scan  # noqa: F401, E402 (registers shrinkssm::selective_*)
 
 _apply_isa_env()
@@ -65,4 +70,5 @@ __all__ = [
     "scan",
     "scan_ref",
     "set_native_isa",
+    "ssd_scan",
 ]

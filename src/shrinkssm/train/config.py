@@ -184,6 +184,9 @@ class RunConfig(_Section):
         c, steps = self.compress, self.train.steps
         if c.mode == "none":                    # the baseline: no reduction points at all
             return self
+        if self.model.layer == "mamba2":
+            raise ValueError(f"compress.mode: model.layer=mamba2 does not reduce yet; set "
+                             f"compress.mode=none (got {c.mode})")
         if c.schedule != "equidistant":
             if c.steps:
                 raise ValueError(f"compress.steps: explicit reduction steps go with "

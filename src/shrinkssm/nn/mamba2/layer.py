@@ -1,0 +1,301 @@
+"""The Mamba-2 layer: parameters, forward pass, recurrent step, sizes.
+
+The block as published (Dao & Gu 2024, "Transformers are SSMs"; the structure of
+``mamba_ssm.modules.mamba2.Mamba2`` and of Hugging Face's ``Mamba2Mixer``), on ``u: (b, L, H_model)``
+with ``E = expand * d_model`` inner channels split into ``heads = E / headdim`` heads of width
+``P = headdim``, and ``G = ngroups`` groups of heads sharing ``B`` and ``C`` (``N = d_state``)::
+
+    z, xBC, dt = in_proj(u)                    z: (b, L, E) the gate; xBC: (b, L, E + 2 G N); dt: (b, L, heads)
+    xBC        = silu(causal depthwise conv(xBC))     kernel d_conv, with bias
+    x, B, C    = split(xBC)                    x: (b, L, heads, P); B, C: (b, L, G, N)
+    dt         = softplus(dt + dt_bias)        (b, L, heads), the step sizes
+    A          = -exp(A_log)                   (heads,), one scalar decay rate per head
+    y          = SSD scan(x, dt, A, B, C) + D x           (shrinkssm.ops.ssd_scan), D: (heads,)
+    y          = RMSNorm_g(y * silu(z)) * norm.weight     gated RMS norm, norm_before_gate=False
+    out        = out_proj(y)
+
+The recurrence per head ``h`` of group ``g`` is ``S[t] = exp(dt[t] A) S[t-1] + (dt[t] x[t]) B[t]^T``,
+``y[t] = S[t] C[t]`` with a real state ``S: (P, N)`` (:mod:`shrinkssm.ops.ssd_scan`).
+
+The gated RMS norm normalises over groups of ``norm_group_size`` channels of ``E``: ``E / ngroups``
+(one group of heads each) in ``mamba_ssm``'s ``Mamba2``, the whole ``E`` in Hugging Face's
+``Mamba2Mixer`` (transformers 4.57). Both coincide when ``ngroups = 1``; the default here is
+``mamba_ssm``'s, and :func:`shrinkssm.nn.from_hf` sets ``norm_group_size = E`` to reproduce a
+Hugging Face model.
+
+Parameter names are those of Hugging Face's mixer (``in_proj.weight``, ``conv1d.weight``,
+``conv1d.bias``, ``dt_bias``, ``A_log``, ``D``, ``norm.weight``, ``out_proj.weight``), so a mixer's
+state dict loads as it is.
+
+Sizes: ``d_state`` is ``N``, the states per head and per channel of the head (the width of ``B``
+and ``C``); :attr:`Mamba2SSM.state_size` = ``heads * P * N = E * N`` real numbers per sequence and
+step (what the scan carries; the convolution window is not counted, as for the selective layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shrinkssm.ops.ssd_scan import DEFAULT_CHUNK_SIZE, SSD_BACKENDS, ssd_scan
+
+__all__ = ["Mamba2SSM", "GatedRMSNorm"]
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(y * silu(z)) * weight`` over groups of ``group_size`` channels (the gate before
+    the norm: ``norm_before_gate=False``).
+
+    Shapes: ``y, z: (..., E)`` -> ``(..., E)``; ``weight: (E,)``; ``E % group_size == 0``. Computed
+    in the dtype of ``y`` (float32 at least).
+    """
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        if group_size < 1 or d % group_size:
+            raise ValueError(f"norm_group_size must divide the {d} inner channels, got {group_size}")
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        dtype = y.dtype
+        work = torch.promote_types(dtype, torch.float32)
+        h = y.to(work) * F.silu(z.to(work))
+        g = h.reshape(*h.shape[:-1], -1, self.group_size)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * g.reshape(h.shape).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}"
+
+
+class Mamba2SSM(nn.Module):
+    """A Mamba-2 block (equations in :mod:`shrinkssm.nn.mamba2.layer`).
+
+    Parameters
+    ----------
+    d_model : int
+        Width of the input and output.
+    d_state : int
+        ``N``: states per head channel, the width of ``B`` and ``C`` (64 or 128 in Mamba-2).
+    expand : int
+        ``E = expand * d_model`` inner channels.
+    headdim : int
+        ``P``, channels per head; ``E`` must be a multiple of it (``heads = E / P``).
+    ngroups : int
+        ``G``, groups of heads sharing ``B`` and ``C``; ``heads`` must be a multiple of it.
+    d_conv : int
+        Kernel of the causal depthwise convolution over ``(x, B, C)``.
+    chunk_size : int
+        Chunk length of the SSD scan's chunked form.
+    dt_min, dt_max, dt_init_floor : float
+        ``softplus(dt_bias)`` is drawn log-uniformly in ``[dt_min, dt_max]``, at least the floor.
+    A_init_range : (float, float)
+        ``-A = exp(A_log)`` is drawn uniformly in this range (Mamba-2: (1, 16)).
+    norm_eps : float
+        Epsilon of the gated RMS norm.
+    norm_group_size : int, optional
+        Channels per group of the gated RMS norm; default ``E / ngroups`` (module docstring).
+    bias : bool
+        Biases of ``in_proj`` and ``out_proj`` (Mamba-2: none).
+    conv_bias : bool
+        Bias of the convolution (Mamba-2: yes).
+    scan : {"auto", "chunked", "ref"}
+        Backend of :func:`shrinkssm.ops.ssd_scan.ssd_scan`.
+
+    Shapes: ``forward(u: (b, L, d_model), mask: (b, L) bool) -> (b, L, d_model)``;
+    ``step(u_k: (b, d_model), state) -> ((b, d_model), state)`` with ``state`` from
+    :meth:`initial_state`.
+    """
+
+    D_STATE_UNIT = "states per head channel (N, the width of B and C; state_size E*N)"
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        *,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        d_conv: int = 4,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        norm_eps: float = 1e-5,
+        norm_group_size: int | None = None,
+        bias: bool = False,
+        conv_bias: bool = True,
+        scan: str = "auto",
+    ) -> None:
+        super().__init__()
+        for name, v in (("d_model", d_model), ("d_state", d_state), ("expand", expand),
+                        ("headdim", headdim), ("ngroups", ngroups), ("d_conv", d_conv),
+                        ("chunk_size", chunk_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        E = expand * d_model
+        if E % headdim:
+            raise ValueError(f"the inner width expand * d_model = {E} must be a multiple of headdim "
+                             f"({headdim})")
+        heads = E // headdim
+        if heads % ngroups:
+            raise ValueError(f"the {heads} heads (expand * d_model / headdim) must be a multiple of "
+                             f"ngroups ({ngroups})")
+        if not 0.0 < dt_min < dt_max:
+            raise ValueError(f"need 0 < dt_min < dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if not 0.0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"A_init_range must be (low, high) with 0 < low <= high, got {A_init_range}")
+        if scan not in SSD_BACKENDS:
+            raise ValueError(f"unknown SSD-scan backend {scan!r}; valid: {', '.join(SSD_BACKENDS)}")
+        self.d_model, self.expand, self.headdim, self.ngroups = d_model, expand, headdim, ngroups
+        self.d_conv, self.chunk_size, self.scan = d_conv, chunk_size, scan
+        self.d_inner, self.nheads, self.n = E, heads, d_state
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        self.A_init_range = (float(A_init_range[0]), float(A_init_range[1]))
+        self.last_replaced: dict = {}
+        conv_dim = E + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, E + conv_dim + heads, bias=bias)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1,
+                                bias=conv_bias)
+        self.dt_bias = nn.Parameter(torch.zeros(heads))
+        self.A_log = nn.Parameter(torch.zeros(heads))
+        self.D = nn.Parameter(torch.ones(heads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = GatedRMSNorm(E, E // ngroups if norm_group_size is None else int(norm_group_size),
+                                 norm_eps)
+        self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba-2's initialisation: ``-A`` uniform in ``A_init_range``, ``D = 1``, step sizes
+        log-uniform in ``[dt_min, dt_max]`` through ``dt_bias`` (inverse softplus), the
+        projections and the convolution as ``nn.Linear`` / ``nn.Conv1d`` draw them, norm weight 1."""
+        H = self.nheads
+        self.A_log.copy_(torch.log(torch.empty(H).uniform_(*self.A_init_range)))
+        self.D.fill_(1.0)
+        log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
+        dt = torch.exp(torch.rand(H) * (log_max - log_min) + log_min).clamp_min(self.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.norm.weight.fill_(1.0)
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def d_state(self) -> int:
+        """``N``: states per head channel (the width of ``B`` and ``C``)."""
+        return self.n
+
+    @property
+    def state_size(self) -> int:
+        """Real numbers of recurrent state per sequence and step: ``heads * P * N = E * N``."""
+        return self.nheads * self.headdim * self.n
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the convolution: ``E + 2 G N``."""
+        return self.d_inner + 2 * self.ngroups * self.n
+
+    def layout(self) -> dict:
+        """Shapes for checkpoints: ``{"d_state": N}`` (this layer does not reduce yet, so the
+        layout is that of its construction)."""
+        return {"d_state": self.n}
+
+    def apply_layout_(self, layout: dict) -> None:
+        """Accept the layout of this layer's own shape (a Mamba-2 layer has no reduced form yet)."""
+        if set(layout) != {"d_state"}:
+            raise ValueError(f"a mamba2 layout has the keys ['d_state'], got {sorted(layout)}")
+        if int(layout["d_state"]) != self.n:
+            raise ValueError(f"the checkpoint's mamba2 layer has d_state {layout['d_state']}, this "
+                             f"model's {self.n}; a Mamba-2 layer has no reduced form yet")
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.nheads}, "
+                f"headdim={self.headdim}, ngroups={self.ngroups}, d_state={self.n}, "
+                f"chunk_size={self.chunk_size}, scan={self.scan!r}")
+
+    # -- forward -------------------------------------------------------------------------------
+    def _split_proj(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """in_proj output (..., E + conv_dim + heads) -> z (..., E), xBC (..., conv_dim), dt (..., heads)."""
+        return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+
+    def _split_xbc(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(..., conv_dim) -> x (..., heads, P), B (..., G, N), C (..., G, N)."""
+        GN = self.ngroups * self.n
+        x, B, C = xbc.split([self.d_inner, GN, GN], dim=-1)
+        lead = xbc.shape[:-1]
+        return (x.reshape(*lead, self.nheads, self.headdim), B.reshape(*lead, self.ngroups, self.n),
+                C.reshape(*lead, self.ngroups, self.n))
+
+    def forward(self, u: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Run the block over whole sequences.
+
+        Parameters
+        ----------
+        u : (b, L, d_model) float32 or float64
+        mask : (b, L) bool, optional
+            True at valid positions. Padded positions get a zero input and a zero step, so the
+            state passes through them unchanged.
+
+        Returns
+        -------
+        (b, L, d_model), dtype of ``u``
+        """
+        if u.ndim != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"expected input of shape (B, L, {self.d_model}), got {tuple(u.shape)}")
+        if mask is not None and (mask.shape != u.shape[:2] or mask.dtype != torch.bool):
+            raise ValueError(f"mask must be (B, L) = {tuple(u.shape[:2])} bool, got {tuple(mask.shape)} "
+                             f"{mask.dtype}")
+        L = u.shape[1]
+        m = None if mask is None else mask.unsqueeze(-1).to(u.dtype)
+        if m is not None:
+            u = u * m
+        z, xbc, dt = self._split_proj(self.in_proj(u))
+        xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :L].transpose(1, 2))
+        if m is not None:
+            xbc = xbc * m
+        x, B, C = self._split_xbc(xbc)
+        dt = F.softplus(dt + self.dt_bias)                                   # (b, L, heads)
+        if m is not None:
+            dt = dt * m   # zero step: padding leaves the state unchanged
+        A = -torch.exp(self.A_log)
+        y = ssd_scan(x, dt, A, B, C, chunk_size=self.chunk_size, backend=self.scan)
+        y = y + x * self.D[:, None]
+        y = self.norm(y.reshape(*y.shape[:2], self.d_inner), z)
+        return self.out_proj(y)
+
+    # -- recurrent mode ------------------------------------------------------------------------
+    def initial_state(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Zero state: the convolution window ``(b, conv_dim, d_conv - 1)`` (the last inputs of
+        ``xBC``, oldest first) and the SSM state ``(b, heads, P, N)``."""
+        like = dict(dtype=self.D.dtype, device=self.D.device)
+        return (torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, **like),
+                torch.zeros(batch_size, self.nheads, self.headdim, self.n, **like))
+
+    def step(self, u_k: Tensor, state: tuple[Tensor, Tensor] | None = None
+             ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One position: ``u_k: (b, d_model)`` -> ``(y_k: (b, d_model), new state)`` (state from
+        :meth:`initial_state`, or None for zeros). Equals :meth:`forward` position by position."""
+        if u_k.ndim != 2 or u_k.shape[-1] != self.d_model:
+            raise ValueError(f"expected u_k of shape (B, {self.d_model}), got {tuple(u_k.shape)}")
+        conv_state, S = self.initial_state(u_k.shape[0]) if state is None else state
+        z, xbc, dt = self._split_proj(self.in_proj(u_k))
+        window = torch.cat([conv_state, xbc.unsqueeze(-1)], dim=-1)         # (b, conv_dim, d_conv)
+        xbc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            xbc = xbc + self.conv1d.bias
+        x, B, C = self._split_xbc(F.silu(xbc))                                # (b, heads, P), (b, G, N)
+        rep = self.nheads // self.ngroups
+        Bh, Ch = B.repeat_interleave(rep, dim=1), C.repeat_interleave(rep, dim=1)   # (b, heads, N)
+        dt = F.softplus(dt + self.dt_bias)                                   # (b, heads)
+        a = torch.exp(dt * -torch.exp(self.A_log))
+        S = a[..., None, None] * S + (dt[..., None] * x)[..., None] * Bh[:, :, None, :]
+        y = (S * Ch[:, :, None, :]).sum(-1) + x * self.D[:, None]           # (b, heads, P)
+        out = self.out_proj(self.norm(y.reshape(y.shape[0], self.d_inner), z))
+        return out, (window[..., 1:], S)
