@@ -96,8 +96,10 @@ static inline ALWAYS_INLINE void NAME(st)(REAL *p, VEC v) { memcpy(p, &v, sizeof
 
 static inline ALWAYS_INLINE VEC NAME(splat)(REAL s)
 {
+    /* s - 0 is s for every s (-0 included), so the compiler emits a bare broadcast; s + 0 would
+     * turn -0 into +0 and costs an add in every inner loop that splats */
     VEC v = {0};
-    return v + s;
+    return s - v;
 }
 
 typedef REAL NAME(v8) __attribute__((vector_size(8 * sizeof(REAL))));

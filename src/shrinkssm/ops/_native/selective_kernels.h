@@ -91,8 +91,10 @@ static inline ALWAYS_INLINE void RN(st)(REAL *p, RN(vec) v) { memcpy(p, &v, size
 
 static inline ALWAYS_INLINE RN(vec) RN(splat)(REAL s)
 {
+    /* s - 0 is s for every s (-0 included), so the compiler emits a bare broadcast; s + 0 would
+     * turn -0 into +0 and costs an add in every inner loop that splats */
     RN(vec) v = {0};
-    return v + s;
+    return s - v;
 }
 
 /* m ? a : b, lane by lane (m all-ones or all-zeros per lane). */
