@@ -115,12 +115,17 @@ def test_sizes_and_layout():
     layer = make_layer(d_model=8, N=5, headdim=4, expand=2)
     assert (layer.nheads, layer.d_inner, layer.d_state) == (4, 16, 5)
     assert layer.state_size == 4 * 4 * 5
-    assert layer.layout() == {"d_state": 5}
-    layer.apply_layout_({"d_state": 5})
-    with pytest.raises(ValueError, match="no reduced form"):
-        layer.apply_layout_({"d_state": 3})
+    assert layer.layout() == {"d_state": 5, "ranks": None}
+    layer.apply_layout_({"d_state": 5, "ranks": None})
+    with pytest.raises(ValueError, match="width 3"):
+        layer.apply_layout_({"d_state": 3, "ranks": None})
+    with pytest.raises(ValueError, match="one order in"):
+        layer.apply_layout_({"d_state": 5, "ranks": [6, 2]})
     with pytest.raises(ValueError, match="keys"):
         layer.apply_layout_({"n": 5})
+    layer.apply_layout_({"d_state": 5, "ranks": [3, 2]})              # two groups
+    assert layer.group_ranks == [3, 2] and layer.state_size == 2 * 4 * 5 and layer.d_state == 3
+    assert layer.red_in.shape == layer.red_out.shape == (5, 5) and layer.gram_P.shape == (2, 3, 3)
 
 
 def test_bad_arguments_are_named():
