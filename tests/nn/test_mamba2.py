@@ -169,11 +169,12 @@ def test_model_config_checks_mamba2_settings():
     assert model(torch.randn(2, 6, 2)).shape == (2, 3)
 
 
-def test_run_config_refuses_compression_of_mamba2_layers_by_name():
+def test_run_config_accepts_compression_of_mamba2_layers_and_names_the_method_it_lacks():
     from shrinkssm.train.config import RunConfig
-    with pytest.raises(ValueError, match="compress.mode: model.layer=mamba2 does not reduce yet"):
-        RunConfig.model_validate({"model": {"layer": "mamba2", "d_model": 8, "headdim": 4}})
+    with pytest.raises(ValueError, match="compress.method: model.layer=mamba2 reduces by balanced "
+                                         "truncation only"):
+        RunConfig.model_validate({"model": {"layer": "mamba2", "d_model": 8, "headdim": 4},
+                                  "compress": {"method": "random"}})
     cfg = RunConfig.model_validate({"model": {"layer": "mamba2", "d_model": 8, "headdim": 4},
-                                    "compress": {"mode": "none"}})
-    assert cfg.model.layer == "mamba2"
-
+                                    "compress": {"mode": "tolerance"}})
+    assert cfg.model.layer == "mamba2" and cfg.compress.mode == "tolerance"
