@@ -114,3 +114,25 @@ def test_cli_trains_and_evaluates_a_mamba2_model(tmp_path, capsys):
               if "loss" in json.loads(line)]
     assert len(losses) >= 4 and losses[-1] < losses[0]
     assert main(["eval", str(run), "--split", "val"]) == 0
+
+
+def test_cli_compresses_a_mamba2_model_by_tolerance(tmp_path, capsys):
+    """model.layer=mamba2 with compress.mode=tolerance: the run reduces its layer at the
+    reduction points (state falls, in summary.json and the checkpoint), finishes, resumes from
+    the reduced checkpoint for evaluation, and its reduced model steps."""
+    run = tmp_path / "run"
+    args = ["data.name=digits", "model.layer=mamba2", "model.d_model=8", "model.d_state=16",
+            "model.headdim=4", "model.chunk_size=16", "model.norm=layer",
+            "compress.mode=tolerance", "compress.tol=0.1", "compress.steps=[8, 16]",
+            "train.steps=24", "train.batch_size=32", "train.eval_every=12", "train.log_every=6",
+            "train.checkpoint_every=12", "train.progress=false"]
+    assert main(["train", "--out", str(run), *args]) == 0
+    capsys.readouterr()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["initial_state_dims"] == [16]
+    assert summary["state_dims"][0] < 16 and summary["reductions"]
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ranks = ckpt["layout"]["layers"][0]["ranks"]
+    assert ranks is not None and ranks[0] == summary["state_dims"][0]
+    assert main(["eval", str(run), "--split", "val"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1.0

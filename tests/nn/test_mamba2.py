@@ -115,12 +115,17 @@ def test_sizes_and_layout():
     layer = make_layer(d_model=8, N=5, headdim=4, expand=2)
     assert (layer.nheads, layer.d_inner, layer.d_state) == (4, 16, 5)
     assert layer.state_size == 4 * 4 * 5
-    assert layer.layout() == {"d_state": 5}
-    layer.apply_layout_({"d_state": 5})
-    with pytest.raises(ValueError, match="no reduced form"):
-        layer.apply_layout_({"d_state": 3})
+    assert layer.layout() == {"d_state": 5, "ranks": None}
+    layer.apply_layout_({"d_state": 5, "ranks": None})
+    with pytest.raises(ValueError, match="width 3"):
+        layer.apply_layout_({"d_state": 3, "ranks": None})
+    with pytest.raises(ValueError, match="one order in"):
+        layer.apply_layout_({"d_state": 5, "ranks": [6, 2]})
     with pytest.raises(ValueError, match="keys"):
         layer.apply_layout_({"n": 5})
+    layer.apply_layout_({"d_state": 5, "ranks": [3, 2]})              # two groups
+    assert layer.group_ranks == [3, 2] and layer.state_size == 2 * 4 * 5 and layer.d_state == 3
+    assert layer.red_in.shape == layer.red_out.shape == (5, 5) and layer.gram_P.shape == (2, 3, 3)
 
 
 def test_bad_arguments_are_named():
@@ -164,11 +169,12 @@ def test_model_config_checks_mamba2_settings():
     assert model(torch.randn(2, 6, 2)).shape == (2, 3)
 
 
-def test_run_config_refuses_compression_of_mamba2_layers_by_name():
+def test_run_config_accepts_compression_of_mamba2_layers_and_names_the_method_it_lacks():
     from shrinkssm.train.config import RunConfig
-    with pytest.raises(ValueError, match="compress.mode: model.layer=mamba2 does not reduce yet"):
-        RunConfig.model_validate({"model": {"layer": "mamba2", "d_model": 8, "headdim": 4}})
+    with pytest.raises(ValueError, match="compress.method: model.layer=mamba2 reduces by balanced "
+                                         "truncation only"):
+        RunConfig.model_validate({"model": {"layer": "mamba2", "d_model": 8, "headdim": 4},
+                                  "compress": {"method": "random"}})
     cfg = RunConfig.model_validate({"model": {"layer": "mamba2", "d_model": 8, "headdim": 4},
-                                    "compress": {"mode": "none"}})
-    assert cfg.model.layer == "mamba2"
-
+                                    "compress": {"mode": "tolerance"}})
+    assert cfg.model.layer == "mamba2" and cfg.compress.mode == "tolerance"

@@ -58,6 +58,7 @@ __all__ = [
     "psd_factor",
     "square_root",
     "balance_batch",
+    "balance_gramians",
     "modal_form",
     "truncate",
     "balanced_truncation_batch",
@@ -215,6 +216,13 @@ def balance_batch(A: np.ndarray, Sb: np.ndarray, Sc: np.ndarray) -> list[SquareR
     """Steps 1-2 for a batch: :func:`square_root` of :func:`stein_gramians` of ``(S, n, n)`` arrays,
     one :class:`SquareRoot` per system."""
     return square_root(*stein_gramians(np.asarray(A), np.asarray(Sb), np.asarray(Sc)))
+
+
+@limited_blas
+def balance_gramians(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[SquareRoot]:
+    """Step 2 for Gramians given directly (e.g. estimated from data): :func:`square_root` of each
+    ``(P, Q)`` pair, (n_i, n_i) each (sizes may differ), one :class:`SquareRoot` per pair."""
+    return [square_root(np.asarray(P), np.asarray(Q)) for P, Q in pairs]
 
 
 @limited_blas

@@ -7,7 +7,7 @@
 * :class:`SelectiveSSM` -- a Mamba-1 style selective SSM block; its mean LTI surrogate ranks states
   for ``plan_reduction()`` (per-channel balanced truncation or a shared subset).
 * :class:`Mamba2SSM` -- a Mamba-2 (SSD) block: heads with a scalar decay, groups sharing B and C
-  (:mod:`shrinkssm.nn.mamba2`); it does not reduce yet.
+  (:mod:`shrinkssm.nn.mamba2`); it reduces by one balancing transform per group.
 * :func:`from_hf` -- the mixers of a local Hugging Face Mamba / Mamba-2 checkpoint as these layers
   (:mod:`shrinkssm.nn.hf`).
 * :class:`SSMModel` -- encoder, blocks of (norm -> mixer -> GELU -> GLU -> residual), pooling, head.

@@ -126,7 +126,7 @@ def layer_from_hf(config: dict, mixer_state: dict[str, Tensor], *, dtype: torch.
         raise ValueError(f"{where}: model_type={kind!r}; readable: {', '.join(HF_MODEL_TYPES)}")
     if kind == "mamba2":
         layer = _build_mamba2(config, where)
-        mapping = {k: k for k in layer.state_dict()}
+        mapping = {k: k for k, _ in layer.named_parameters()}   # not the Gramian statistics
     else:
         layer = _build_mamba(config, where)
         mapping = {theirs: ours for theirs, ours in _MAMBA_KEYS.items()}

@@ -84,7 +84,7 @@ class ModelConfig(BaseModel):
         "moments of delta B(x), C(x) or from their means (the paper's literal construction)")
     surrogate_momentum: float | None = Field(
         0.1, gt=0.0, le=1.0, description="selective: weight of a batch in the surrogate's moving "
-        "averages, null = plain average")
+        "averages (mamba2: in the running Gramians), null = plain average")
 
     def d_state_of(self, block: int) -> int:
         """Initial ``d_state`` of block ``block`` (in the unit of ``layer``'s ``D_STATE_UNIT``)."""
@@ -188,7 +188,7 @@ class SSMBlock(nn.Module):
             self.mamba2 = Mamba2SSM(
                 h, cfg.d_state_of(index), expand=cfg.expand, headdim=cfg.headdim, ngroups=cfg.ngroups,
                 d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
-                scan=cfg.scan)
+                scan=cfg.scan, gramian_momentum=cfg.surrogate_momentum)
         else:
             self.lru = LRU(h, cfg.d_state_of(index), r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
                            train_gamma=cfg.train_gamma, scan=cfg.scan)

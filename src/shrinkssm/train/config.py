@@ -184,9 +184,9 @@ class RunConfig(_Section):
         c, steps = self.compress, self.train.steps
         if c.mode == "none":                    # the baseline: no reduction points at all
             return self
-        if self.model.layer == "mamba2":
-            raise ValueError(f"compress.mode: model.layer=mamba2 does not reduce yet; set "
-                             f"compress.mode=none (got {c.mode})")
+        if self.model.layer == "mamba2" and c.method != "balanced":
+            raise ValueError(f"compress.method: model.layer=mamba2 reduces by balanced truncation "
+                             f"only; set compress.method=balanced (got {c.method})")
         if c.schedule != "equidistant":
             if c.steps:
                 raise ValueError(f"compress.steps: explicit reduction steps go with "

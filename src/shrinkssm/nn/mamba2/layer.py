@@ -30,6 +30,13 @@ state dict loads as it is.
 Sizes: ``d_state`` is ``N``, the states per head and per channel of the head (the width of ``B``
 and ``C``); :attr:`Mamba2SSM.state_size` = ``heads * P * N = E * N`` real numbers per sequence and
 step (what the scan carries; the convolution window is not counted, as for the selective layer).
+
+Reduction (:mod:`~shrinkssm.nn.mamba2.reduction`, the exact form): after it, group ``g``'s scan
+reads ``B'_g = T_g^- B_g`` and ``C'_g = T_g^T C_g`` of ``r_g`` states (buffers ``red_in``,
+``red_out``); ``in_proj`` and the convolution keep their width ``N``. Then ``state_size`` is
+``heads_per_group * P * sum_g r_g`` and ``d_state`` its mean per channel, rounded up. Groups of
+equal order share one scan call. Training-mode forward passes gather the groups' Gramians
+(:mod:`~shrinkssm.nn.mamba2.gramians`).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shrinkssm.nn.mamba2.gramians import GramianStatistics
+from shrinkssm.nn.mamba2.reduction import Mamba2Reducer
 from shrinkssm.ops.ssd_scan import DEFAULT_CHUNK_SIZE, SSD_BACKENDS, ssd_scan
 
 __all__ = ["Mamba2SSM", "GatedRMSNorm"]
@@ -72,8 +81,10 @@ class GatedRMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}"
 
 
-class Mamba2SSM(nn.Module):
-    """A Mamba-2 block (equations in :mod:`shrinkssm.nn.mamba2.layer`).
+class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
+    """A Mamba-2 block (equations in :mod:`shrinkssm.nn.mamba2.layer`); a
+    :class:`~shrinkssm.nn.shrinkable.ShrinkableLayer` (reduction in
+    :mod:`~shrinkssm.nn.mamba2.reduction`).
 
     Parameters
     ----------
@@ -105,13 +116,17 @@ class Mamba2SSM(nn.Module):
         Bias of the convolution (Mamba-2: yes).
     scan : {"auto", "chunked", "ref"}
         Backend of :func:`shrinkssm.ops.ssd_scan.ssd_scan`.
+    gramian_momentum : float or None
+        Weight of a batch in the running Gramians (:mod:`~shrinkssm.nn.mamba2.gramians`); None
+        for a plain average. ``track_gramians = False`` stops gathering them.
 
     Shapes: ``forward(u: (b, L, d_model), mask: (b, L) bool) -> (b, L, d_model)``;
     ``step(u_k: (b, d_model), state) -> ((b, d_model), state)`` with ``state`` from
     :meth:`initial_state`.
     """
 
-    D_STATE_UNIT = "states per head channel (N, the width of B and C; state_size E*N)"
+    D_STATE_UNIT = ("states per head channel (N, the width of B and C; after a reduction the mean "
+                    "group order, rounded up; state_size E*N)")
 
     def __init__(
         self,
@@ -132,6 +147,7 @@ class Mamba2SSM(nn.Module):
         bias: bool = False,
         conv_bias: bool = True,
         scan: str = "auto",
+        gramian_momentum: float | None = 0.1,
     ) -> None:
         super().__init__()
         for name, v in (("d_model", d_model), ("d_state", d_state), ("expand", expand),
@@ -153,6 +169,11 @@ class Mamba2SSM(nn.Module):
             raise ValueError(f"A_init_range must be (low, high) with 0 < low <= high, got {A_init_range}")
         if scan not in SSD_BACKENDS:
             raise ValueError(f"unknown SSD-scan backend {scan!r}; valid: {', '.join(SSD_BACKENDS)}")
+        if gramian_momentum is not None and not 0.0 < gramian_momentum <= 1.0:
+            raise ValueError(f"gramian_momentum must lie in (0, 1] or be None, got {gramian_momentum}")
+        self.gramian_momentum = gramian_momentum
+        self.track_gramians = True
+        self.ranks: list[int] | None = None
         self.d_model, self.expand, self.headdim, self.ngroups = d_model, expand, headdim, ngroups
         self.d_conv, self.chunk_size, self.scan = d_conv, chunk_size, scan
         self.d_inner, self.nheads, self.n = E, heads, d_state
@@ -171,6 +192,8 @@ class Mamba2SSM(nn.Module):
         self.norm = GatedRMSNorm(E, E // ngroups if norm_group_size is None else int(norm_group_size),
                                  norm_eps)
         self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.register_buffer("gram_steps", torch.zeros((), dtype=torch.int64))
+        self._allocate_reduction(None)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -186,16 +209,37 @@ class Mamba2SSM(nn.Module):
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.norm.weight.fill_(1.0)
 
+    def _allocate_reduction(self, ranks: list[int] | None) -> None:
+        """(Re)create the reduced form's buffers for group orders ``ranks`` (None: unreduced) with
+        zeros: ``red_in``, ``red_out`` ``(sum r_g, N)`` (None when unreduced, so absent from the
+        state dict) and the running Gramians ``gram_P``, ``gram_Q`` ``(G, M, M)``, ``M = max r_g``.
+        ``gram_steps`` is kept."""
+        like = dict(dtype=self.D.dtype, device=self.D.device)
+        self.ranks = None if ranks is None else [int(r) for r in ranks]
+        M = self.n if ranks is None else max(self.ranks)
+        R = None if ranks is None else sum(self.ranks)
+        for name in ("red_in", "red_out"):
+            self.register_buffer(name, None if R is None else torch.zeros(R, self.n, **like))
+        self.register_buffer("gram_P", torch.zeros(self.ngroups, M, M, **like))
+        self.register_buffer("gram_Q", torch.zeros(self.ngroups, M, M, **like))
+
     # -- sizes ---------------------------------------------------------------------------------
     @property
+    def group_ranks(self) -> list[int]:
+        """The scan's states per head channel in each group: ``[N] * G`` unreduced, else ``r_g``."""
+        return [self.n] * self.ngroups if self.ranks is None else list(self.ranks)
+
+    @property
     def d_state(self) -> int:
-        """``N``: states per head channel (the width of ``B`` and ``C``)."""
-        return self.n
+        """``N`` unreduced (the width of ``B`` and ``C``); after a reduction the mean group order,
+        rounded up (``ceil(state_size / E)``)."""
+        return math.ceil(self.state_size / self.d_inner)
 
     @property
     def state_size(self) -> int:
-        """Real numbers of recurrent state per sequence and step: ``heads * P * N = E * N``."""
-        return self.nheads * self.headdim * self.n
+        """Real numbers of recurrent state per sequence and step: ``heads_per_group * P * sum_g r_g``
+        (``E * N`` unreduced)."""
+        return (self.nheads // self.ngroups) * self.headdim * sum(self.group_ranks)
 
     @property
     def conv_dim(self) -> int:
@@ -203,21 +247,32 @@ class Mamba2SSM(nn.Module):
         return self.d_inner + 2 * self.ngroups * self.n
 
     def layout(self) -> dict:
-        """Shapes for checkpoints: ``{"d_state": N}`` (this layer does not reduce yet, so the
-        layout is that of its construction)."""
-        return {"d_state": self.n}
+        """Shapes for checkpoints: ``{"d_state": N, "ranks": None | [r_g, ...]}`` (``N`` the width
+        of ``B`` and ``C``; ``ranks`` the group orders of the exact reduced form)."""
+        return {"d_state": self.n, "ranks": None if self.ranks is None else list(self.ranks)}
 
     def apply_layout_(self, layout: dict) -> None:
-        """Accept the layout of this layer's own shape (a Mamba-2 layer has no reduced form yet)."""
-        if set(layout) != {"d_state"}:
-            raise ValueError(f"a mamba2 layout has the keys ['d_state'], got {sorted(layout)}")
+        """Reshape the reduced form's buffers (zero placeholders) to a :meth:`layout`, before
+        ``load_state_dict`` of a checkpoint. To *reduce* a trained layer use the protocol
+        (:meth:`plan_reduction`, :meth:`apply_reduction_`)."""
+        if set(layout) != {"d_state", "ranks"}:
+            raise ValueError(f"a mamba2 layout has the keys ['d_state', 'ranks'], got {sorted(layout)}")
         if int(layout["d_state"]) != self.n:
-            raise ValueError(f"the checkpoint's mamba2 layer has d_state {layout['d_state']}, this "
-                             f"model's {self.n}; a Mamba-2 layer has no reduced form yet")
+            raise ValueError(f"the checkpoint's mamba2 layer has B and C of width {layout['d_state']}, "
+                             f"this model's {self.n}")
+        ranks = layout["ranks"]
+        if ranks is not None:
+            ranks = [int(r) for r in ranks]
+            if len(ranks) != self.ngroups or not all(1 <= r <= self.n for r in ranks):
+                raise ValueError(f"a mamba2 layout's ranks are one order in [1, {self.n}] per group "
+                                 f"({self.ngroups}), got {layout['ranks']}")
+        self.last_replaced = {}
+        self._allocate_reduction(ranks)
 
     def extra_repr(self) -> str:
+        reduced = "" if self.ranks is None else f", ranks={self.ranks}"
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.nheads}, "
-                f"headdim={self.headdim}, ngroups={self.ngroups}, d_state={self.n}, "
+                f"headdim={self.headdim}, ngroups={self.ngroups}, d_state={self.n}{reduced}, "
                 f"chunk_size={self.chunk_size}, scan={self.scan!r}")
 
     # -- forward -------------------------------------------------------------------------------
@@ -265,18 +320,60 @@ class Mamba2SSM(nn.Module):
         if m is not None:
             dt = dt * m   # zero step: padding leaves the state unchanged
         A = -torch.exp(self.A_log)
-        y = ssd_scan(x, dt, A, B, C, chunk_size=self.chunk_size, backend=self.scan)
+        track = self.training and self.track_gramians
+        if self.ranks is None:
+            y = ssd_scan(x, dt, A, B, C, chunk_size=self.chunk_size, backend=self.scan)
+            if track:
+                self._track_gramians(x, dt, A, list(B.unbind(2)), list(C.unbind(2)), mask)
+        else:
+            Bs, Cs = self._reduced_bc(B, C)
+            y = self._reduced_scan(x, dt, A, Bs, Cs)
+            if track:
+                self._track_gramians(x, dt, A, Bs, Cs, mask)
         y = y + x * self.D[:, None]
         y = self.norm(y.reshape(*y.shape[:2], self.d_inner), z)
         return self.out_proj(y)
 
+    def _reduced_bc(self, B: Tensor, C: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``B, C: (..., G, N)`` -> per group ``B'_g = B_g T_g^-^T``, ``C'_g = C_g T_g``: ``(..., r_g)``."""
+        Bs, Cs, off = [], [], 0
+        for g, r in enumerate(self.ranks):
+            Bs.append(B[..., g, :] @ self.red_in[off:off + r].T)
+            Cs.append(C[..., g, :] @ self.red_out[off:off + r].T)
+            off += r
+        return Bs, Cs
+
+    def _reduced_scan(self, x: Tensor, dt: Tensor, A: Tensor, Bs: list[Tensor], Cs: list[Tensor]
+                      ) -> Tensor:
+        """The SSD scan of the reduced form: one call per distinct group order (the groups of that
+        order and their heads); ``x (b, L, heads, P)`` -> ``(b, L, heads, P)``."""
+        buckets: dict[int, list[int]] = {}
+        for g, r in enumerate(self.ranks):
+            buckets.setdefault(r, []).append(g)
+        if len(buckets) == 1:
+            return ssd_scan(x, dt, A, torch.stack(Bs, 2), torch.stack(Cs, 2),
+                            chunk_size=self.chunk_size, backend=self.scan)
+        rep = self.nheads // self.ngroups
+        parts, order = [], []
+        for groups in buckets.values():
+            heads = torch.cat([torch.arange(g * rep, (g + 1) * rep) for g in groups]).to(x.device)
+            parts.append(ssd_scan(x[:, :, heads], dt[:, :, heads], A[heads],
+                                  torch.stack([Bs[g] for g in groups], 2),
+                                  torch.stack([Cs[g] for g in groups], 2),
+                                  chunk_size=self.chunk_size, backend=self.scan))
+            order.append(heads)
+        inverse = torch.argsort(torch.cat(order))
+        return torch.cat(parts, dim=2)[:, :, inverse]
+
     # -- recurrent mode ------------------------------------------------------------------------
     def initial_state(self, batch_size: int) -> tuple[Tensor, Tensor]:
         """Zero state: the convolution window ``(b, conv_dim, d_conv - 1)`` (the last inputs of
-        ``xBC``, oldest first) and the SSM state ``(b, heads, P, N)``."""
+        ``xBC``, oldest first) and the SSM state ``(b, heads, P, M)``: ``M = N`` unreduced, the
+        largest group order after a reduction (groups of smaller order padded with states that
+        stay zero)."""
         like = dict(dtype=self.D.dtype, device=self.D.device)
         return (torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, **like),
-                torch.zeros(batch_size, self.nheads, self.headdim, self.n, **like))
+                torch.zeros(batch_size, self.nheads, self.headdim, max(self.group_ranks), **like))
 
     def step(self, u_k: Tensor, state: tuple[Tensor, Tensor] | None = None
              ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -291,6 +388,11 @@ class Mamba2SSM(nn.Module):
         if self.conv1d.bias is not None:
             xbc = xbc + self.conv1d.bias
         x, B, C = self._split_xbc(F.silu(xbc))                                # (b, heads, P), (b, G, N)
+        if self.ranks is not None:                                           # (b, G, M), zero-padded
+            M = max(self.ranks)
+            Bs, Cs = self._reduced_bc(B, C)
+            B = torch.stack([F.pad(t, (0, M - t.shape[-1])) for t in Bs], 1)
+            C = torch.stack([F.pad(t, (0, M - t.shape[-1])) for t in Cs], 1)
         rep = self.nheads // self.ngroups
         Bh, Ch = B.repeat_interleave(rep, dim=1), C.repeat_interleave(rep, dim=1)   # (b, heads, N)
         dt = F.softplus(dt + self.dt_bias)                                   # (b, heads)
