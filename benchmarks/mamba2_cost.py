@@ -8,10 +8,12 @@ thread. Timed interleaved (one call of each candidate per round, medians):
                     (the Gramian statistics gathered, as in training) and ``track_gramians=False``;
 * ``exact N->N/4``: the layer of ``d_state=N`` after the exact reduction to ``N/4`` (``B``, ``C``
                     projected after the convolution; what a compressed run trains);
+* ``folded N->N/4``: the same reduction in the folded form (``reduction="folded"``: a plain layer
+                    of ``d_state = N/4``, the transforms folded into ``in_proj`` and the conv);
 * ``scan N``:       :func:`shrinkssm.ops.ssd_scan.ssd_scan` (chunked) forward + backward alone.
 
 Printed: the CPU, the medians, and the ratios ``step(N/4) / step(N)`` (target <= 0.4) for the
-plain layer, the exact-reduced layer and the scan.
+plain layer, the exact- and folded-reduced layers and the scan.
 
     python benchmarks/mamba2_cost.py                  # about a minute on 2 shared cores
     python benchmarks/mamba2_cost.py --n 256 --rounds 9 --batch 16
@@ -50,13 +52,14 @@ def scan_step(b: int, L: int, H: int, P: int, N: int, chunk: int, seed: int = 0)
     return run
 
 
-def reduced_layer(N: int, r: int, d_model: int, headdim: int, chunk: int, u: torch.Tensor) -> Mamba2SSM:
+def reduced_layer(N: int, r: int, d_model: int, headdim: int, chunk: int, u: torch.Tensor,
+                  form: str = "exact") -> Mamba2SSM:
     torch.manual_seed(0)
-    layer = Mamba2SSM(d_model, N, headdim=headdim, chunk_size=chunk).train()
+    layer = Mamba2SSM(d_model, N, headdim=headdim, chunk_size=chunk, reduction=form).train()
     with torch.no_grad():
         layer(u)                                                     # Gramian statistics
     layer.apply_reduction_(layer.plan_reduction(lambda hsv, size: r))
-    assert layer.group_ranks == [r]
+    assert layer.group_ranks == [r] and (form == "exact") == (layer.ranks is not None)
     return layer
 
 
@@ -83,6 +86,8 @@ def main() -> None:
         quiet.track_gramians = False
         fns[f"layer {n}, no Gramians"] = layer_step(quiet, u)
     fns[f"exact {N}->{r}"] = layer_step(reduced_layer(N, r, args.d_model, args.headdim, args.chunk, u), u)
+    fns[f"folded {N}->{r}"] = layer_step(
+        reduced_layer(N, r, args.d_model, args.headdim, args.chunk, u, "folded"), u)
     H = 2 * args.d_model // args.headdim
     for n in (N, r):
         fns[f"scan {n}"] = scan_step(args.batch, args.length, H, args.headdim, n, args.chunk)
@@ -96,6 +101,7 @@ def main() -> None:
     print(f"ratio the same without Gramian tracking:    "
           f"{t[f'layer {r}, no Gramians'] / t[f'layer {N}, no Gramians']:.3f}")
     print(f"ratio exact {N}->{r} / layer {N}:            {t[f'exact {N}->{r}'] / t[f'layer {N}']:.3f}")
+    print(f"ratio folded {N}->{r} / layer {N}:           {t[f'folded {N}->{r}'] / t[f'layer {N}']:.3f}")
     print(f"ratio scan {r} / scan {N}:                   {t[f'scan {r}'] / t[f'scan {N}']:.3f}")
 
 

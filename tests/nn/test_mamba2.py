@@ -117,8 +117,8 @@ def test_sizes_and_layout():
     assert layer.state_size == 4 * 4 * 5
     assert layer.layout() == {"d_state": 5, "ranks": None}
     layer.apply_layout_({"d_state": 5, "ranks": None})
-    with pytest.raises(ValueError, match="width 3"):
-        layer.apply_layout_({"d_state": 3, "ranks": None})
+    with pytest.raises(ValueError, match="width 7"):                   # a reduction only shrinks
+        layer.apply_layout_({"d_state": 7, "ranks": None})
     with pytest.raises(ValueError, match="one order in"):
         layer.apply_layout_({"d_state": 5, "ranks": [6, 2]})
     with pytest.raises(ValueError, match="keys"):

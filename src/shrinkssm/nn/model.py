@@ -27,6 +27,7 @@ from shrinkssm._tasks import TASK_KINDS
 from shrinkssm._checks import check_choice
 from shrinkssm.nn.lru import LRU
 from shrinkssm.nn.mamba2 import Mamba2SSM
+from shrinkssm.nn.mamba2.reduction import REDUCTIONS as MAMBA2_REDUCTIONS
 from shrinkssm.nn.selective import REDUCTIONS, SURROGATES, SelectiveSSM
 from shrinkssm.nn.shrinkable import ShrinkableLayer
 from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block, linear
@@ -82,6 +83,10 @@ class ModelConfig(BaseModel):
     selective_surrogate: Literal[SURROGATES] = Field(
         "second_moment", description="selective: Gramians of the LTI surrogate from the second "
         "moments of delta B(x), C(x) or from their means (the paper's literal construction)")
+    mamba2_reduction: Literal[MAMBA2_REDUCTIONS] = Field(
+        "exact", description="mamba2: the balancing transforms kept as buffers after the "
+        "convolution (exact) or folded into in_proj and the convolution, a plain layer with "
+        "d_state r (folded, approximate)")
     surrogate_momentum: float | None = Field(
         0.1, gt=0.0, le=1.0, description="selective: weight of a batch in the surrogate's moving "
         "averages (mamba2: in the running Gramians), null = plain average")
@@ -188,7 +193,7 @@ class SSMBlock(nn.Module):
             self.mamba2 = Mamba2SSM(
                 h, cfg.d_state_of(index), expand=cfg.expand, headdim=cfg.headdim, ngroups=cfg.ngroups,
                 d_conv=cfg.d_conv, chunk_size=cfg.chunk_size, dt_min=cfg.dt_min, dt_max=cfg.dt_max,
-                scan=cfg.scan, gramian_momentum=cfg.surrogate_momentum)
+                scan=cfg.scan, gramian_momentum=cfg.surrogate_momentum, reduction=cfg.mamba2_reduction)
         else:
             self.lru = LRU(h, cfg.d_state_of(index), r_min=cfg.r_min, r_max=cfg.r_max, max_phase=cfg.max_phase,
                            train_gamma=cfg.train_gamma, scan=cfg.scan)
@@ -327,6 +332,7 @@ class SSMModel(nn.Module):
         if len(entries) != len(layers):
             raise ValueError(f"layout describes {len(entries)} layers, the model has {len(layers)}")
         for i, (layer, entry) in enumerate(zip(layers, entries)):
+            entry = {**getattr(layer, "LAYOUT_DEFAULTS", {}), **entry}   # keys added since
             if set(entry) != set(layer.layout()):
                 raise ValueError(f"the layout and the model disagree on the kind of layer {i} "
                                  f"(layout keys {sorted(entry)}, the {type(layer).__name__} has "

@@ -5,6 +5,8 @@
 * :mod:`~shrinkssm.nn.mamba2.gramians` -- the groups' data-driven Gramians, gathered in training;
 * :mod:`~shrinkssm.nn.mamba2.reduction` -- the exact reduction under the shrinkable-layer protocol
   (one balancing transform per group, applied to ``B`` and ``C`` after the convolution);
+* :mod:`~shrinkssm.nn.mamba2.folding` -- the folded form: the transforms folded into ``in_proj``
+  and the convolution (a plain layer of smaller ``d_state``; approximate);
 * :func:`shrinkssm.nn.from_hf` (in :mod:`shrinkssm.nn.hf`) -- the layers of a local Hugging Face
   checkpoint.
 

@@ -35,7 +35,9 @@ Reduction (:mod:`~shrinkssm.nn.mamba2.reduction`, the exact form): after it, gro
 reads ``B'_g = T_g^- B_g`` and ``C'_g = T_g^T C_g`` of ``r_g`` states (buffers ``red_in``,
 ``red_out``); ``in_proj`` and the convolution keep their width ``N``. Then ``state_size`` is
 ``heads_per_group * P * sum_g r_g`` and ``d_state`` its mean per channel, rounded up. Groups of
-equal order share one scan call. Training-mode forward passes gather the groups' Gramians
+equal order share one scan call. The *folded* form (``reduction="folded"``,
+:mod:`~shrinkssm.nn.mamba2.folding`) instead folds the transforms into ``in_proj`` and the
+convolution and leaves a plain layer of ``d_state = r`` (approximate). Training-mode forward passes gather the groups' Gramians
 (:mod:`~shrinkssm.nn.mamba2.gramians`).
 """
 
@@ -48,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shrinkssm.nn.mamba2.gramians import GramianStatistics
-from shrinkssm.nn.mamba2.reduction import Mamba2Reducer
+from shrinkssm._checks import check_choice
+from shrinkssm.nn.mamba2.reduction import REDUCTIONS, Mamba2Reducer
 from shrinkssm.ops.ssd_scan import DEFAULT_CHUNK_SIZE, SSD_BACKENDS, ssd_scan
 
 __all__ = ["Mamba2SSM", "GatedRMSNorm"]
@@ -119,11 +122,18 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
     gramian_momentum : float or None
         Weight of a batch in the running Gramians (:mod:`~shrinkssm.nn.mamba2.gramians`); None
         for a plain average. ``track_gramians = False`` stops gathering them.
+    reduction : {"exact", "folded"}
+        How :meth:`apply_reduction_` reduces (:data:`~shrinkssm.nn.mamba2.reduction.REDUCTIONS`):
+        transforms kept as buffers after the convolution (exact), or folded into ``in_proj`` and
+        the convolution, leaving a plain layer with ``d_state = r`` (approximate).
 
     Shapes: ``forward(u: (b, L, d_model), mask: (b, L) bool) -> (b, L, d_model)``;
     ``step(u_k: (b, d_model), state) -> ((b, d_model), state)`` with ``state`` from
     :meth:`initial_state`.
     """
+
+    LAYOUT_DEFAULTS = {"ranks": None}
+    """Layout keys a checkpoint written before them lacks, with the value they then mean."""
 
     D_STATE_UNIT = ("states per head channel (N, the width of B and C; after a reduction the mean "
                     "group order, rounded up; state_size E*N)")
@@ -148,8 +158,10 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         conv_bias: bool = True,
         scan: str = "auto",
         gramian_momentum: float | None = 0.1,
+        reduction: str = "exact",
     ) -> None:
         super().__init__()
+        check_choice("reduction", reduction, REDUCTIONS)
         for name, v in (("d_model", d_model), ("d_state", d_state), ("expand", expand),
                         ("headdim", headdim), ("ngroups", ngroups), ("d_conv", d_conv),
                         ("chunk_size", chunk_size)):
@@ -172,6 +184,7 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         if gramian_momentum is not None and not 0.0 < gramian_momentum <= 1.0:
             raise ValueError(f"gramian_momentum must lie in (0, 1] or be None, got {gramian_momentum}")
         self.gramian_momentum = gramian_momentum
+        self.reduction = reduction
         self.track_gramians = True
         self.ranks: list[int] | None = None
         self.d_model, self.expand, self.headdim, self.ngroups = d_model, expand, headdim, ngroups
@@ -180,10 +193,7 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.A_init_range = (float(A_init_range[0]), float(A_init_range[1]))
         self.last_replaced: dict = {}
-        conv_dim = E + 2 * ngroups * d_state
-        self.in_proj = nn.Linear(d_model, E + conv_dim + heads, bias=bias)
-        self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1,
-                                bias=conv_bias)
+        self._build_projections(bias, conv_bias)
         self.dt_bias = nn.Parameter(torch.zeros(heads))
         self.A_log = nn.Parameter(torch.zeros(heads))
         self.D = nn.Parameter(torch.ones(heads))
@@ -208,6 +218,28 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         dt = torch.exp(torch.rand(H) * (log_max - log_min) + log_min).clamp_min(self.dt_init_floor)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.norm.weight.fill_(1.0)
+
+    def _build_projections(self, bias: bool, conv_bias: bool, like: dict | None = None) -> None:
+        """(Re)create ``in_proj`` (``d_model -> E + conv_dim + heads``) and the depthwise ``conv1d``
+        (``conv_dim`` channels) for the current width ``N`` (``self.n``), freshly initialised."""
+        like = like or {}
+        conv_dim = self.conv_dim
+        self.in_proj = nn.Linear(self.d_model, self.d_inner + conv_dim + self.nheads, bias=bias, **like)
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, self.d_conv, groups=conv_dim,
+                                padding=self.d_conv - 1, bias=conv_bias, **like)
+
+    def _set_width_(self, n: int) -> None:
+        """Make ``B`` and ``C`` of width ``n``: new ``in_proj`` and ``conv1d`` (values to be written
+        by the caller), the old and new parameters recorded in ``last_replaced``
+        (``"in_proj.weight"``, ...), the reduction's buffers reallocated unreduced."""
+        old = {name: p for name, p in self.named_parameters() if name.startswith(("in_proj.", "conv1d."))}
+        like = dict(dtype=self.in_proj.weight.dtype, device=self.in_proj.weight.device)
+        self.n = int(n)
+        self._build_projections(self.in_proj.bias is not None, self.conv1d.bias is not None, like)
+        new = dict(self.named_parameters())
+        for name, p in old.items():
+            self.last_replaced[name] = (p, new[name])
+        self._allocate_reduction(None)
 
     def _allocate_reduction(self, ranks: list[int] | None) -> None:
         """(Re)create the reduced form's buffers for group orders ``ranks`` (None: unreduced) with
@@ -248,32 +280,44 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
 
     def layout(self) -> dict:
         """Shapes for checkpoints: ``{"d_state": N, "ranks": None | [r_g, ...]}`` (``N`` the width
-        of ``B`` and ``C``; ``ranks`` the group orders of the exact reduced form)."""
+        of ``B`` and ``C``, smaller than the configured one after a folded reduction; ``ranks``
+        the group orders of the exact reduced form)."""
         return {"d_state": self.n, "ranks": None if self.ranks is None else list(self.ranks)}
 
     def apply_layout_(self, layout: dict) -> None:
         """Reshape the reduced form's buffers (zero placeholders) to a :meth:`layout`, before
         ``load_state_dict`` of a checkpoint. To *reduce* a trained layer use the protocol
         (:meth:`plan_reduction`, :meth:`apply_reduction_`)."""
-        if set(layout) != {"d_state", "ranks"}:
-            raise ValueError(f"a mamba2 layout has the keys ['d_state', 'ranks'], got {sorted(layout)}")
-        if int(layout["d_state"]) != self.n:
+        if "d_state" not in layout or not set(layout) <= {"d_state", "ranks"}:
+            raise ValueError(f"a mamba2 layout has the keys ['d_state', 'ranks'] ('ranks' may be "
+                             f"absent in checkpoints written before the reduction), got {sorted(layout)}")
+        width = int(layout["d_state"])
+        if not 1 <= width <= self.n:
             raise ValueError(f"the checkpoint's mamba2 layer has B and C of width {layout['d_state']}, "
-                             f"this model's {self.n}")
-        ranks = layout["ranks"]
+                             f"this model's {self.n} (a reduction only shrinks them)")
+        ranks = layout.get("ranks")
         if ranks is not None:
             ranks = [int(r) for r in ranks]
-            if len(ranks) != self.ngroups or not all(1 <= r <= self.n for r in ranks):
-                raise ValueError(f"a mamba2 layout's ranks are one order in [1, {self.n}] per group "
+            if len(ranks) != self.ngroups or not all(1 <= r <= width for r in ranks):
+                raise ValueError(f"a mamba2 layout's ranks are one order in [1, {width}] per group "
                                  f"({self.ngroups}), got {layout['ranks']}")
+        if width != self.n:                                      # a folded reduction
+            self._set_width_(width)
         self.last_replaced = {}
         self._allocate_reduction(ranks)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the reduction have no Gramian buffers: they load with
+        empty statistics (zeros, ``gram_steps`` 0)."""
+        for name in ("gram_steps", "gram_P", "gram_Q"):
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         reduced = "" if self.ranks is None else f", ranks={self.ranks}"
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.nheads}, "
                 f"headdim={self.headdim}, ngroups={self.ngroups}, d_state={self.n}{reduced}, "
-                f"chunk_size={self.chunk_size}, scan={self.scan!r}")
+                f"chunk_size={self.chunk_size}, scan={self.scan!r}, reduction={self.reduction!r}")
 
     # -- forward -------------------------------------------------------------------------------
     def _split_proj(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,6 +18,14 @@ transforms (:mod:`shrinkssm.lti.balancing`) of the group's data-driven Gramians
 
 Ranks are chosen per group by the compressor's rule on the group's HSVs; ``state_size`` counts
 ``heads_per_group * P * r_g`` per group.
+
+The *folded* form (the layer's ``reduction="folded"``; :mod:`~shrinkssm.nn.mamba2.folding`) folds
+the same maps into the rows of ``in_proj`` that produce ``B`` and ``C`` and into their
+convolution channels, and leaves a plain layer whose ``B`` and ``C`` have width ``r``: no buffers,
+no extra cost per token, but approximate (the convolution's kernels are re-fitted, the SiLU sits
+in between). A plain layer has one width for all groups, so its plan gives every group the
+largest of the groups' orders; a group whose balancing keeps fewer directions gets zero rows
+(states that stay zero).
 """
 
 from __future__ import annotations
@@ -31,12 +39,17 @@ import torch
 from shrinkssm._checks import check_choice
 from shrinkssm.lti import OUTPUTS, SELECTIONS
 from shrinkssm.lti.balancing import SquareRoot, balance_gramians, capped_order
+from shrinkssm.nn.mamba2.folding import coordinate_basis, fold_maps
 from shrinkssm.nn.shrinkable import LayerReduction, RankRule, ReductionPlan
 
-__all__ = ["METHODS", "Mamba2PlanDetail", "Mamba2Reducer"]
+__all__ = ["METHODS", "REDUCTIONS", "Mamba2PlanDetail", "Mamba2Reducer"]
 
 METHODS = ("balanced",)
 """The methods of :data:`shrinkssm.lti.METHODS` a Mamba-2 layer has."""
+
+REDUCTIONS = ("exact", "folded")
+"""The forms of the reduction (the layer's ``reduction``, ``model.mamba2_reduction``): the
+transforms as buffers after the convolution (exact), or folded into the weights (approximate)."""
 
 _F64 = torch.float64
 
@@ -70,8 +83,8 @@ class Mamba2Reducer:
         -------
         ReductionPlan
             ``hsv``: every group's HSVs, concatenated and sorted descending; ``ranks``: one order
-            per group, weight ``heads_per_group * P`` each; ``per_d_state = E``. Skipped while there
-            are no Gramian statistics.
+            per group, weight ``heads_per_group * P`` each (folded form: every group the largest
+            of them); ``per_d_state = E``. Skipped while there are no Gramian statistics.
         """
         check_choice("output", output, OUTPUTS)
         if method not in METHODS:
@@ -89,6 +102,10 @@ class Mamba2Reducer:
             ranks.append(k)
             total = float(hsv.sum())
             kept.append(float(hsv[:k].sum()) / total if total > 0 else 1.0)
+        if self.reduction == "folded":                   # one width for every group
+            ranks = [max(ranks)] * len(ranks)
+            kept = [float(b.hsv[:ranks[0]].sum()) / float(b.hsv.sum()) if b.hsv.sum() > 0 else 1.0
+                    for b in bals]
         hsv_all = torch.from_numpy(np.sort(np.concatenate([b.hsv for b in bals]))[::-1].copy())
         weight = (self.nheads // self.ngroups) * self.headdim
         return ReductionPlan(id(self), method, output, hsv_all, ranks, [weight] * self.ngroups,
@@ -96,7 +113,7 @@ class Mamba2Reducer:
                              detail=Mamba2PlanDetail(before, bals))
 
     def apply_reduction_(self, plan: ReductionPlan, **options) -> LayerReduction:
-        """Apply a plan of :meth:`plan_reduction`, in place (only shrinks; the exact form).
+        """Apply a plan of :meth:`plan_reduction`, in place (only shrinks; the layer's form).
 
         Parameters
         ----------
@@ -118,8 +135,13 @@ class Mamba2Reducer:
 
         Notes
         -----
-        No parameter is replaced (``last_replaced`` stays empty): the transforms are buffers and
-        the projections keep their shapes. Every new value is computed and checked before the
+        Exact form: no parameter is replaced (``last_replaced`` stays empty): the transforms are
+        buffers and the projections keep their shapes. Folded form: the groups get one order, the
+        largest of ``plan.ranks`` (a note says so when they differ); ``in_proj`` and ``conv1d`` are
+        new modules of width ``r`` (their parameters' ``(old, new)`` pairs in ``last_replaced``),
+        the layer has no transforms (``ranks`` None) and ``d_state = r``; the running Gramians
+        are moved with the maps as in the exact form (approximately those of the folded layer).
+        Every new value is computed and checked before the
         layer changes, so a ``ValueError`` leaves it as it was.
         """
         t0 = time.perf_counter()
@@ -143,12 +165,21 @@ class Mamba2Reducer:
         old_d, old_size = self.d_state, self.state_size
         notes: list[str] = []
         figures: list[float] = []
-        if not balance_all and all(int(k) >= r for k, r in zip(plan.ranks, before)):
+        folded = self.reduction == "folded"
+        if folded:
+            k_all = min(max(int(k) for k in plan.ranks), max(before))
+            if len(set(int(k) for k in plan.ranks)) > 1:
+                notes.append(f"folded: one width for every group, the largest planned order {k_all} "
+                             f"(planned {list(plan.ranks)})")
+            plan_ranks = [k_all] * self.ngroups
+        else:
+            plan_ranks = [int(k) for k in plan.ranks]
+        if not balance_all and all(k >= r for k, r in zip(plan_ranks, before)):
             notes.append("no-op: no group's rank is below its order")
             return self._report(plan, old_d, old_size, notes, t0)
         old_in, old_out = self._transforms()
         new_in, new_out, new_P, new_Q, ranks = [], [], [], [], []
-        for g, (bal, k, r) in enumerate(zip(plan.detail.balancings, plan.ranks, before)):
+        for g, (bal, k, r) in enumerate(zip(plan.detail.balancings, plan_ranks, before)):
             P = self.gram_P[g, :r, :r].detach().to("cpu", _F64).numpy()
             Q = self.gram_Q[g, :r, :r].detach().to("cpu", _F64).numpy()
             if int(k) >= r and not balance_all:
@@ -165,7 +196,13 @@ class Mamba2Reducer:
                     nz = bal.n_nonzero
                     idx = np.arange(order) if selection == "largest" else np.arange(nz - order, nz)
                     T, Tm = bal.transforms(idx)
+                    if folded:                   # the same reduced system, in a basis near the states
+                        S = coordinate_basis(Tm @ old_in[g])
+                        Tm, T = S @ Tm, T @ np.linalg.inv(S)
                     figures.append(2.0 * float(bal.hsv.sum() - bal.hsv[idx].sum()))
+            if folded and Tm.shape[0] < k:                          # zero rows: states that stay zero
+                pad = k - Tm.shape[0]
+                Tm, T = np.vstack([Tm, np.zeros((pad, r))]), np.hstack([T, np.zeros((r, pad))])
             new_in.append(Tm @ old_in[g])                                   # (k, N): T^- (previous T^-)
             new_out.append(T.T @ old_out[g])                                # (k, N): T^T (previous T^T)
             new_P.append(Tm @ P @ Tm.T)
@@ -178,7 +215,12 @@ class Mamba2Reducer:
         if figures:
             notes.append(f"largest group figure 2 * sum(discarded sigma) of the averaged Gramians: "
                          f"{max(figures):.3g} (not a bound on the layer's change)")
-        self._load_reduction(ranks, new_in, new_out, new_P, new_Q)
+        if folded:
+            notes.append("folded into in_proj and the convolution: approximate (kernels re-fitted, "
+                         "the SiLU in between)")
+            self._load_folded(new_in, new_out, new_P, new_Q)
+        else:
+            self._load_reduction(ranks, new_in, new_out, new_P, new_Q)
         return self._report(plan, old_d, old_size, notes, t0)
 
     def _report(self, plan: ReductionPlan, old_d: int, old_size: int, notes: list[str], t0: float
@@ -200,6 +242,51 @@ class Mamba2Reducer:
             outs.append(self.red_out[off:off + r].detach().to("cpu", _F64).numpy())
             off += r
         return ins, outs
+
+    @torch.no_grad()
+    def _load_folded(self, new_in: list[np.ndarray], new_out: list[np.ndarray],
+                     new_P: list[np.ndarray], new_Q: list[np.ndarray]) -> None:
+        """Fold every group's maps ``new_in[g]``, ``new_out[g]`` (``(r, N)``, one ``r``; composed
+        with any exact transforms the layer had) into ``in_proj`` and ``conv1d``
+        (:func:`~shrinkssm.nn.mamba2.folding.fold_maps`), then make the layer a plain one of width
+        ``r`` holding those values and the moved statistics."""
+        E, G, N, H = self.d_inner, self.ngroups, self.n, self.nheads
+        r = new_in[0].shape[0]
+        W = self.in_proj.weight.detach().to("cpu", _F64).numpy()
+        beta = None if self.in_proj.bias is None else self.in_proj.bias.detach().to("cpu", _F64).numpy()
+        w = self.conv1d.weight.detach()[:, 0, :].to("cpu", _F64).numpy()
+        cb = None if self.conv1d.bias is None else self.conv1d.bias.detach().to("cpu", _F64).numpy()
+        # conv channels: x (E), B (G N), C (G N); in_proj rows: z (E), then the conv channels, dt
+        rows, kernels = [W[E:2 * E]], [w[:E]]
+        b_rows = [None if beta is None else beta[E:2 * E]]
+        c_bias = [None if cb is None else cb[:E]]
+        for part, maps in ((0, new_in), (1, new_out)):
+            for g in range(G):
+                ch = E + part * G * N + g * N + np.arange(N)                  # conv channels
+                W2, beta2, w2, b2 = fold_maps(maps[g], W[E + ch], None if beta is None else beta[E + ch],
+                                              w[ch], None if cb is None else cb[ch])
+                rows.append(W2)
+                b_rows.append(beta2)
+                kernels.append(w2)
+                c_bias.append(b2)
+        W_new = np.concatenate([W[:E], *rows, W[E + self.conv_dim:]])
+        beta_new = None if beta is None else np.concatenate([beta[:E], *b_rows, beta[E + self.conv_dim:]])
+        w_new, cb_new = np.concatenate(kernels), None if cb is None else np.concatenate(c_bias)
+        for name, a in (("in_proj", W_new), ("conv1d", w_new)):
+            if not np.isfinite(a).all():
+                raise ValueError(f"folding produced non-finite values for {name}; the layer is left "
+                                 "unchanged")
+        self._set_width_(r)
+        like = dict(dtype=self.D.dtype, device=self.D.device)
+        self.in_proj.weight.copy_(torch.from_numpy(W_new))
+        if beta_new is not None:
+            self.in_proj.bias.copy_(torch.from_numpy(beta_new))
+        self.conv1d.weight.copy_(torch.from_numpy(w_new)[:, None, :])
+        if cb_new is not None:
+            self.conv1d.bias.copy_(torch.from_numpy(cb_new))
+        for g, (P, Q) in enumerate(zip(new_P, new_Q)):
+            self.gram_P[g] = torch.from_numpy(0.5 * (P + P.T)).to(**like)
+            self.gram_Q[g] = torch.from_numpy(0.5 * (Q + Q.T)).to(**like)
 
     @torch.no_grad()
     def _load_reduction(self, ranks: list[int], new_in: list[np.ndarray], new_out: list[np.ndarray],
