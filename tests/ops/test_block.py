@@ -266,3 +266,99 @@ def test_glu_block_refuses_a_skip_term_without_its_input():
     x, y, _, D, w, b = _tail_inputs((1, 3), 4, torch.float64)
     with pytest.raises(ValueError, match="skip term"):
         glu_block(x, y, None, D, w, b)
+
+
+def _pooled_block(fork, tail, x, bn_w, bn_b, y_of, D, W, bias, pool_w):
+    """norm -> (mixer stand-in) -> tail -> mean pooling over dim 1 -> a linear functional: the
+    shape of a classifier's block, whose output gradient is a broadcast over positions."""
+    v, v_skip, xr = fork(x, bn_w, bn_b)
+    out = tail(xr, y_of(v), v_skip, D, W, bias)
+    return ((out.sum(1) * (1.0 / out.shape[1])) * pool_w).sum()
+
+
+def _pooled_inputs(b, L, h, dtype, seed=5):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=1.0, shift=0.0):
+        return (scale * torch.randn(*s, generator=g, dtype=dtype) + shift).requires_grad_()
+    return [rnd(b, L, h, shift=0.5), rnd(h, shift=1.0), rnd(h), rnd(h), rnd(2 * h, h, scale=h**-0.5),
+            rnd(2 * h), rnd(b, h)]
+
+
+def _ref_fork(x, w, b):
+    v = F.batch_norm(x.reshape(-1, x.shape[-1]), None, None, w, b, True, 0.1, 1e-5).view_as(x)
+    return v, v, x
+
+
+def _kernel_fork(x, w, b):
+    return batch_norm_fork(x, w, b, None, None)
+
+
+def _mixer(v):  # a stand-in for the mixer: elementwise, so the gradient of v is a full (B, L, H) array
+    return torch.tanh(v) * 1.5
+
+
+def test_row_broadcast_recognises_only_broadcasts_over_dimension_one():
+    rows = torch.randn(4, 8)
+    assert torch.equal(block._row_broadcast(rows[:, None, :].expand(4, 30, 8)), rows)
+    assert block._row_broadcast(rows[:, None, :].expand(4, 30, 8).contiguous()) is None
+    assert block._row_broadcast(torch.randn(4, 30, 8)) is None
+    assert block._row_broadcast(rows.t()[:, None, :].expand(8, 30, 4)) is None   # rows not contiguous
+    assert block._row_broadcast(rows[:, None, :]) is None                         # L = 1: nothing to save
+    assert block._row_broadcast(rows.expand(3, 4, 8)) is None                     # broadcast over dim 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+@pytest.mark.parametrize("b, L, h", [(3, 37, 8), (2, 70, 16), (4, 5, 5)])
+def test_pooled_block_gradients_read_per_row_match_float64_torch(each_isa, b, L, h):
+    # the output gradient arrives as a broadcast over L: the tail and the batch norm read it per
+    # batch row; L = 37, 70: batch rows change inside the kernel's tiles of 32 positions
+    inputs = _pooled_inputs(b, L, h, torch.float32)
+    x, bn_w, bn_b, D, W, bias, pool_w = inputs
+    loss = _pooled_block(_kernel_fork, glu_block, x, bn_w, bn_b, _mixer, D, W, bias, pool_w)
+    got = torch.autograd.grad(loss, inputs)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    x, bn_w, bn_b, D, W, bias, pool_w = inputs64
+    ref = _pooled_block(_ref_fork, glu_block_ref, x, bn_w, bn_b, _mixer, D, W, bias, pool_w)
+    want = torch.autograd.grad(ref, inputs64)
+    assert abs(loss.item() - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
+    for a, c in zip(got, want):
+        assert torch.allclose(a.double(), c, rtol=1e-4, atol=2e-5 * c.abs().max().item())
+
+
+@needs_kernel
+def test_pooled_block_gradients_per_row_equal_those_of_the_materialised_gradient(monkeypatch):
+    # the per-row reading is the same arithmetic as reading the copied (M, H) gradient: bitwise
+    inputs = _pooled_inputs(3, 45, 8, torch.float32, seed=7)
+
+    def grads():
+        x, bn_w, bn_b, D, W, bias, pool_w = inputs
+        return torch.autograd.grad(
+            _pooled_block(_kernel_fork, glu_block, x, bn_w, bn_b, _mixer, D, W, bias, pool_w), inputs)
+    calls = []
+    real = block._row_broadcast
+    monkeypatch.setattr(block, "_row_broadcast", lambda g: calls.append(real(g)) or calls[-1])
+    per_row = grads()
+    assert len(calls) == 2 and all(c is not None for c in calls)     # the tail and the batch norm
+    monkeypatch.setattr(block, "_row_broadcast", lambda g: None)
+    copied = grads()
+    for a, c in zip(per_row, copied):
+        assert torch.equal(a, c)
+
+
+@needs_kernel
+def test_pooled_block_gradcheck_float64():
+    inputs = _pooled_inputs(2, 35, 4, torch.float64, seed=9)
+    assert torch.autograd.gradcheck(
+        lambda *t: _pooled_block(_kernel_fork, glu_block, t[0], t[1], t[2], _mixer, *t[3:]), inputs)
+
+
+@needs_kernel
+def test_batch_norm_fork_keeps_the_shape_of_its_input():
+    x = torch.randn(3, 10, 8, dtype=torch.float64, requires_grad=True)
+    w, b = torch.ones(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
+    v, v2, xr = batch_norm_fork(x, w, b, None, None)
+    assert v.shape == v2.shape == xr.shape == (3, 10, 8)
+    want = F.batch_norm(x.reshape(-1, 8), None, None, w, b, True, 0.1, 1e-5).view_as(x)
+    assert torch.allclose(v, want, rtol=1e-12, atol=1e-12) and torch.equal(xr, x)

@@ -166,10 +166,8 @@ class MaskedBatchNorm(nn.Module):
         if mask is not None or not self.training:
             v = self(x, mask)
             return v, v, x
-        h = x.shape[-1]
-        v, v2, x2 = batch_norm_fork(x.reshape(-1, h), self.weight, self.bias, self.running_mean,
-                                    self.running_var, self.momentum, self.eps)
-        return v.view_as(x), v2.view_as(x), x2.view_as(x)
+        return batch_norm_fork(x, self.weight, self.bias, self.running_mean, self.running_var,
+                               self.momentum, self.eps)
 
 
 class SSMBlock(nn.Module):

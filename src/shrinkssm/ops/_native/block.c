@@ -336,17 +336,24 @@ PyObject *shrinkssm_block_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* block_backward(dbl, n_threads, M, H, y, u, D, W, bias, gout, gy, gu, gD, gW, gbias); u, D, gu
- * and gD are 0 without a skip term. gW: (2H, H), gbias: (2H,), gD: (H,) are overwritten. */
+/* block_backward(dbl, n_threads, M, H, y, u, D, W, bias, gout, go_rep, gy, gu, gD, gW, gbias); u, D,
+ * gu and gD are 0 without a skip term. gW: (2H, H), gbias: (2H,), gD: (H,) are overwritten.
+ * go_rep = 0: gout is (M, H); go_rep = L > 0 (a divisor of M): gout is (M / L, H), the gradient of
+ * position m being row m / L (the broadcast gradient of a mean over runs of L positions). */
 PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
 {
     int dbl, n_threads;
     idx M, H;
+    idx go_rep;
     unsigned long long p_y, p_u, p_D, p_W, p_b, p_go, p_gy, p_gu, p_gD, p_gW, p_gb;
-    if (!PyArg_ParseTuple(args, "iinnKKKKKKKKKKK", &dbl, &n_threads, &M, &H, &p_y, &p_u, &p_D, &p_W,
-                          &p_b, &p_go, &p_gy, &p_gu, &p_gD, &p_gW, &p_gb))
+    if (!PyArg_ParseTuple(args, "iinnKKKKKKnKKKKK", &dbl, &n_threads, &M, &H, &p_y, &p_u, &p_D, &p_W,
+                          &p_b, &p_go, &go_rep, &p_gy, &p_gu, &p_gD, &p_gW, &p_gb))
         return NULL;
     if (blk_check("block_backward", M, H, p_u, p_D)) return NULL;
+    if (go_rep < 0 || (go_rep > 0 && M % go_rep)) {
+        PyErr_Format(PyExc_ValueError, "block_backward: go_rep=%zd must be 0 or divide M=%zd", go_rep, M);
+        return NULL;
+    }
     if (p_D && (!p_gu || !p_gD)) {
         PyErr_SetString(PyExc_ValueError, "block_backward: a skip term needs gu and gD");
         return NULL;
@@ -358,11 +365,13 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
     if (dbl) {
         BLK_FILL(a64, double)
         a64.gout = (const double *)BLK_PTR(p_go);
+        a64.go_rep = go_rep;
         a64.gy = (double *)BLK_PTR(p_gy);
         a64.gu = p_D ? (double *)BLK_PTR(p_gu) : NULL;
     } else {
         BLK_FILL(a32, float)
         a32.gout = (const float *)BLK_PTR(p_go);
+        a32.go_rep = go_rep;
         a32.gy = (float *)BLK_PTR(p_gy);
         a32.gu = p_D ? (float *)BLK_PTR(p_gu) : NULL;
     }
@@ -386,7 +395,7 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
 static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, double *s2)
 {
     const idx TH = BLK_P * H;
-    const size_t bytes = (size_t)TH * (3 * sizeof(double) + 5 * (dbl ? sizeof(double) : sizeof(float))) + 64;
+    const size_t bytes = (size_t)TH * (3 * sizeof(double) + 6 * (dbl ? sizeof(double) : sizeof(float))) + 64;
     const int np = blk_n_parts(nt);
     void *ws[BLK_MAX_PARTS] = {0};
     int rc = 0;
@@ -488,7 +497,9 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* bn_backward(dbl, n_threads, M, H, x, gv, gv2, gres, weight, mean, invstd, gx, gweight, gbias),
+/* bn_backward(dbl, n_threads, M, H, x, gv, gv2, gres, gres_rep, weight, mean, invstd, gx, gweight,
+ * gbias), gres_rep = 0: gres (M, H); = L > 0 (a divisor of M): gres (M / L, H), row m / L for
+ * position m (a gradient broadcast over runs of L positions),
  * with g = gv + gv2 (gv2 0 for none) and xhat = (x - mean) invstd:  gbias = sum g,
  * gweight = sum g xhat,  gx = weight invstd (g - gbias / M - xhat gweight / M) + gres (gres 0 for
  * none): the gradients of two consumers of the output and one of the input, summed in the passes
@@ -497,12 +508,13 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
 {
     int dbl, n_threads;
     idx M, H;
+    idx gres_rep;
     unsigned long long p_x, p_gv, p_gv2, p_gres, p_w, p_mean, p_inv, p_gx, p_gw, p_gb;
-    if (!PyArg_ParseTuple(args, "iinnKKKKKKKKKK", &dbl, &n_threads, &M, &H, &p_x, &p_gv, &p_gv2, &p_gres,
-                          &p_w, &p_mean, &p_inv, &p_gx, &p_gw, &p_gb))
+    if (!PyArg_ParseTuple(args, "iinnKKKKnKKKKKK", &dbl, &n_threads, &M, &H, &p_x, &p_gv, &p_gv2, &p_gres,
+                          &gres_rep, &p_w, &p_mean, &p_inv, &p_gx, &p_gw, &p_gb))
         return NULL;
-    if (M < 1 || H < 1 || H > 4096) {
-        PyErr_Format(PyExc_ValueError, "bn_backward: invalid sizes (M=%zd, H=%zd)", M, H);
+    if (M < 1 || H < 1 || H > 4096 || gres_rep < 0 || (gres_rep > 0 && M % gres_rep)) {
+        PyErr_Format(PyExc_ValueError, "bn_backward: invalid sizes (M=%zd, H=%zd, gres_rep=%zd)", M, H, gres_rep);
         return NULL;
     }
     double *K = malloc(sizeof(double) * (size_t)(6 * H));
@@ -521,9 +533,11 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
     if (dbl) {
         BN_FILL(a64, double) a64.pass = 2; a64.K = K; a64.gv = (const double *)BLK_PTR(p_gv);
         a64.gv2 = (const double *)BLK_PTR(p_gv2); a64.gres = (const double *)BLK_PTR(p_gres);
+        a64.gres_rep = gres_rep;
     } else {
         BN_FILL(a32, float) a32.pass = 2; a32.K = K; a32.gv = (const float *)BLK_PTR(p_gv);
         a32.gv2 = (const float *)BLK_PTR(p_gv2); a32.gres = (const float *)BLK_PTR(p_gres);
+        a32.gres_rep = gres_rep;
     }
     rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, s1, s2);
     if (!rc) {
@@ -674,6 +688,7 @@ typedef struct {
     const REAL *y, *u, *D, *W, *bias, *x; /* u, D NULL without a skip term */
     REAL *out;                            /* forward */
     const REAL *gout;                     /* backward */
+    idx go_rep;                           /* 0: gout is (M, H); L > 0: gout is (M / L, H), row m / L for position m */
     REAL *gy, *gu;
 } BN(blk_args);
 
@@ -681,17 +696,18 @@ typedef struct {
  *   z, g, dg, a, c, dL/dg, D repeated over a tile: 7 x TH
  *   W^T (H x H2), the accumulator of dL/dW^T (H x H2)
  *   tile-shaped partial sums of dL/dbias[:H], dL/dbias[H:], dL/dD: 3 x TH
- *   the rows [dL/da_p, dL/dc_p] of a tile, H2 each: 2 x TH */
-static idx BN(blk_ws_len)(idx H) { return 12 * BLK_P * H + 4 * H * H; }
+ *   the rows [dL/da_p, dL/dc_p] of a tile, H2 each: 2 x TH
+ *   the tile of dL/dout gathered from per-row gradients (go_rep > 0): TH */
+static idx BN(blk_ws_len)(idx H) { return 13 * BLK_P * H + 4 * H * H; }
 
 #ifndef BLK_WS_OFFSETS
 #define BLK_WS_OFFSETS(ws, H)                                                                   \
     const idx TH = BLK_P * (H), H2 = 2 * (H);                                                   \
     REAL *z = (ws), *g = z + TH, *dg = g + TH, *av = dg + TH, *cv = av + TH, *gg = cv + TH;     \
     REAL *Drep = gg + TH, *WT = Drep + TH, *accW = WT + (H) * H2, *accA = accW + (H) * H2;      \
-    REAL *accC = accA + TH, *accD = accC + TH, *dr = accD + TH;                                 \
+    REAL *accC = accA + TH, *accD = accC + TH, *dr = accD + TH, *gob = dr + 2 * TH;             \
     (void)z; (void)g; (void)dg; (void)av; (void)cv; (void)gg; (void)Drep; (void)WT;             \
-    (void)accW; (void)accA; (void)accC; (void)accD; (void)dr;
+    (void)accW; (void)accA; (void)accC; (void)accD; (void)dr; (void)gob;
 #endif
 
 /* Sum the parts' accumulators in part order: gW (2H, H), gbias (2H,), gD (H,) (if has_D).
@@ -732,6 +748,7 @@ typedef struct {
     idx M, H;
     int pass;
     const REAL *x, *gv, *gv2, *gres; /* gv2, gres: NULL or added (backward passes) */
+    idx gres_rep;                    /* 0: gres is (M, H); L > 0: gres is (M / L, H), row m / L for position m */
     REAL *out;
     const double *K, *c1, *c2, *c3;
 } BN(bn_args);
@@ -1020,6 +1037,11 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
     for (idx m = m0; m < m1; m += BLK_P) {
         const idx np = m1 - m < BLK_P ? m1 - m : BLK_P, n = np * H;
         const REAL *go = a->gout + m * H;
+        if (a->go_rep) { /* a gradient broadcast over runs of go_rep positions (mean pooling) */
+            for (idx p = 0; p < np; p++)
+                memcpy(gob + p * H, a->gout + ((m + p) / a->go_rep) * H, sizeof(REAL) * (size_t)H);
+            go = gob;
+        }
         KN(blk_gelu_tile)(a, m, n, ws, H, 1);
         KN(blk_linear_tile)(a, np, ws, H);
         /* GLU: da = go s, dc = go a s (1 - s), into the rows dr[p] = [da_p, dc_p] */
@@ -1061,6 +1083,7 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
     const idx TH = BLK_P * H;
     double *acc1 = (double *)ws, *acc2 = acc1 + TH, *Kd = acc2 + TH;
     REAL *Khi = (REAL *)(Kd + TH), *Klo = Khi + TH, *r1 = Klo + TH, *r2 = r1 + TH, *r3 = r2 + TH;
+    REAL *grb = r3 + TH; /* gres gathered from per-row gradients (gres_rep > 0) */
     const int pass = a->pass;
     for (idx k = 0; k < TH; k++) {
         acc1[k] = acc2[k] = 0;
@@ -1104,6 +1127,11 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
         } else {
             const REAL *gv = a->gv + m * H;
             const REAL *gv2 = a->gv2 ? a->gv2 + m * H : NULL, *gres = a->gres ? a->gres + m * H : NULL;
+            if (gres && a->gres_rep) {
+                for (idx p = 0; p < n / H; p++)
+                    memcpy(grb + p * H, a->gres + ((m + p) / a->gres_rep) * H, sizeof(REAL) * (size_t)H);
+                gres = grb;
+            }
             if (gv2 && gres) {
                 for (idx k = 0; k < n; k++)
                     out[k] = r1[k] * (gv[k] + gv2[k]) + r2[k] * ((x[k] - Khi[k]) - Klo[k]) + r3[k] + gres[k];
