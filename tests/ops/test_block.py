@@ -9,6 +9,7 @@ from shrinkssm.ops.block import (
     FUSED_BLOCK_MAX_WIDTH,
     batch_norm_fork,
     batch_norm_rows,
+    encode_norm_fork,
     fused_block_available,
     glu_block,
     glu_block_ref,
@@ -362,3 +363,124 @@ def test_batch_norm_fork_keeps_the_shape_of_its_input():
     assert v.shape == v2.shape == xr.shape == (3, 10, 8)
     want = F.batch_norm(x.reshape(-1, 8), None, None, w, b, True, 0.1, 1e-5).view_as(x)
     assert torch.allclose(v, want, rtol=1e-12, atol=1e-12) and torch.equal(xr, x)
+
+
+def _enc_norm_inputs(shape, h, dtype, shift=0.0, seed=11):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=1.0, grad=True):
+        t = scale * torch.randn(*s, generator=g, dtype=dtype)
+        return t.requires_grad_() if grad else t
+    x = rnd(*shape, 1, scale=0.3, grad=False) + shift
+    return x, [rnd(h, 1), rnd(h), rnd(h) + 1.0, rnd(h)]
+
+
+def _enc_norm_ref(x, ew, eb, bw, bb, rm, rv):
+    """The plain formulation: torch's linear layer, then torch's training-mode batch norm."""
+    hh = F.linear(x, ew, eb)
+    v = F.batch_norm(hh.reshape(-1, hh.shape[-1]), rm, rv, bw, bb, True, 0.1, 1e-5).view_as(hh)
+    return v, v, hh
+
+
+def _enc_norm_loss(outs, grads, used):
+    return sum((o * g).sum() for o, g, u in zip(outs, grads, used) if u)
+
+
+@needs_kernel
+@pytest.mark.parametrize("used", [(1, 1, 1), (1, 0, 1), (0, 1, 0), (1, 1, 0), (0, 0, 1)])
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_encode_norm_fork_equals_linear_then_batch_norm_in_float64(used, broadcast):
+    b, L, h = 3, 45, 8
+    x, params = _enc_norm_inputs((b, L), h, torch.float64, shift=0.4)
+    rows = torch.randn(b, 1, h, dtype=torch.float64)
+    gouts = [torch.randn(b, L, h, dtype=torch.float64) for _ in range(2)]
+    gouts.append(rows.expand(b, L, h) if broadcast else rows.expand(b, L, h).contiguous())
+    stats = [torch.full((h,), 0.3, dtype=torch.float64), torch.full((h,), 2.0, dtype=torch.float64)]
+    ref_stats = [s.clone() for s in stats]
+    outs = encode_norm_fork(x, *params, *stats)
+    got = torch.autograd.grad(_enc_norm_loss(outs, gouts, used), params, allow_unused=True)
+    want_outs = _enc_norm_ref(x, *params, *ref_stats)
+    want = torch.autograd.grad(_enc_norm_loss(want_outs, gouts, used), params, allow_unused=True)
+    for o, w in zip(outs, want_outs):
+        assert o.shape == (b, L, h) and torch.allclose(o, w, rtol=1e-12, atol=1e-12)
+    for s, r in zip(stats, ref_stats):
+        assert torch.allclose(s, r, rtol=1e-12, atol=1e-14)
+    for a, c in zip(got, want):
+        if c is None:                                    # the norm's parameters when only h is used
+            assert a is None or torch.allclose(a, torch.zeros_like(a), atol=1e-12)
+        else:
+            assert torch.allclose(a, c, rtol=1e-10, atol=1e-11 * max(1.0, c.abs().max().item()))
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+@pytest.mark.parametrize("shift", [0.0, 40.0])
+def test_encode_norm_fork_float32_matches_float64_torch(each_isa, shift):
+    # shift 40: |mean x| >> std x, where sums about zero would lose the variance to cancellation;
+    # 2 x 300 positions: more than one run of the kernel's partial sums
+    b, L, h = 2, 300, 8
+    x, params = _enc_norm_inputs((b, L), h, torch.float32, shift=shift, seed=13)
+    gouts = [torch.randn(b, L, h), torch.randn(b, L, h), torch.randn(b, 1, h).expand(b, L, h)]
+    stats = [torch.zeros(h), torch.ones(h)]
+    outs = encode_norm_fork(x, *params, *stats)
+    got = torch.autograd.grad(_enc_norm_loss(outs, gouts, (1, 1, 1)), params)
+    p64 = [t.detach().double().requires_grad_() for t in params]
+    stats64 = [torch.zeros(h, dtype=torch.float64), torch.ones(h, dtype=torch.float64)]
+    want_outs = _enc_norm_ref(x.double(), *p64, *stats64)
+    want = torch.autograd.grad(_enc_norm_loss(want_outs, [g.double() for g in gouts], (1, 1, 1)), p64)
+    assert torch.allclose(outs[0].double(), want_outs[0], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(outs[2].double(), want_outs[2], rtol=1e-6, atol=1e-5)
+    for s, r in zip(stats, stats64):
+        assert torch.allclose(s.double(), r, rtol=1e-4, atol=1e-5)
+    for a, c in zip(got, want):
+        assert torch.allclose(a.double(), c, rtol=1e-3, atol=1e-4 * c.abs().max().item())
+
+
+@needs_kernel
+def test_encode_norm_fork_gradcheck_float64():
+    x, params = _enc_norm_inputs((2, 33), 5, torch.float64, shift=0.7, seed=17)
+
+    def fn(*p):   # all three outputs used; the residual's gradient a broadcast over positions
+        v, v2, hh = encode_norm_fork(x, *p, None, None)
+        return (v * v2).sum(1), hh.sum(1) * 0.5
+    assert torch.autograd.gradcheck(fn, params)
+
+
+@needs_kernel
+def test_encode_norm_fork_gives_the_input_a_gradient_when_it_needs_one():
+    # the fused kernel has no input gradient: an input that needs one takes the separate operations
+    x, params = _enc_norm_inputs((2, 20), 4, torch.float64, seed=19)
+    x.requires_grad_()
+    v, _, hh = encode_norm_fork(x, *params, None, None)
+    gx, = torch.autograd.grad((v ** 2).sum() + hh.sum(), [x])
+    want_v, _, want_h = _enc_norm_ref(x, *params, None, None)
+    want, = torch.autograd.grad((want_v ** 2).sum() + want_h.sum(), [x])
+    assert torch.allclose(gx, want, rtol=1e-10, atol=1e-12)
+
+
+@needs_kernel
+def test_model_with_one_input_channel_fuses_encoder_and_norm_without_changing_the_step(monkeypatch):
+    from shrinkssm.nn import ModelConfig, SSMModel
+
+    torch.manual_seed(0)
+    model = SSMModel(ModelConfig(d_state=6, d_model=8, n_layers=2), d_input=1, d_output=4).double()
+    x, y = torch.rand(3, 40, 1, dtype=torch.float64), torch.randint(0, 4, (3,))
+    calls = []
+    real = block._EncodeNormFork.apply
+    monkeypatch.setattr(block._EncodeNormFork, "apply", lambda *a: calls.append(1) or real(*a))
+
+    def step():
+        model.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()] + [b.clone() for b in model.buffers()]
+    before = [b.clone() for b in model.buffers()]
+    fused = step()
+    assert calls == [1]
+    for b, saved in zip(model.buffers(), before):
+        b.copy_(saved)
+    monkeypatch.setattr(block, "_enc_norm_applies", lambda *a: False)
+    plain = step()
+    assert calls == [1]
+    for a, c in zip(fused, plain):
+        assert torch.allclose(a, c, rtol=1e-10, atol=1e-12)

@@ -13,7 +13,9 @@ the backward), and :func:`glu_block_ref` is the plain-torch formulation it is te
 
 :func:`batch_norm_rows` is the block's training-mode batch norm over the rows of an ``(M, H)``
 array (two passes forward, two backward, statistics accumulated in double), tested against
-``torch.nn.functional.batch_norm``.
+``torch.nn.functional.batch_norm``. :func:`encode_norm_fork` fuses a one-channel encoder into the
+batch norm after it (its statistics from those of the input; its backward never forms the gradient
+of the encoder's output).
 
 Shapes: ``x, y, u: (..., H)`` real (float32 or float64, one dtype), any leading dimensions.
 """
@@ -27,8 +29,8 @@ from torch.autograd.function import once_differentiable
 
 from shrinkssm.ops._op_dispatch import direct
 
-__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_fork", "batch_norm_rows", "fused_block_available", "glu_block",
-           "glu_block_ref", "linear"]
+__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_fork", "batch_norm_rows", "encode_norm_fork",
+           "fused_block_available", "glu_block", "glu_block_ref", "linear"]
 
 try:
     from shrinkssm.ops import _native_scan as _ext
@@ -341,3 +343,97 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
             or not direct((x, weight, bias))):
         return F.linear(x, weight, bias)
     return _LinearOneInput.apply(x, weight, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one-channel encoder and the block's batch norm, fused
+# ---------------------------------------------------------------------------------------------
+
+class _EncodeNormFork(torch.autograd.Function):
+    """``h = x w^T + b`` (x: contiguous (..., 1), no gradient) and the native batch norm of h over
+    all leading dimensions, as ``(v, v_again, h)`` (see :func:`encode_norm_fork`)."""
+
+    @staticmethod
+    def forward(ctx, x, ew, eb, bw, bb, running_mean, running_var, momentum, eps):
+        H = ew.shape[0]
+        shape = (*x.shape[:-1], H)
+        h, v = x.new_empty(shape), x.new_empty(shape)
+        mean, invstd = x.new_empty(H), x.new_empty(H)
+        _ext.enc_bn_forward(int(x.dtype == torch.float64), x.numel(), H, x.data_ptr(), ew.data_ptr(),
+                            eb.data_ptr(), bw.data_ptr(), bb.data_ptr(),
+                            0 if running_mean is None else running_mean.data_ptr(),
+                            0 if running_var is None else running_var.data_ptr(), float(momentum),
+                            float(eps), h.data_ptr(), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+        for buf in (running_mean, running_var):
+            if buf is not None and _increment_version is not None:
+                _increment_version(buf)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, ew, bw, invstd)
+        return v, v.view_as(v), h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gv, gv2, gres):
+        x, ew, bw, invstd = ctx.saved_tensors
+        H, M = ew.shape[0], x.numel()
+        if gv is None:
+            gv, gv2 = gv2, None
+        if gv is None and gres is None:
+            return (None,) * 9
+        gv = torch.zeros(*x.shape[:-1], H, dtype=x.dtype) if gv is None else gv.contiguous()
+        gv2 = None if gv2 is None else gv2.contiguous()
+        gres, rep = (None, 0) if gres is None else _grad_rows(gres)
+        gew, geb, gbw, gbb = (torch.empty_like(ew), torch.empty(H, dtype=x.dtype), torch.empty_like(bw),
+                              torch.empty_like(bw))
+        _ext.enc_bn_backward(int(x.dtype == torch.float64), M, H, x.data_ptr(), gv.data_ptr(),
+                             0 if gv2 is None else gv2.data_ptr(), 0 if gres is None else gres.data_ptr(),
+                             rep, ew.data_ptr(), bw.data_ptr(), invstd.data_ptr(), gew.data_ptr(),
+                             geb.data_ptr(), gbw.data_ptr(), gbb.data_ptr())
+        return None, gew, geb, gbw, gbb, None, None, None, None
+
+
+def _enc_norm_applies(x, ew, eb, bw, bb, running_mean, running_var) -> bool:
+    tensors = [t for t in (x, ew, eb, bw, bb, running_mean, running_var) if t is not None]
+    h = ew.shape[0] if ew.ndim == 2 else -1
+    return (_ext is not None and hasattr(_ext, "enc_bn_forward") and direct(tuple(tensors))
+            and x.ndim >= 2 and x.shape[-1] == 1 and x.numel() > 0 and not x.requires_grad
+            and x.dtype in (torch.float32, torch.float64)
+            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+            and tuple(ew.shape) == (h, 1) and 1 <= h <= 4096
+            and all(t.shape == (h,) for t in (eb, bw, bb))
+            and all(t is None or (t.shape == (h,) and t.is_contiguous()) for t in (running_mean, running_var))
+            # one pass, one thread: where the batch norm alone would run threaded, keep it
+            and (torch.get_num_threads() == 1 or x.numel() * h < 4e6))
+
+
+def encode_norm_fork(x: Tensor, enc_weight: Tensor, enc_bias: Tensor, weight: Tensor, bias: Tensor,
+                     running_mean: Tensor | None, running_var: Tensor | None, momentum: float = 0.1,
+                     eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    """A one-channel encoder and the batch norm of a block after it: ``(v, v, h)`` with
+    ``h = linear(x, enc_weight, enc_bias)`` and ``(v, v, h) = batch_norm_fork(h, weight, bias, ...)``.
+
+    Parameters
+    ----------
+    x : (..., 1) real, no gradient (data)
+    enc_weight : (H, 1), enc_bias : (H,)
+        The encoder (``torch.nn.Linear(1, H)``).
+    weight, bias : (H,)
+        The batch norm's affine parameters; ``running_mean, running_var: (H,)`` or None, updated
+        in place as by :func:`batch_norm_rows`.
+
+    Returns
+    -------
+    v, v, h : (..., H), the dtype of ``x``.
+
+    Native (CPU, float32 / float64, one thread or small inputs): the statistics of h are those of
+    x mapped per channel (one pass over x instead of one over h), h and v are written in one
+    pass, and the backward computes the encoder's and the norm's parameter gradients from sums
+    over one pass that reads the norm's output gradients and x; the gradient of h is never
+    formed. Otherwise (or when x needs a gradient) the two operations, the same maths.
+    """
+    if not _enc_norm_applies(x, enc_weight, enc_bias, weight, bias, running_mean, running_var):
+        return batch_norm_fork(linear(x, enc_weight, enc_bias), weight, bias, running_mean, running_var,
+                               momentum, eps)
+    return _EncodeNormFork.apply(x.contiguous(), enc_weight.contiguous(), enc_bias.contiguous(),
+                                 weight.contiguous(), bias.contiguous(), running_mean, running_var,
+                                 momentum, eps)

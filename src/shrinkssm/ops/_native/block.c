@@ -35,7 +35,7 @@
  * residual consumer are summed), sums in double.
  *
  * Entry points (registered in scan_module.c's method table): block_forward, block_backward,
- * block_max_width, bn_forward, bn_backward, enc1_forward, enc1_backward. They take the data pointers of contiguous tensors as
+ * block_max_width, bn_forward, bn_backward, enc1_forward, enc1_backward, enc_bn_forward, enc_bn_backward. They take the data pointers of contiguous tensors as
  * integers; shrinkssm/ops/block.py checks shapes, dtypes and contiguity before calling.
  */
 #ifndef BLOCK_BODY
@@ -668,6 +668,237 @@ PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args)
     free(sum);
     Py_RETURN_NONE;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* The one-channel encoder and the batch norm after it, fused: v = BN(h), h = x w^T + b        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* With one input channel, channel j of h = x w^T + b is an affine map of x: its batch mean and
+ * variance are w_j mean(x) + b_j and w_j^2 var(x), so the statistics need one pass over x (M
+ * values) instead of one over h (M x H); h and v are then written in one pass. Backward: the
+ * gradient of h (the batch norm's input gradient plus the residual's gres) is only needed through
+ * its sums over the rows, sum_m gh[m, j] and sum_m x[m] gh[m, j] (the encoder's parameter
+ * gradients); both follow in closed form from sums over one pass that reads g = gv + gv2 and x,
+ * so gh is never written. Sums about the shift K = x[0] (no cancellation when |mean x| >> std
+ * x), in REAL over runs of ENC_RUN rows and in double across runs, as the encoder's backward. */
+#define ENCBN_KERNELS(REALT, SFXT)                                                              \
+    /* s[0] = sum (x - K), s[1] = sum (x - K)^2, in double */                                   \
+    static void encbn_xstats_##SFXT(idx M, const REALT *x, double K, double *s)                 \
+    {                                                                                           \
+        double a = 0, b = 0;                                                                    \
+        for (idx m0 = 0; m0 < M; m0 += ENC_RUN) {                                               \
+            const idx m1 = M - m0 < ENC_RUN ? M : m0 + ENC_RUN;                                 \
+            REALT ra = 0, rb = 0;                                                               \
+            for (idx m = m0; m < m1; m++) {                                                     \
+                const REALT d = x[m] - (REALT)K;                                                \
+                ra += d;                                                                        \
+                rb += d * d;                                                                    \
+            }                                                                                   \
+            a += (double)ra;                                                                    \
+            b += (double)rb;                                                                    \
+        }                                                                                       \
+        s[0] = a;                                                                               \
+        s[1] = b;                                                                               \
+    }                                                                                           \
+    /* h[m, j] = x[m] w[j] + b[j] (as enc1_fwd), v[m, j] = r1[j] ((h - Khi[j]) - Klo[j]) + r2[j] */ \
+    static void encbn_fwd_##SFXT(idx M, idx H, const REALT *x, const REALT *w, const REALT *b,  \
+                                 const REALT *Khi, const REALT *Klo, const REALT *r1,           \
+                                 const REALT *r2, REALT *h, REALT *v)                           \
+    {                                                                                           \
+        for (idx m = 0; m < M; m++) {                                                           \
+            const REALT xm = x[m];                                                              \
+            REALT *hm = h + m * H, *vm = v + m * H;                                             \
+            for (idx j = 0; j < H; j++) {                                                       \
+                const REALT hj = xm * w[j] + b[j];                                              \
+                hm[j] = hj;                                                                     \
+                vm[j] = r1[j] * ((hj - Khi[j]) - Klo[j]) + r2[j];                               \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    /* Sums over rows of g = gv + gv2 (gv2 may be NULL): S[j] = sum g, S[H + j] = sum (x - K) g; \
+     * with gres (M, H) (rep == 0) also S[2H + j] = sum gres, S[3H + j] = sum (x - K) gres; with \
+     * gres given per run of rep rows ((M / rep, H)), those two from the rows' sums of x - K.   \
+     * acc: 4 H REALs of workspace; S: 4 H doubles. */                                          \
+    static void encbn_bwd_##SFXT(idx M, idx H, const REALT *x, double K, const REALT *gv,      \
+                                 const REALT *gv2, const REALT *gres, idx rep, REALT *acc,      \
+                                 double *S)                                                     \
+    {                                                                                           \
+        REALT *ag = acc, *agx = acc + H, *ar = acc + 2 * H, *arx = acc + 3 * H;                 \
+        const REALT Kr = (REALT)K;                                                              \
+        for (idx j = 0; j < 4 * H; j++) S[j] = 0;                                               \
+        for (idx m0 = 0; m0 < M; m0 += ENC_RUN) {                                               \
+            const idx m1 = M - m0 < ENC_RUN ? M : m0 + ENC_RUN;                                 \
+            for (idx j = 0; j < 4 * H; j++) acc[j] = 0;                                         \
+            for (idx m = m0; m < m1; m++) {                                                     \
+                const REALT xc = x[m] - Kr;                                                     \
+                const REALT *a = gv + m * H;                                                    \
+                if (gv2) {                                                                      \
+                    const REALT *c = gv2 + m * H;                                               \
+                    for (idx j = 0; j < H; j++) {                                               \
+                        const REALT g = a[j] + c[j];                                            \
+                        ag[j] += g;                                                             \
+                        agx[j] += xc * g;                                                       \
+                    }                                                                           \
+                } else {                                                                        \
+                    for (idx j = 0; j < H; j++) {                                               \
+                        ag[j] += a[j];                                                          \
+                        agx[j] += xc * a[j];                                                    \
+                    }                                                                           \
+                }                                                                               \
+                if (gres && !rep) {                                                             \
+                    const REALT *r = gres + m * H;                                              \
+                    for (idx j = 0; j < H; j++) {                                               \
+                        ar[j] += r[j];                                                          \
+                        arx[j] += xc * r[j];                                                    \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+            for (idx j = 0; j < 4 * H; j++) S[j] += (double)acc[j];                             \
+        }                                                                                       \
+        if (gres && rep) {                                                                      \
+            for (idx r0 = 0; r0 < M / rep; r0++) {                                              \
+                double sx = 0;                                                                  \
+                for (idx m = r0 * rep; m < (r0 + 1) * rep; m++) sx += (double)(x[m] - Kr);     \
+                const REALT *row = gres + r0 * H;                                               \
+                for (idx j = 0; j < H; j++) {                                                   \
+                    S[2 * H + j] += (double)rep * (double)row[j];                               \
+                    S[3 * H + j] += sx * (double)row[j];                                        \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    }
+ENCBN_KERNELS(float, f32)
+ENCBN_KERNELS(double, f64)
+#undef ENCBN_KERNELS
+
+#define ENCBN_LD(p, j) (dbl ? ((const double *)BLK_PTR(p))[j] : (double)((const float *)BLK_PTR(p))[j])
+#define ENCBN_ST(p, j, val)                                                                     \
+    do {                                                                                        \
+        if (dbl) ((double *)BLK_PTR(p))[j] = (val);                                             \
+        else ((float *)BLK_PTR(p))[j] = (float)(val);                                           \
+    } while (0)
+
+/* enc_bn_forward(dbl, M, H, x, ew, eb, bw, bb, running_mean, running_var, momentum, eps, h, v,
+ *                mean, invstd): h = x ew^T + eb (x: (M,), ew, eb: (H,)), v = the training-mode
+ * batch norm of h over its M rows with weight bw and bias bb (biased batch variance); mean and
+ * invstd (H each) of h are written for the backward, the running statistics (0 for none) move by
+ * momentum towards the batch mean and the unbiased batch variance, as torch's. */
+PyObject *shrinkssm_enc_bn_forward(PyObject *self, PyObject *args)
+{
+    int dbl;
+    idx M, H;
+    double momentum, eps;
+    unsigned long long p_x, p_ew, p_eb, p_bw, p_bb, p_rm, p_rv, p_h, p_v, p_mean, p_inv;
+    if (!PyArg_ParseTuple(args, "innKKKKKKKddKKKK", &dbl, &M, &H, &p_x, &p_ew, &p_eb, &p_bw, &p_bb, &p_rm,
+                          &p_rv, &momentum, &eps, &p_h, &p_v, &p_mean, &p_inv))
+        return NULL;
+    if (M < 1 || H < 1 || H > 4096) {
+        PyErr_Format(PyExc_ValueError, "enc_bn_forward: invalid sizes (M=%zd, H=%zd)", M, H);
+        return NULL;
+    }
+    const size_t rs = dbl ? sizeof(double) : sizeof(float);
+    char *buf = malloc(4 * rs * (size_t)H);
+    if (!buf) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    const double K = ENCBN_LD(p_x, 0);
+    double s[2];
+    if (dbl) encbn_xstats_f64(M, BLK_PTR(p_x), K, s);
+    else encbn_xstats_f32(M, BLK_PTR(p_x), K, s);
+    const double d = s[0] / (double)M;
+    double var_x = s[1] / (double)M - d * d;
+    var_x = var_x > 0 ? var_x : 0;
+    const double mean_x = K + d;
+    for (idx j = 0; j < H; j++) {
+        const double w = ENCBN_LD(p_ew, j), mean = w * mean_x + ENCBN_LD(p_eb, j), var = w * w * var_x;
+        const double inv = 1.0 / sqrt(var + eps);
+        const double unbiased = var * (double)M / (double)(M > 1 ? M - 1 : 1);
+        ENCBN_ST(p_mean, j, mean);
+        ENCBN_ST(p_inv, j, inv);
+        if (p_rm) ENCBN_ST(p_rm, j, ENCBN_LD(p_rm, j) + momentum * (mean - ENCBN_LD(p_rm, j)));
+        if (p_rv) ENCBN_ST(p_rv, j, ENCBN_LD(p_rv, j) + momentum * (unbiased - ENCBN_LD(p_rv, j)));
+        const double c1 = ENCBN_LD(p_bw, j) * inv, c2 = ENCBN_LD(p_bb, j);
+        if (dbl) {
+            double *q = (double *)buf;
+            q[j] = mean; q[H + j] = 0; q[2 * H + j] = c1; q[3 * H + j] = c2;
+        } else {
+            float *q = (float *)buf;
+            q[j] = (float)mean; q[H + j] = (float)(mean - (double)(float)mean);
+            q[2 * H + j] = (float)c1; q[3 * H + j] = (float)c2;
+        }
+    }
+    if (dbl) {
+        const double *q = (const double *)buf;
+        encbn_fwd_f64(M, H, BLK_PTR(p_x), BLK_PTR(p_ew), BLK_PTR(p_eb), q, q + H, q + 2 * H, q + 3 * H,
+                      BLK_PTR(p_h), BLK_PTR(p_v));
+    } else {
+        const float *q = (const float *)buf;
+        encbn_fwd_f32(M, H, BLK_PTR(p_x), BLK_PTR(p_ew), BLK_PTR(p_eb), q, q + H, q + 2 * H, q + 3 * H,
+                      BLK_PTR(p_h), BLK_PTR(p_v));
+    }
+    Py_END_ALLOW_THREADS
+    free(buf);
+    Py_RETURN_NONE;
+}
+
+/* enc_bn_backward(dbl, M, H, x, gv, gv2, gres, gres_rep, ew, bw, invstd, g_ew, g_eb, g_bw, g_bb):
+ * the parameter gradients of enc_bn_forward (v consumed with gradients gv and gv2, gv2 0 for
+ * none; h consumed by a residual with gradient gres, 0 for none, (M, H) for gres_rep = 0 and
+ * (M / gres_rep, H) rows repeated over runs of gres_rep positions otherwise). No gradient of x.
+ * With g = gv + gv2, xc = x - K, mxc its mean, vx = mean xc^2 - mxc^2 (the variance of x):
+ *   g_bb = sum g, g_bw = invstd sum g (h - mean) = invstd ew (sum xc g - mxc sum g),
+ *   gh = s g + c2 (h - mean) + c3 + gres,  s = bw invstd, c2 = -s invstd g_bw / M, c3 = -s g_bb / M,
+ *   g_eb = sum gh = s sum g + M c3 + sum gres           (the first two cancel),
+ *   g_ew = sum x gh = sum xc gh + K g_eb,  sum xc gh = s sum xc g + c2 ew M vx + c3 sum xc + sum xc gres. */
+PyObject *shrinkssm_enc_bn_backward(PyObject *self, PyObject *args)
+{
+    int dbl;
+    idx M, H, rep;
+    unsigned long long p_x, p_gv, p_gv2, p_gres, p_ew, p_bw, p_inv, p_gew, p_geb, p_gbw, p_gbb;
+    if (!PyArg_ParseTuple(args, "innKKKKnKKKKKKK", &dbl, &M, &H, &p_x, &p_gv, &p_gv2, &p_gres, &rep, &p_ew,
+                          &p_bw, &p_inv, &p_gew, &p_geb, &p_gbw, &p_gbb))
+        return NULL;
+    if (M < 1 || H < 1 || H > 4096 || !p_gv || rep < 0 || (rep > 0 && M % rep)) {
+        PyErr_Format(PyExc_ValueError, "enc_bn_backward: invalid sizes or arguments (M=%zd, H=%zd, gres_rep=%zd)",
+                     M, H, rep);
+        return NULL;
+    }
+    const size_t rs = dbl ? sizeof(double) : sizeof(float);
+    double *S = malloc(sizeof(double) * (size_t)(4 * H) + 4 * rs * (size_t)H);
+    if (!S) return PyErr_NoMemory();
+    void *acc = S + 4 * H;
+    const fp_mode_t fpm = fp_flush_subnormals(); /* see common.h */
+    Py_BEGIN_ALLOW_THREADS
+    const double K = ENCBN_LD(p_x, 0);
+    double s[2];
+    if (dbl) {
+        encbn_xstats_f64(M, BLK_PTR(p_x), K, s);
+        encbn_bwd_f64(M, H, BLK_PTR(p_x), K, BLK_PTR(p_gv), BLK_PTR(p_gv2), BLK_PTR(p_gres), rep, acc, S);
+    } else {
+        encbn_xstats_f32(M, BLK_PTR(p_x), K, s);
+        encbn_bwd_f32(M, H, BLK_PTR(p_x), K, BLK_PTR(p_gv), BLK_PTR(p_gv2), BLK_PTR(p_gres), rep, acc, S);
+    }
+    const double Mf = (double)M, mxc = s[0] / Mf;
+    double vx = s[1] / Mf - mxc * mxc;
+    vx = vx > 0 ? vx : 0;
+    for (idx j = 0; j < H; j++) {
+        const double ew = ENCBN_LD(p_ew, j), inv = ENCBN_LD(p_inv, j), sc = ENCBN_LD(p_bw, j) * inv;
+        const double Sg = S[j], Sgx = S[H + j], Sr = S[2 * H + j], Srx = S[3 * H + j];
+        const double gbb = Sg, gbw = inv * ew * (Sgx - mxc * Sg);
+        const double c2 = -sc * inv * gbw / Mf, c3 = -sc * gbb / Mf;
+        const double geb = sc * Sg + Mf * c3 + Sr;
+        const double gxc = sc * Sgx + c2 * ew * Mf * vx + c3 * s[0] + Srx;
+        ENCBN_ST(p_gbb, j, gbb);
+        ENCBN_ST(p_gbw, j, gbw);
+        ENCBN_ST(p_geb, j, geb);
+        ENCBN_ST(p_gew, j, gxc + K * geb);
+    }
+    Py_END_ALLOW_THREADS
+    fp_restore(fpm);
+    free(S);
+    Py_RETURN_NONE;
+}
+#undef ENCBN_LD
+#undef ENCBN_ST
 
 /* The widest H the kernels accept (block.py falls back to torch above its own crossover). */
 PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs)
