@@ -701,9 +701,11 @@ PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args)
         s[1] = b;                                                                               \
     }                                                                                           \
     /* h[m, j] = x[m] w[j] + b[j] (as enc1_fwd), v[m, j] = r1[j] ((h - Khi[j]) - Klo[j]) + r2[j] */ \
-    static void encbn_fwd_##SFXT(idx M, idx H, const REALT *x, const REALT *w, const REALT *b,  \
-                                 const REALT *Khi, const REALT *Klo, const REALT *r1,           \
-                                 const REALT *r2, REALT *h, REALT *v)                           \
+    BLK_INLINE void encbn_fwd_body_##SFXT(idx M, const idx H, const REALT *restrict x,          \
+                                          const REALT *restrict w, const REALT *restrict b,     \
+                                          const REALT *restrict Khi, const REALT *restrict Klo, \
+                                          const REALT *restrict r1, const REALT *restrict r2,   \
+                                          REALT *restrict h, REALT *restrict v)                 \
     {                                                                                           \
         for (idx m = 0; m < M; m++) {                                                           \
             const REALT xm = x[m];                                                              \
@@ -719,11 +721,13 @@ PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args)
      * with gres (M, H) (rep == 0) also S[2H + j] = sum gres, S[3H + j] = sum (x - K) gres; with \
      * gres given per run of rep rows ((M / rep, H)), those two from the rows' sums of x - K.   \
      * acc: 4 H REALs of workspace; S: 4 H doubles. */                                          \
-    static void encbn_bwd_##SFXT(idx M, idx H, const REALT *x, double K, const REALT *gv,      \
-                                 const REALT *gv2, const REALT *gres, idx rep, REALT *acc,      \
-                                 double *S)                                                     \
+    BLK_INLINE void encbn_bwd_body_##SFXT(idx M, const idx H, const REALT *restrict x, double K, \
+                                          const REALT *restrict gv, const REALT *restrict gv2,  \
+                                          const REALT *restrict gres, idx rep,                  \
+                                          REALT *restrict acc, double *restrict S)              \
     {                                                                                           \
-        REALT *ag = acc, *agx = acc + H, *ar = acc + 2 * H, *arx = acc + 3 * H;                 \
+        REALT *restrict ag = acc, *restrict agx = acc + H, *restrict ar = acc + 2 * H;          \
+        REALT *restrict arx = acc + 3 * H;                                                      \
         const REALT Kr = (REALT)K;                                                              \
         for (idx j = 0; j < 4 * H; j++) S[j] = 0;                                               \
         for (idx m0 = 0; m0 < M; m0 += ENC_RUN) {                                               \
@@ -766,6 +770,22 @@ PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args)
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
+    } \
+    static void encbn_fwd_##SFXT(idx M, idx H, const REALT *x, const REALT *w, const REALT *b,  \
+                                 const REALT *Khi, const REALT *Klo, const REALT *r1,           \
+                                 const REALT *r2, REALT *h, REALT *v)                           \
+    {                                                                                           \
+        if (H == 8) encbn_fwd_body_##SFXT(M, 8, x, w, b, Khi, Klo, r1, r2, h, v);                \
+        else if (H == 16) encbn_fwd_body_##SFXT(M, 16, x, w, b, Khi, Klo, r1, r2, h, v);         \
+        else encbn_fwd_body_##SFXT(M, H, x, w, b, Khi, Klo, r1, r2, h, v);                       \
+    }                                                                                           \
+    static void encbn_bwd_##SFXT(idx M, idx H, const REALT *x, double K, const REALT *gv,       \
+                                 const REALT *gv2, const REALT *gres, idx rep, REALT *acc,      \
+                                 double *S)                                                     \
+    {                                                                                           \
+        if (H == 8) encbn_bwd_body_##SFXT(M, 8, x, K, gv, gv2, gres, rep, acc, S);              \
+        else if (H == 16) encbn_bwd_body_##SFXT(M, 16, x, K, gv, gv2, gres, rep, acc, S);       \
+        else encbn_bwd_body_##SFXT(M, H, x, K, gv, gv2, gres, rep, acc, S);                     \
     }
 ENCBN_KERNELS(float, f32)
 ENCBN_KERNELS(double, f64)
