@@ -9,6 +9,7 @@ from shrinkssm.ops.block import (
     FUSED_BLOCK_MAX_WIDTH,
     batch_norm_fork,
     batch_norm_rows,
+    encode_norm_fork,
     fused_block_available,
     glu_block,
     glu_block_ref,
@@ -266,3 +267,220 @@ def test_glu_block_refuses_a_skip_term_without_its_input():
     x, y, _, D, w, b = _tail_inputs((1, 3), 4, torch.float64)
     with pytest.raises(ValueError, match="skip term"):
         glu_block(x, y, None, D, w, b)
+
+
+def _pooled_block(fork, tail, x, bn_w, bn_b, y_of, D, W, bias, pool_w):
+    """norm -> (mixer stand-in) -> tail -> mean pooling over dim 1 -> a linear functional: the
+    shape of a classifier's block, whose output gradient is a broadcast over positions."""
+    v, v_skip, xr = fork(x, bn_w, bn_b)
+    out = tail(xr, y_of(v), v_skip, D, W, bias)
+    return ((out.sum(1) * (1.0 / out.shape[1])) * pool_w).sum()
+
+
+def _pooled_inputs(b, L, h, dtype, seed=5):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=1.0, shift=0.0):
+        return (scale * torch.randn(*s, generator=g, dtype=dtype) + shift).requires_grad_()
+    return [rnd(b, L, h, shift=0.5), rnd(h, shift=1.0), rnd(h), rnd(h), rnd(2 * h, h, scale=h**-0.5),
+            rnd(2 * h), rnd(b, h)]
+
+
+def _ref_fork(x, w, b):
+    v = F.batch_norm(x.reshape(-1, x.shape[-1]), None, None, w, b, True, 0.1, 1e-5).view_as(x)
+    return v, v, x
+
+
+def _kernel_fork(x, w, b):
+    return batch_norm_fork(x, w, b, None, None)
+
+
+def _mixer(v):  # a stand-in for the mixer: elementwise, so the gradient of v is a full (B, L, H) array
+    return torch.tanh(v) * 1.5
+
+
+def test_row_broadcast_recognises_only_broadcasts_over_dimension_one():
+    rows = torch.randn(4, 8)
+    assert torch.equal(block._row_broadcast(rows[:, None, :].expand(4, 30, 8)), rows)
+    assert block._row_broadcast(rows[:, None, :].expand(4, 30, 8).contiguous()) is None
+    assert block._row_broadcast(torch.randn(4, 30, 8)) is None
+    assert block._row_broadcast(rows.t()[:, None, :].expand(8, 30, 4)) is None   # rows not contiguous
+    assert block._row_broadcast(rows[:, None, :]) is None                         # L = 1: nothing to save
+    assert block._row_broadcast(rows.expand(3, 4, 8)) is None                     # broadcast over dim 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+@pytest.mark.parametrize("b, L, h", [(3, 37, 8), (2, 70, 16), (4, 5, 5)])
+def test_pooled_block_gradients_read_per_row_match_float64_torch(each_isa, b, L, h):
+    # the output gradient arrives as a broadcast over L: the tail and the batch norm read it per
+    # batch row; L = 37, 70: batch rows change inside the kernel's tiles of 32 positions
+    inputs = _pooled_inputs(b, L, h, torch.float32)
+    x, bn_w, bn_b, D, W, bias, pool_w = inputs
+    loss = _pooled_block(_kernel_fork, glu_block, x, bn_w, bn_b, _mixer, D, W, bias, pool_w)
+    got = torch.autograd.grad(loss, inputs)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    x, bn_w, bn_b, D, W, bias, pool_w = inputs64
+    ref = _pooled_block(_ref_fork, glu_block_ref, x, bn_w, bn_b, _mixer, D, W, bias, pool_w)
+    want = torch.autograd.grad(ref, inputs64)
+    assert abs(loss.item() - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
+    for a, c in zip(got, want):
+        assert torch.allclose(a.double(), c, rtol=1e-4, atol=2e-5 * c.abs().max().item())
+
+
+@needs_kernel
+def test_pooled_block_gradients_per_row_equal_those_of_the_materialised_gradient(monkeypatch):
+    # the per-row reading is the same arithmetic as reading the copied (M, H) gradient: bitwise
+    inputs = _pooled_inputs(3, 45, 8, torch.float32, seed=7)
+
+    def grads():
+        x, bn_w, bn_b, D, W, bias, pool_w = inputs
+        return torch.autograd.grad(
+            _pooled_block(_kernel_fork, glu_block, x, bn_w, bn_b, _mixer, D, W, bias, pool_w), inputs)
+    calls = []
+    real = block._row_broadcast
+    monkeypatch.setattr(block, "_row_broadcast", lambda g: calls.append(real(g)) or calls[-1])
+    per_row = grads()
+    assert len(calls) == 2 and all(c is not None for c in calls)     # the tail and the batch norm
+    monkeypatch.setattr(block, "_row_broadcast", lambda g: None)
+    copied = grads()
+    for a, c in zip(per_row, copied):
+        assert torch.equal(a, c)
+
+
+@needs_kernel
+def test_pooled_block_gradcheck_float64():
+    inputs = _pooled_inputs(2, 35, 4, torch.float64, seed=9)
+    assert torch.autograd.gradcheck(
+        lambda *t: _pooled_block(_kernel_fork, glu_block, t[0], t[1], t[2], _mixer, *t[3:]), inputs)
+
+
+@needs_kernel
+def test_batch_norm_fork_keeps_the_shape_of_its_input():
+    x = torch.randn(3, 10, 8, dtype=torch.float64, requires_grad=True)
+    w, b = torch.ones(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
+    v, v2, xr = batch_norm_fork(x, w, b, None, None)
+    assert v.shape == v2.shape == xr.shape == (3, 10, 8)
+    want = F.batch_norm(x.reshape(-1, 8), None, None, w, b, True, 0.1, 1e-5).view_as(x)
+    assert torch.allclose(v, want, rtol=1e-12, atol=1e-12) and torch.equal(xr, x)
+
+
+def _enc_norm_inputs(shape, h, dtype, shift=0.0, seed=11):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=1.0, grad=True):
+        t = scale * torch.randn(*s, generator=g, dtype=dtype)
+        return t.requires_grad_() if grad else t
+    x = rnd(*shape, 1, scale=0.3, grad=False) + shift
+    return x, [rnd(h, 1), rnd(h), rnd(h) + 1.0, rnd(h)]
+
+
+def _enc_norm_ref(x, ew, eb, bw, bb, rm, rv):
+    """The plain formulation: torch's linear layer, then torch's training-mode batch norm."""
+    hh = F.linear(x, ew, eb)
+    v = F.batch_norm(hh.reshape(-1, hh.shape[-1]), rm, rv, bw, bb, True, 0.1, 1e-5).view_as(hh)
+    return v, v, hh
+
+
+def _enc_norm_loss(outs, grads, used):
+    return sum((o * g).sum() for o, g, u in zip(outs, grads, used) if u)
+
+
+@needs_kernel
+@pytest.mark.parametrize("used", [(1, 1, 1), (1, 0, 1), (0, 1, 0), (1, 1, 0), (0, 0, 1)])
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_encode_norm_fork_equals_linear_then_batch_norm_in_float64(used, broadcast):
+    b, L, h = 3, 45, 8
+    x, params = _enc_norm_inputs((b, L), h, torch.float64, shift=0.4)
+    rows = torch.randn(b, 1, h, dtype=torch.float64)
+    gouts = [torch.randn(b, L, h, dtype=torch.float64) for _ in range(2)]
+    gouts.append(rows.expand(b, L, h) if broadcast else rows.expand(b, L, h).contiguous())
+    stats = [torch.full((h,), 0.3, dtype=torch.float64), torch.full((h,), 2.0, dtype=torch.float64)]
+    ref_stats = [s.clone() for s in stats]
+    outs = encode_norm_fork(x, *params, *stats)
+    got = torch.autograd.grad(_enc_norm_loss(outs, gouts, used), params, allow_unused=True)
+    want_outs = _enc_norm_ref(x, *params, *ref_stats)
+    want = torch.autograd.grad(_enc_norm_loss(want_outs, gouts, used), params, allow_unused=True)
+    for o, w in zip(outs, want_outs):
+        assert o.shape == (b, L, h) and torch.allclose(o, w, rtol=1e-12, atol=1e-12)
+    for s, r in zip(stats, ref_stats):
+        assert torch.allclose(s, r, rtol=1e-12, atol=1e-14)
+    for a, c in zip(got, want):
+        if c is None:                                    # the norm's parameters when only h is used
+            assert a is None or torch.allclose(a, torch.zeros_like(a), atol=1e-12)
+        else:
+            assert torch.allclose(a, c, rtol=1e-10, atol=1e-11 * max(1.0, c.abs().max().item()))
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+@pytest.mark.parametrize("shift", [0.0, 40.0])
+def test_encode_norm_fork_float32_matches_float64_torch(each_isa, shift):
+    # shift 40: |mean x| >> std x, where sums about zero would lose the variance to cancellation;
+    # 2 x 300 positions: more than one run of the kernel's partial sums
+    b, L, h = 2, 300, 8
+    x, params = _enc_norm_inputs((b, L), h, torch.float32, shift=shift, seed=13)
+    gouts = [torch.randn(b, L, h), torch.randn(b, L, h), torch.randn(b, 1, h).expand(b, L, h)]
+    stats = [torch.zeros(h), torch.ones(h)]
+    outs = encode_norm_fork(x, *params, *stats)
+    got = torch.autograd.grad(_enc_norm_loss(outs, gouts, (1, 1, 1)), params)
+    p64 = [t.detach().double().requires_grad_() for t in params]
+    stats64 = [torch.zeros(h, dtype=torch.float64), torch.ones(h, dtype=torch.float64)]
+    want_outs = _enc_norm_ref(x.double(), *p64, *stats64)
+    want = torch.autograd.grad(_enc_norm_loss(want_outs, [g.double() for g in gouts], (1, 1, 1)), p64)
+    assert torch.allclose(outs[0].double(), want_outs[0], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(outs[2].double(), want_outs[2], rtol=1e-6, atol=1e-5)
+    for s, r in zip(stats, stats64):
+        assert torch.allclose(s.double(), r, rtol=1e-4, atol=1e-5)
+    for a, c in zip(got, want):
+        assert torch.allclose(a.double(), c, rtol=1e-3, atol=1e-4 * c.abs().max().item())
+
+
+@needs_kernel
+def test_encode_norm_fork_gradcheck_float64():
+    x, params = _enc_norm_inputs((2, 33), 5, torch.float64, shift=0.7, seed=17)
+
+    def fn(*p):   # all three outputs used; the residual's gradient a broadcast over positions
+        v, v2, hh = encode_norm_fork(x, *p, None, None)
+        return (v * v2).sum(1), hh.sum(1) * 0.5
+    assert torch.autograd.gradcheck(fn, params)
+
+
+@needs_kernel
+def test_encode_norm_fork_gives_the_input_a_gradient_when_it_needs_one():
+    # the fused kernel has no input gradient: an input that needs one takes the separate operations
+    x, params = _enc_norm_inputs((2, 20), 4, torch.float64, seed=19)
+    x.requires_grad_()
+    v, _, hh = encode_norm_fork(x, *params, None, None)
+    gx, = torch.autograd.grad((v ** 2).sum() + hh.sum(), [x])
+    want_v, _, want_h = _enc_norm_ref(x, *params, None, None)
+    want, = torch.autograd.grad((want_v ** 2).sum() + want_h.sum(), [x])
+    assert torch.allclose(gx, want, rtol=1e-10, atol=1e-12)
+
+
+@needs_kernel
+def test_model_with_one_input_channel_fuses_encoder_and_norm_without_changing_the_step(monkeypatch):
+    from shrinkssm.nn import ModelConfig, SSMModel
+
+    torch.manual_seed(0)
+    model = SSMModel(ModelConfig(d_state=6, d_model=8, n_layers=2), d_input=1, d_output=4).double()
+    x, y = torch.rand(3, 40, 1, dtype=torch.float64), torch.randint(0, 4, (3,))
+    calls = []
+    real = block._EncodeNormFork.apply
+    monkeypatch.setattr(block._EncodeNormFork, "apply", lambda *a: calls.append(1) or real(*a))
+
+    def step():
+        model.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()] + [b.clone() for b in model.buffers()]
+    before = [b.clone() for b in model.buffers()]
+    fused = step()
+    assert calls == [1]
+    for b, saved in zip(model.buffers(), before):
+        b.copy_(saved)
+    monkeypatch.setattr(block, "_enc_norm_applies", lambda *a: False)
+    plain = step()
+    assert calls == [1]
+    for a, c in zip(fused, plain):
+        assert torch.allclose(a, c, rtol=1e-10, atol=1e-12)

@@ -30,7 +30,7 @@ from shrinkssm.nn.mamba2 import Mamba2SSM
 from shrinkssm.nn.mamba2.reduction import REDUCTIONS as MAMBA2_REDUCTIONS
 from shrinkssm.nn.selective import REDUCTIONS, SURROGATES, SelectiveSSM
 from shrinkssm.nn.shrinkable import ShrinkableLayer
-from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, glu_block, linear
+from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, encode_norm_fork, glu_block, linear
 from shrinkssm.ops.scan import BACKENDS
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS", "LAYERS", "LAYER_KINDS"]
@@ -166,10 +166,8 @@ class MaskedBatchNorm(nn.Module):
         if mask is not None or not self.training:
             v = self(x, mask)
             return v, v, x
-        h = x.shape[-1]
-        v, v2, x2 = batch_norm_fork(x.reshape(-1, h), self.weight, self.bias, self.running_mean,
-                                    self.running_var, self.momentum, self.eps)
-        return v.view_as(x), v2.view_as(x), x2.view_as(x)
+        return batch_norm_fork(x, self.weight, self.bias, self.running_mean, self.running_var,
+                               self.momentum, self.eps)
 
 
 class SSMBlock(nn.Module):
@@ -227,13 +225,33 @@ class SSMBlock(nn.Module):
         consumers its own output (:meth:`MaskedBatchNorm.fork`); with dropout, separate torch
         operations.
         """
-        if not self.fused_tail or (self.training and self.dropout.p > 0):
+        if not self._fused():
             return x + self._mix(self.mixer(self._norm(x, mask), mask))
-        mixer = self.mixer
         if isinstance(self.norm, MaskedBatchNorm):
             v, v_skip, x = self.norm.fork(x, mask)
         else:
             v = v_skip = self.norm(x)
+        return self._fused_tail(v, v_skip, x, mask)
+
+    def _fused(self) -> bool:
+        return self.fused_tail and not (self.training and self.dropout.p > 0)
+
+    def forward_encoded(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``self(linear(x, weight, bias))`` for a one-channel input ``x: (B, L, 1)`` without a
+        mask (the encoder of the first block): in training with batch norm and the fused tail, the
+        encoder and the norm run as one operation (:func:`shrinkssm.ops.block.encode_norm_fork`)."""
+        if not (self._fused() and isinstance(self.norm, MaskedBatchNorm) and self.norm.training
+                and not (self._forward_hooks or self._forward_pre_hooks or self.norm._forward_hooks
+                         or self.norm._forward_pre_hooks)):
+            return self(linear(x, weight, bias))
+        n = self.norm
+        v, v_skip, h = encode_norm_fork(x, weight, bias, n.weight, n.bias, n.running_mean, n.running_var,
+                                        n.momentum, n.eps)
+        return self._fused_tail(v, v_skip, h, None)
+
+    def _fused_tail(self, v: Tensor, v_skip: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
+        """mixer and fused tail on the normalised ``v`` (twice: mixer and skip term) and the residual ``x``."""
+        mixer = self.mixer
         if isinstance(mixer, LRU) and not mixer.dense_skip:
             if mask is not None:  # what the LRU does with a mask: padded inputs are zeroed
                 v = v_skip = v * mask.unsqueeze(-1).to(v.dtype)
@@ -357,6 +375,12 @@ class SSMModel(nn.Module):
         """Encoder and blocks: ``(B, L, C)`` or ``(B, L)`` tokens -> ``(B, L, H)``."""
         if self.tokens:
             h = self.encoder(x)                                               # (B, L, H)
+        elif mask is None and len(self.blocks) and x.shape[-1] == 1:
+            # one input channel: the first block may fuse the encoder into its batch norm
+            h = self.blocks[0].forward_encoded(x, self.encoder.weight, self.encoder.bias)
+            for block in self.blocks[1:]:
+                h = block(h, mask)
+            return h
         else:  # nn.Linear's maths; one input channel as a broadcast multiply-add
             h = linear(x, self.encoder.weight, self.encoder.bias)
         for block in self.blocks:

@@ -13,7 +13,9 @@ the backward), and :func:`glu_block_ref` is the plain-torch formulation it is te
 
 :func:`batch_norm_rows` is the block's training-mode batch norm over the rows of an ``(M, H)``
 array (two passes forward, two backward, statistics accumulated in double), tested against
-``torch.nn.functional.batch_norm``.
+``torch.nn.functional.batch_norm``. :func:`encode_norm_fork` fuses a one-channel encoder into the
+batch norm after it (its statistics from those of the input; its backward never forms the gradient
+of the encoder's output).
 
 Shapes: ``x, y, u: (..., H)`` real (float32 or float64, one dtype), any leading dimensions.
 """
@@ -27,8 +29,8 @@ from torch.autograd.function import once_differentiable
 
 from shrinkssm.ops._op_dispatch import direct
 
-__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_fork", "batch_norm_rows", "fused_block_available", "glu_block",
-           "glu_block_ref", "linear"]
+__all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_fork", "batch_norm_rows", "encode_norm_fork",
+           "fused_block_available", "glu_block", "glu_block_ref", "linear"]
 
 try:
     from shrinkssm.ops import _native_scan as _ext
@@ -58,12 +60,32 @@ def glu_block_ref(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weig
     return x + F.glu(F.linear(F.gelu(z), weight, bias), dim=-1)
 
 
+def _row_broadcast(g: Tensor) -> Tensor | None:
+    """The (B, H) rows of a gradient ``g: (B, L, H)`` that is a broadcast over L (strides
+    ``(H, 0, 1)``: what the backward of a sum or mean over L hands on), else None."""
+    if g.ndim != 3 or g.shape[1] < 2 or g.stride(1) != 0:
+        return None
+    rows = g.select(1, 0)
+    return rows if rows.is_contiguous() else None
+
+
+def _grad_rows(g: Tensor) -> tuple[Tensor, int]:
+    """``(array, rep)`` for a kernel taking a gradient of shape (..., H): the (B, H) rows and
+    ``rep = L`` when ``g`` is a broadcast over L (:func:`_row_broadcast`, no copy), else
+    ``(g.contiguous(), 0)``."""
+    rows = _row_broadcast(g)
+    return (g.contiguous(), 0) if rows is None else (rows, g.shape[1])
+
+
 class _GLUBlock(torch.autograd.Function):
-    """Native forward and backward on contiguous (M, H) views."""
+    """Native forward and backward on contiguous (..., H) arrays (M = all leading dimensions).
+    A gradient of the output broadcast over dimension 1 of a (B, L, H) output (mean pooling) is
+    read per batch row, without materialising it, and handed on as the residual's gradient."""
 
     @staticmethod
     def forward(ctx, x, y, u, D, weight, bias, n_threads):
-        M, H = y.shape
+        H = y.shape[-1]
+        M = y.numel() // H
         out = torch.empty_like(y)
         dbl = int(y.dtype == torch.float64)
         _ext.block_forward(dbl, n_threads, M, H, y.data_ptr(), 0 if D is None else u.data_ptr(),
@@ -78,15 +100,18 @@ class _GLUBlock(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gout):
         y, u, D, weight, bias = ctx.saved_tensors
-        M, H = y.shape
-        gout = gout.contiguous()
+        H = y.shape[-1]
+        M = y.numel() // H
+        go, rep = _grad_rows(gout)
+        if rep == 0:
+            gout = go
         gy = torch.empty_like(y)
         gu = torch.empty_like(y) if ctx.has_d else None
         gD = torch.empty_like(D) if ctx.has_d else None
         gW, gb = torch.empty_like(weight), torch.empty_like(bias)
         _ext.block_backward(int(y.dtype == torch.float64), ctx.n_threads, M, H, y.data_ptr(),
                             u.data_ptr() if ctx.has_d else 0, D.data_ptr() if ctx.has_d else 0,
-                            weight.data_ptr(), bias.data_ptr(), gout.data_ptr(), gy.data_ptr(),
+                            weight.data_ptr(), bias.data_ptr(), go.data_ptr(), rep, gy.data_ptr(),
                             gu.data_ptr() if ctx.has_d else 0, gD.data_ptr() if ctx.has_d else 0,
                             gW.data_ptr(), gb.data_ptr())
         return gout, gy, gu, gD, gW, gb, None
@@ -134,12 +159,9 @@ def glu_block(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: 
         raise ValueError("glu_block: a skip term D needs the mixer's input u")
     if not _use_kernel(x, y, u, D, weight, bias):
         return glu_block_ref(x, y, u, D, weight, bias)
-    shape, h = y.shape, y.shape[-1]
-    flat = [t.reshape(-1, h).contiguous() for t in (x, y)]
-    uf = u.reshape(-1, h).contiguous() if D is not None else None
-    out = _GLUBlock.apply(flat[0], flat[1], uf, None if D is None else D.contiguous(),
-                          weight.contiguous(), bias.contiguous(), torch.get_num_threads())
-    return out.view(shape)
+    uc = u.contiguous() if D is not None else None
+    return _GLUBlock.apply(x.contiguous(), y.contiguous(), uc, None if D is None else D.contiguous(),
+                           weight.contiguous(), bias.contiguous(), torch.get_num_threads())
 
 
 def _bn_forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,
@@ -179,30 +201,39 @@ class _BatchNormRows(torch.autograd.Function):
         gv = gv.contiguous()
         gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
         _ext.bn_backward(int(x.dtype == torch.float64), ctx.n_threads, M, H, x.data_ptr(), gv.data_ptr(),
-                         0, 0, weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
+                         0, 0, 0, weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
                          gw.data_ptr(), gb.data_ptr())
         return gx, gw, gb, None, None, None, None, None
 
 
 class _BatchNormFork(torch.autograd.Function):
     """Native batch norm whose output feeds two consumers and whose input feeds a third (the
-    residual): returns (v, v_again, x_again) and sums the three gradients inside its backward."""
+    residual): returns (v, v_again, x_again) and sums the three gradients inside its backward.
+    ``x``: contiguous (..., H), normalised over all leading dimensions; a residual gradient
+    broadcast over dimension 1 of (B, L, H) is read per batch row (no copy)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, n_threads):
-        v, mean, invstd = _bn_forward(x, weight, bias, running_mean, running_var, momentum, eps,
-                                      n_threads)
+        v, mean, invstd = _bn_forward(x.view(-1, x.shape[-1]), weight, bias, running_mean,
+                                      running_var, momentum, eps, n_threads)
         ctx.n_threads = n_threads
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight, mean, invstd)
+        v = v.view_as(x)
         return v, v.view_as(v), x.view_as(x)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gv, gv2, gres):
         x, weight, mean, invstd = ctx.saved_tensors
-        M, H = x.shape
-        grads = [None if g is None else g.contiguous() for g in (gv, gv2, gres)]
+        H = x.shape[-1]
+        M = x.numel() // H
+        rep = 0
+        if gres is not None and gv is None and gv2 is None:
+            gres = gres.contiguous()
+        elif gres is not None:
+            gres, rep = _grad_rows(gres)
+        grads = [None if g is None else g.contiguous() for g in (gv, gv2)] + [gres]
         if grads[0] is None:
             grads[0], grads[1] = grads[1], None
         if grads[0] is None:                                # only the residual was used
@@ -211,7 +242,7 @@ class _BatchNormFork(torch.autograd.Function):
         gx, gw, gb = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
         ptr = [0 if g is None else g.data_ptr() for g in grads]
         _ext.bn_backward(int(x.dtype == torch.float64), ctx.n_threads, M, H, x.data_ptr(), ptr[0], ptr[1],
-                         ptr[2], weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
+                         ptr[2], rep, weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(), gx.data_ptr(),
                          gw.data_ptr(), gb.data_ptr())
         return gx, gw, gb, None, None, None, None, None
 
@@ -231,13 +262,18 @@ def batch_norm_fork(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`batch_norm_rows` for a block: ``(v, v, x)`` as three outputs.
 
-    In a block the normalised ``v`` feeds the mixer and the skip term, and ``x`` the residual;
-    with one output per consumer the backward receives the three gradients separately and sums
-    them inside its own passes, instead of autograd adding two full ``(M, H)`` arrays. Values
-    and gradients are those of ``(batch_norm_rows(x, ...),) * 2 + (x,)``.
+    ``x: (..., H)``, normalised over all leading dimensions (as the rows of ``x.reshape(-1, H)``);
+    the outputs have the shape of ``x``. In a block the normalised ``v`` feeds the mixer and the
+    skip term, and ``x`` the residual; with one output per consumer the backward receives the
+    three gradients separately and sums them inside its own passes, instead of autograd adding
+    two full ``(M, H)`` arrays (and a residual gradient that is a broadcast over dimension 1 of a
+    (B, L, H) ``x``, as mean pooling hands back, is read per batch row). Values and gradients are
+    those of ``(batch_norm_rows(x.reshape(-1, H), ...).view_as(x),) * 2 + (x,)``.
     """
-    if not _bn_kernel_applies(x, weight, bias, running_mean, running_var):
-        v = F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    flat = x.reshape(-1, x.shape[-1]) if x.ndim >= 2 else x
+    if not _bn_kernel_applies(flat, weight, bias, running_mean, running_var):
+        v = F.batch_norm(flat, running_mean, running_var, weight, bias, True, momentum, eps)
+        v = v.view(x.shape) if x.ndim >= 2 else v
         return v, v, x
     return _BatchNormFork.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), running_mean,
                                 running_var, momentum, eps, torch.get_num_threads())
@@ -307,3 +343,97 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
             or not direct((x, weight, bias))):
         return F.linear(x, weight, bias)
     return _LinearOneInput.apply(x, weight, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one-channel encoder and the block's batch norm, fused
+# ---------------------------------------------------------------------------------------------
+
+class _EncodeNormFork(torch.autograd.Function):
+    """``h = x w^T + b`` (x: contiguous (..., 1), no gradient) and the native batch norm of h over
+    all leading dimensions, as ``(v, v_again, h)`` (see :func:`encode_norm_fork`)."""
+
+    @staticmethod
+    def forward(ctx, x, ew, eb, bw, bb, running_mean, running_var, momentum, eps):
+        H = ew.shape[0]
+        shape = (*x.shape[:-1], H)
+        h, v = x.new_empty(shape), x.new_empty(shape)
+        mean, invstd = x.new_empty(H), x.new_empty(H)
+        _ext.enc_bn_forward(int(x.dtype == torch.float64), x.numel(), H, x.data_ptr(), ew.data_ptr(),
+                            eb.data_ptr(), bw.data_ptr(), bb.data_ptr(),
+                            0 if running_mean is None else running_mean.data_ptr(),
+                            0 if running_var is None else running_var.data_ptr(), float(momentum),
+                            float(eps), h.data_ptr(), v.data_ptr(), mean.data_ptr(), invstd.data_ptr())
+        for buf in (running_mean, running_var):
+            if buf is not None and _increment_version is not None:
+                _increment_version(buf)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, ew, bw, invstd)
+        return v, v.view_as(v), h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gv, gv2, gres):
+        x, ew, bw, invstd = ctx.saved_tensors
+        H, M = ew.shape[0], x.numel()
+        if gv is None:
+            gv, gv2 = gv2, None
+        if gv is None and gres is None:
+            return (None,) * 9
+        gv = torch.zeros(*x.shape[:-1], H, dtype=x.dtype) if gv is None else gv.contiguous()
+        gv2 = None if gv2 is None else gv2.contiguous()
+        gres, rep = (None, 0) if gres is None else _grad_rows(gres)
+        gew, geb, gbw, gbb = (torch.empty_like(ew), torch.empty(H, dtype=x.dtype), torch.empty_like(bw),
+                              torch.empty_like(bw))
+        _ext.enc_bn_backward(int(x.dtype == torch.float64), M, H, x.data_ptr(), gv.data_ptr(),
+                             0 if gv2 is None else gv2.data_ptr(), 0 if gres is None else gres.data_ptr(),
+                             rep, ew.data_ptr(), bw.data_ptr(), invstd.data_ptr(), gew.data_ptr(),
+                             geb.data_ptr(), gbw.data_ptr(), gbb.data_ptr())
+        return None, gew, geb, gbw, gbb, None, None, None, None
+
+
+def _enc_norm_applies(x, ew, eb, bw, bb, running_mean, running_var) -> bool:
+    tensors = [t for t in (x, ew, eb, bw, bb, running_mean, running_var) if t is not None]
+    h = ew.shape[0] if ew.ndim == 2 else -1
+    return (_ext is not None and hasattr(_ext, "enc_bn_forward") and direct(tuple(tensors))
+            and x.ndim >= 2 and x.shape[-1] == 1 and x.numel() > 0 and not x.requires_grad
+            and x.dtype in (torch.float32, torch.float64)
+            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+            and tuple(ew.shape) == (h, 1) and 1 <= h <= 4096
+            and all(t.shape == (h,) for t in (eb, bw, bb))
+            and all(t is None or (t.shape == (h,) and t.is_contiguous()) for t in (running_mean, running_var))
+            # one pass, one thread: where the batch norm alone would run threaded, keep it
+            and (torch.get_num_threads() == 1 or x.numel() * h < 4e6))
+
+
+def encode_norm_fork(x: Tensor, enc_weight: Tensor, enc_bias: Tensor, weight: Tensor, bias: Tensor,
+                     running_mean: Tensor | None, running_var: Tensor | None, momentum: float = 0.1,
+                     eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    """A one-channel encoder and the batch norm of a block after it: ``(v, v, h)`` with
+    ``h = linear(x, enc_weight, enc_bias)`` and ``(v, v, h) = batch_norm_fork(h, weight, bias, ...)``.
+
+    Parameters
+    ----------
+    x : (..., 1) real, no gradient (data)
+    enc_weight : (H, 1), enc_bias : (H,)
+        The encoder (``torch.nn.Linear(1, H)``).
+    weight, bias : (H,)
+        The batch norm's affine parameters; ``running_mean, running_var: (H,)`` or None, updated
+        in place as by :func:`batch_norm_rows`.
+
+    Returns
+    -------
+    v, v, h : (..., H), the dtype of ``x``.
+
+    Native (CPU, float32 / float64, one thread or small inputs): the statistics of h are those of
+    x mapped per channel (one pass over x instead of one over h), h and v are written in one
+    pass, and the backward computes the encoder's and the norm's parameter gradients from sums
+    over one pass that reads the norm's output gradients and x; the gradient of h is never
+    formed. Otherwise (or when x needs a gradient) the two operations, the same maths.
+    """
+    if not _enc_norm_applies(x, enc_weight, enc_bias, weight, bias, running_mean, running_var):
+        return batch_norm_fork(linear(x, enc_weight, enc_bias), weight, bias, running_mean, running_var,
+                               momentum, eps)
+    return _EncodeNormFork.apply(x.contiguous(), enc_weight.contiguous(), enc_bias.contiguous(),
+                                 weight.contiguous(), bias.contiguous(), running_mean, running_var,
+                                 momentum, eps)

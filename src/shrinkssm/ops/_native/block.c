@@ -35,7 +35,7 @@
  * residual consumer are summed), sums in double.
  *
  * Entry points (registered in scan_module.c's method table): block_forward, block_backward,
- * block_max_width, bn_forward, bn_backward, enc1_forward, enc1_backward. They take the data pointers of contiguous tensors as
+ * block_max_width, bn_forward, bn_backward, enc1_forward, enc1_backward, enc_bn_forward, enc_bn_backward. They take the data pointers of contiguous tensors as
  * integers; shrinkssm/ops/block.py checks shapes, dtypes and contiguity before calling.
  */
 #ifndef BLOCK_BODY
@@ -336,17 +336,24 @@ PyObject *shrinkssm_block_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* block_backward(dbl, n_threads, M, H, y, u, D, W, bias, gout, gy, gu, gD, gW, gbias); u, D, gu
- * and gD are 0 without a skip term. gW: (2H, H), gbias: (2H,), gD: (H,) are overwritten. */
+/* block_backward(dbl, n_threads, M, H, y, u, D, W, bias, gout, go_rep, gy, gu, gD, gW, gbias); u, D,
+ * gu and gD are 0 without a skip term. gW: (2H, H), gbias: (2H,), gD: (H,) are overwritten.
+ * go_rep = 0: gout is (M, H); go_rep = L > 0 (a divisor of M): gout is (M / L, H), the gradient of
+ * position m being row m / L (the broadcast gradient of a mean over runs of L positions). */
 PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
 {
     int dbl, n_threads;
     idx M, H;
+    idx go_rep;
     unsigned long long p_y, p_u, p_D, p_W, p_b, p_go, p_gy, p_gu, p_gD, p_gW, p_gb;
-    if (!PyArg_ParseTuple(args, "iinnKKKKKKKKKKK", &dbl, &n_threads, &M, &H, &p_y, &p_u, &p_D, &p_W,
-                          &p_b, &p_go, &p_gy, &p_gu, &p_gD, &p_gW, &p_gb))
+    if (!PyArg_ParseTuple(args, "iinnKKKKKKnKKKKK", &dbl, &n_threads, &M, &H, &p_y, &p_u, &p_D, &p_W,
+                          &p_b, &p_go, &go_rep, &p_gy, &p_gu, &p_gD, &p_gW, &p_gb))
         return NULL;
     if (blk_check("block_backward", M, H, p_u, p_D)) return NULL;
+    if (go_rep < 0 || (go_rep > 0 && M % go_rep)) {
+        PyErr_Format(PyExc_ValueError, "block_backward: go_rep=%zd must be 0 or divide M=%zd", go_rep, M);
+        return NULL;
+    }
     if (p_D && (!p_gu || !p_gD)) {
         PyErr_SetString(PyExc_ValueError, "block_backward: a skip term needs gu and gD");
         return NULL;
@@ -358,11 +365,13 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
     if (dbl) {
         BLK_FILL(a64, double)
         a64.gout = (const double *)BLK_PTR(p_go);
+        a64.go_rep = go_rep;
         a64.gy = (double *)BLK_PTR(p_gy);
         a64.gu = p_D ? (double *)BLK_PTR(p_gu) : NULL;
     } else {
         BLK_FILL(a32, float)
         a32.gout = (const float *)BLK_PTR(p_go);
+        a32.go_rep = go_rep;
         a32.gy = (float *)BLK_PTR(p_gy);
         a32.gu = p_D ? (float *)BLK_PTR(p_gu) : NULL;
     }
@@ -386,7 +395,7 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
 static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, double *s2)
 {
     const idx TH = BLK_P * H;
-    const size_t bytes = (size_t)TH * (3 * sizeof(double) + 5 * (dbl ? sizeof(double) : sizeof(float))) + 64;
+    const size_t bytes = (size_t)TH * (3 * sizeof(double) + 6 * (dbl ? sizeof(double) : sizeof(float))) + 64;
     const int np = blk_n_parts(nt);
     void *ws[BLK_MAX_PARTS] = {0};
     int rc = 0;
@@ -488,7 +497,9 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* bn_backward(dbl, n_threads, M, H, x, gv, gv2, gres, weight, mean, invstd, gx, gweight, gbias),
+/* bn_backward(dbl, n_threads, M, H, x, gv, gv2, gres, gres_rep, weight, mean, invstd, gx, gweight,
+ * gbias), gres_rep = 0: gres (M, H); = L > 0 (a divisor of M): gres (M / L, H), row m / L for
+ * position m (a gradient broadcast over runs of L positions),
  * with g = gv + gv2 (gv2 0 for none) and xhat = (x - mean) invstd:  gbias = sum g,
  * gweight = sum g xhat,  gx = weight invstd (g - gbias / M - xhat gweight / M) + gres (gres 0 for
  * none): the gradients of two consumers of the output and one of the input, summed in the passes
@@ -497,12 +508,13 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
 {
     int dbl, n_threads;
     idx M, H;
+    idx gres_rep;
     unsigned long long p_x, p_gv, p_gv2, p_gres, p_w, p_mean, p_inv, p_gx, p_gw, p_gb;
-    if (!PyArg_ParseTuple(args, "iinnKKKKKKKKKK", &dbl, &n_threads, &M, &H, &p_x, &p_gv, &p_gv2, &p_gres,
-                          &p_w, &p_mean, &p_inv, &p_gx, &p_gw, &p_gb))
+    if (!PyArg_ParseTuple(args, "iinnKKKKnKKKKKK", &dbl, &n_threads, &M, &H, &p_x, &p_gv, &p_gv2, &p_gres,
+                          &gres_rep, &p_w, &p_mean, &p_inv, &p_gx, &p_gw, &p_gb))
         return NULL;
-    if (M < 1 || H < 1 || H > 4096) {
-        PyErr_Format(PyExc_ValueError, "bn_backward: invalid sizes (M=%zd, H=%zd)", M, H);
+    if (M < 1 || H < 1 || H > 4096 || gres_rep < 0 || (gres_rep > 0 && M % gres_rep)) {
+        PyErr_Format(PyExc_ValueError, "bn_backward: invalid sizes (M=%zd, H=%zd, gres_rep=%zd)", M, H, gres_rep);
         return NULL;
     }
     double *K = malloc(sizeof(double) * (size_t)(6 * H));
@@ -521,9 +533,11 @@ PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args)
     if (dbl) {
         BN_FILL(a64, double) a64.pass = 2; a64.K = K; a64.gv = (const double *)BLK_PTR(p_gv);
         a64.gv2 = (const double *)BLK_PTR(p_gv2); a64.gres = (const double *)BLK_PTR(p_gres);
+        a64.gres_rep = gres_rep;
     } else {
         BN_FILL(a32, float) a32.pass = 2; a32.K = K; a32.gv = (const float *)BLK_PTR(p_gv);
         a32.gv2 = (const float *)BLK_PTR(p_gv2); a32.gres = (const float *)BLK_PTR(p_gres);
+        a32.gres_rep = gres_rep;
     }
     rc = bn_run(dbl, dbl ? (const void *)&a64 : (const void *)&a32, M, H, nt, s1, s2);
     if (!rc) {
@@ -655,6 +669,257 @@ PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The one-channel encoder and the batch norm after it, fused: v = BN(h), h = x w^T + b        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* With one input channel, channel j of h = x w^T + b is an affine map of x: its batch mean and
+ * variance are w_j mean(x) + b_j and w_j^2 var(x), so the statistics need one pass over x (M
+ * values) instead of one over h (M x H); h and v are then written in one pass. Backward: the
+ * gradient of h (the batch norm's input gradient plus the residual's gres) is only needed through
+ * its sums over the rows, sum_m gh[m, j] and sum_m x[m] gh[m, j] (the encoder's parameter
+ * gradients); both follow in closed form from sums over one pass that reads g = gv + gv2 and x,
+ * so gh is never written. Sums about the shift K = x[0] (no cancellation when |mean x| >> std
+ * x), in REAL over runs of ENC_RUN rows and in double across runs, as the encoder's backward. */
+#define ENCBN_KERNELS(REALT, SFXT)                                                              \
+    /* s[0] = sum (x - K), s[1] = sum (x - K)^2, in double */                                   \
+    static void encbn_xstats_##SFXT(idx M, const REALT *x, double K, double *s)                 \
+    {                                                                                           \
+        double a = 0, b = 0;                                                                    \
+        for (idx m0 = 0; m0 < M; m0 += ENC_RUN) {                                               \
+            const idx m1 = M - m0 < ENC_RUN ? M : m0 + ENC_RUN;                                 \
+            REALT ra = 0, rb = 0;                                                               \
+            for (idx m = m0; m < m1; m++) {                                                     \
+                const REALT d = x[m] - (REALT)K;                                                \
+                ra += d;                                                                        \
+                rb += d * d;                                                                    \
+            }                                                                                   \
+            a += (double)ra;                                                                    \
+            b += (double)rb;                                                                    \
+        }                                                                                       \
+        s[0] = a;                                                                               \
+        s[1] = b;                                                                               \
+    }                                                                                           \
+    /* h[m, j] = x[m] w[j] + b[j] (as enc1_fwd), v[m, j] = r1[j] ((h - Khi[j]) - Klo[j]) + r2[j] */ \
+    BLK_INLINE void encbn_fwd_body_##SFXT(idx M, const idx H, const REALT *restrict x,          \
+                                          const REALT *restrict w, const REALT *restrict b,     \
+                                          const REALT *restrict Khi, const REALT *restrict Klo, \
+                                          const REALT *restrict r1, const REALT *restrict r2,   \
+                                          REALT *restrict h, REALT *restrict v)                 \
+    {                                                                                           \
+        for (idx m = 0; m < M; m++) {                                                           \
+            const REALT xm = x[m];                                                              \
+            REALT *hm = h + m * H, *vm = v + m * H;                                             \
+            for (idx j = 0; j < H; j++) {                                                       \
+                const REALT hj = xm * w[j] + b[j];                                              \
+                hm[j] = hj;                                                                     \
+                vm[j] = r1[j] * ((hj - Khi[j]) - Klo[j]) + r2[j];                               \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    /* Sums over rows of g = gv + gv2 (gv2 may be NULL): S[j] = sum g, S[H + j] = sum (x - K) g; \
+     * with gres (M, H) (rep == 0) also S[2H + j] = sum gres, S[3H + j] = sum (x - K) gres; with \
+     * gres given per run of rep rows ((M / rep, H)), those two from the rows' sums of x - K.   \
+     * acc: 4 H REALs of workspace; S: 4 H doubles. */                                          \
+    BLK_INLINE void encbn_bwd_body_##SFXT(idx M, const idx H, const REALT *restrict x, double K, \
+                                          const REALT *restrict gv, const REALT *restrict gv2,  \
+                                          const REALT *restrict gres, idx rep,                  \
+                                          REALT *restrict acc, double *restrict S)              \
+    {                                                                                           \
+        REALT *restrict ag = acc, *restrict agx = acc + H, *restrict ar = acc + 2 * H;          \
+        REALT *restrict arx = acc + 3 * H;                                                      \
+        const REALT Kr = (REALT)K;                                                              \
+        for (idx j = 0; j < 4 * H; j++) S[j] = 0;                                               \
+        for (idx m0 = 0; m0 < M; m0 += ENC_RUN) {                                               \
+            const idx m1 = M - m0 < ENC_RUN ? M : m0 + ENC_RUN;                                 \
+            for (idx j = 0; j < 4 * H; j++) acc[j] = 0;                                         \
+            for (idx m = m0; m < m1; m++) {                                                     \
+                const REALT xc = x[m] - Kr;                                                     \
+                const REALT *a = gv + m * H;                                                    \
+                if (gv2) {                                                                      \
+                    const REALT *c = gv2 + m * H;                                               \
+                    for (idx j = 0; j < H; j++) {                                               \
+                        const REALT g = a[j] + c[j];                                            \
+                        ag[j] += g;                                                             \
+                        agx[j] += xc * g;                                                       \
+                    }                                                                           \
+                } else {                                                                        \
+                    for (idx j = 0; j < H; j++) {                                               \
+                        ag[j] += a[j];                                                          \
+                        agx[j] += xc * a[j];                                                    \
+                    }                                                                           \
+                }                                                                               \
+                if (gres && !rep) {                                                             \
+                    const REALT *r = gres + m * H;                                              \
+                    for (idx j = 0; j < H; j++) {                                               \
+                        ar[j] += r[j];                                                          \
+                        arx[j] += xc * r[j];                                                    \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+            for (idx j = 0; j < 4 * H; j++) S[j] += (double)acc[j];                             \
+        }                                                                                       \
+        if (gres && rep) {                                                                      \
+            for (idx r0 = 0; r0 < M / rep; r0++) {                                              \
+                double sx = 0;                                                                  \
+                for (idx m = r0 * rep; m < (r0 + 1) * rep; m++) sx += (double)(x[m] - Kr);     \
+                const REALT *row = gres + r0 * H;                                               \
+                for (idx j = 0; j < H; j++) {                                                   \
+                    S[2 * H + j] += (double)rep * (double)row[j];                               \
+                    S[3 * H + j] += sx * (double)row[j];                                        \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    } \
+    static void encbn_fwd_##SFXT(idx M, idx H, const REALT *x, const REALT *w, const REALT *b,  \
+                                 const REALT *Khi, const REALT *Klo, const REALT *r1,           \
+                                 const REALT *r2, REALT *h, REALT *v)                           \
+    {                                                                                           \
+        if (H == 8) encbn_fwd_body_##SFXT(M, 8, x, w, b, Khi, Klo, r1, r2, h, v);                \
+        else if (H == 16) encbn_fwd_body_##SFXT(M, 16, x, w, b, Khi, Klo, r1, r2, h, v);         \
+        else encbn_fwd_body_##SFXT(M, H, x, w, b, Khi, Klo, r1, r2, h, v);                       \
+    }                                                                                           \
+    static void encbn_bwd_##SFXT(idx M, idx H, const REALT *x, double K, const REALT *gv,       \
+                                 const REALT *gv2, const REALT *gres, idx rep, REALT *acc,      \
+                                 double *S)                                                     \
+    {                                                                                           \
+        if (H == 8) encbn_bwd_body_##SFXT(M, 8, x, K, gv, gv2, gres, rep, acc, S);              \
+        else if (H == 16) encbn_bwd_body_##SFXT(M, 16, x, K, gv, gv2, gres, rep, acc, S);       \
+        else encbn_bwd_body_##SFXT(M, H, x, K, gv, gv2, gres, rep, acc, S);                     \
+    }
+ENCBN_KERNELS(float, f32)
+ENCBN_KERNELS(double, f64)
+#undef ENCBN_KERNELS
+
+#define ENCBN_LD(p, j) (dbl ? ((const double *)BLK_PTR(p))[j] : (double)((const float *)BLK_PTR(p))[j])
+#define ENCBN_ST(p, j, val)                                                                     \
+    do {                                                                                        \
+        if (dbl) ((double *)BLK_PTR(p))[j] = (val);                                             \
+        else ((float *)BLK_PTR(p))[j] = (float)(val);                                           \
+    } while (0)
+
+/* enc_bn_forward(dbl, M, H, x, ew, eb, bw, bb, running_mean, running_var, momentum, eps, h, v,
+ *                mean, invstd): h = x ew^T + eb (x: (M,), ew, eb: (H,)), v = the training-mode
+ * batch norm of h over its M rows with weight bw and bias bb (biased batch variance); mean and
+ * invstd (H each) of h are written for the backward, the running statistics (0 for none) move by
+ * momentum towards the batch mean and the unbiased batch variance, as torch's. */
+PyObject *shrinkssm_enc_bn_forward(PyObject *self, PyObject *args)
+{
+    int dbl;
+    idx M, H;
+    double momentum, eps;
+    unsigned long long p_x, p_ew, p_eb, p_bw, p_bb, p_rm, p_rv, p_h, p_v, p_mean, p_inv;
+    if (!PyArg_ParseTuple(args, "innKKKKKKKddKKKK", &dbl, &M, &H, &p_x, &p_ew, &p_eb, &p_bw, &p_bb, &p_rm,
+                          &p_rv, &momentum, &eps, &p_h, &p_v, &p_mean, &p_inv))
+        return NULL;
+    if (M < 1 || H < 1 || H > 4096) {
+        PyErr_Format(PyExc_ValueError, "enc_bn_forward: invalid sizes (M=%zd, H=%zd)", M, H);
+        return NULL;
+    }
+    const size_t rs = dbl ? sizeof(double) : sizeof(float);
+    char *buf = malloc(4 * rs * (size_t)H);
+    if (!buf) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    const double K = ENCBN_LD(p_x, 0);
+    double s[2];
+    if (dbl) encbn_xstats_f64(M, BLK_PTR(p_x), K, s);
+    else encbn_xstats_f32(M, BLK_PTR(p_x), K, s);
+    const double d = s[0] / (double)M;
+    double var_x = s[1] / (double)M - d * d;
+    var_x = var_x > 0 ? var_x : 0;
+    const double mean_x = K + d;
+    for (idx j = 0; j < H; j++) {
+        const double w = ENCBN_LD(p_ew, j), mean = w * mean_x + ENCBN_LD(p_eb, j), var = w * w * var_x;
+        const double inv = 1.0 / sqrt(var + eps);
+        const double unbiased = var * (double)M / (double)(M > 1 ? M - 1 : 1);
+        ENCBN_ST(p_mean, j, mean);
+        ENCBN_ST(p_inv, j, inv);
+        if (p_rm) ENCBN_ST(p_rm, j, ENCBN_LD(p_rm, j) + momentum * (mean - ENCBN_LD(p_rm, j)));
+        if (p_rv) ENCBN_ST(p_rv, j, ENCBN_LD(p_rv, j) + momentum * (unbiased - ENCBN_LD(p_rv, j)));
+        const double c1 = ENCBN_LD(p_bw, j) * inv, c2 = ENCBN_LD(p_bb, j);
+        if (dbl) {
+            double *q = (double *)buf;
+            q[j] = mean; q[H + j] = 0; q[2 * H + j] = c1; q[3 * H + j] = c2;
+        } else {
+            float *q = (float *)buf;
+            q[j] = (float)mean; q[H + j] = (float)(mean - (double)(float)mean);
+            q[2 * H + j] = (float)c1; q[3 * H + j] = (float)c2;
+        }
+    }
+    if (dbl) {
+        const double *q = (const double *)buf;
+        encbn_fwd_f64(M, H, BLK_PTR(p_x), BLK_PTR(p_ew), BLK_PTR(p_eb), q, q + H, q + 2 * H, q + 3 * H,
+                      BLK_PTR(p_h), BLK_PTR(p_v));
+    } else {
+        const float *q = (const float *)buf;
+        encbn_fwd_f32(M, H, BLK_PTR(p_x), BLK_PTR(p_ew), BLK_PTR(p_eb), q, q + H, q + 2 * H, q + 3 * H,
+                      BLK_PTR(p_h), BLK_PTR(p_v));
+    }
+    Py_END_ALLOW_THREADS
+    free(buf);
+    Py_RETURN_NONE;
+}
+
+/* enc_bn_backward(dbl, M, H, x, gv, gv2, gres, gres_rep, ew, bw, invstd, g_ew, g_eb, g_bw, g_bb):
+ * the parameter gradients of enc_bn_forward (v consumed with gradients gv and gv2, gv2 0 for
+ * none; h consumed by a residual with gradient gres, 0 for none, (M, H) for gres_rep = 0 and
+ * (M / gres_rep, H) rows repeated over runs of gres_rep positions otherwise). No gradient of x.
+ * With g = gv + gv2, xc = x - K, mxc its mean, vx = mean xc^2 - mxc^2 (the variance of x):
+ *   g_bb = sum g, g_bw = invstd sum g (h - mean) = invstd ew (sum xc g - mxc sum g),
+ *   gh = s g + c2 (h - mean) + c3 + gres,  s = bw invstd, c2 = -s invstd g_bw / M, c3 = -s g_bb / M,
+ *   g_eb = sum gh = s sum g + M c3 + sum gres           (the first two cancel),
+ *   g_ew = sum x gh = sum xc gh + K g_eb,  sum xc gh = s sum xc g + c2 ew M vx + c3 sum xc + sum xc gres. */
+PyObject *shrinkssm_enc_bn_backward(PyObject *self, PyObject *args)
+{
+    int dbl;
+    idx M, H, rep;
+    unsigned long long p_x, p_gv, p_gv2, p_gres, p_ew, p_bw, p_inv, p_gew, p_geb, p_gbw, p_gbb;
+    if (!PyArg_ParseTuple(args, "innKKKKnKKKKKKK", &dbl, &M, &H, &p_x, &p_gv, &p_gv2, &p_gres, &rep, &p_ew,
+                          &p_bw, &p_inv, &p_gew, &p_geb, &p_gbw, &p_gbb))
+        return NULL;
+    if (M < 1 || H < 1 || H > 4096 || !p_gv || rep < 0 || (rep > 0 && M % rep)) {
+        PyErr_Format(PyExc_ValueError, "enc_bn_backward: invalid sizes or arguments (M=%zd, H=%zd, gres_rep=%zd)",
+                     M, H, rep);
+        return NULL;
+    }
+    const size_t rs = dbl ? sizeof(double) : sizeof(float);
+    double *S = malloc(sizeof(double) * (size_t)(4 * H) + 4 * rs * (size_t)H);
+    if (!S) return PyErr_NoMemory();
+    void *acc = S + 4 * H;
+    const fp_mode_t fpm = fp_flush_subnormals(); /* see common.h */
+    Py_BEGIN_ALLOW_THREADS
+    const double K = ENCBN_LD(p_x, 0);
+    double s[2];
+    if (dbl) {
+        encbn_xstats_f64(M, BLK_PTR(p_x), K, s);
+        encbn_bwd_f64(M, H, BLK_PTR(p_x), K, BLK_PTR(p_gv), BLK_PTR(p_gv2), BLK_PTR(p_gres), rep, acc, S);
+    } else {
+        encbn_xstats_f32(M, BLK_PTR(p_x), K, s);
+        encbn_bwd_f32(M, H, BLK_PTR(p_x), K, BLK_PTR(p_gv), BLK_PTR(p_gv2), BLK_PTR(p_gres), rep, acc, S);
+    }
+    const double Mf = (double)M, mxc = s[0] / Mf;
+    double vx = s[1] / Mf - mxc * mxc;
+    vx = vx > 0 ? vx : 0;
+    for (idx j = 0; j < H; j++) {
+        const double ew = ENCBN_LD(p_ew, j), inv = ENCBN_LD(p_inv, j), sc = ENCBN_LD(p_bw, j) * inv;
+        const double Sg = S[j], Sgx = S[H + j], Sr = S[2 * H + j], Srx = S[3 * H + j];
+        const double gbb = Sg, gbw = inv * ew * (Sgx - mxc * Sg);
+        const double c2 = -sc * inv * gbw / Mf, c3 = -sc * gbb / Mf;
+        const double geb = sc * Sg + Mf * c3 + Sr;
+        const double gxc = sc * Sgx + c2 * ew * Mf * vx + c3 * s[0] + Srx;
+        ENCBN_ST(p_gbb, j, gbb);
+        ENCBN_ST(p_gbw, j, gbw);
+        ENCBN_ST(p_geb, j, geb);
+        ENCBN_ST(p_gew, j, gxc + K * geb);
+    }
+    Py_END_ALLOW_THREADS
+    fp_restore(fpm);
+    free(S);
+    Py_RETURN_NONE;
+}
+#undef ENCBN_LD
+#undef ENCBN_ST
+
 /* The widest H the kernels accept (block.py falls back to torch above its own crossover). */
 PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs)
 {
@@ -674,6 +939,7 @@ typedef struct {
     const REAL *y, *u, *D, *W, *bias, *x; /* u, D NULL without a skip term */
     REAL *out;                            /* forward */
     const REAL *gout;                     /* backward */
+    idx go_rep;                           /* 0: gout is (M, H); L > 0: gout is (M / L, H), row m / L for position m */
     REAL *gy, *gu;
 } BN(blk_args);
 
@@ -681,17 +947,18 @@ typedef struct {
  *   z, g, dg, a, c, dL/dg, D repeated over a tile: 7 x TH
  *   W^T (H x H2), the accumulator of dL/dW^T (H x H2)
  *   tile-shaped partial sums of dL/dbias[:H], dL/dbias[H:], dL/dD: 3 x TH
- *   the rows [dL/da_p, dL/dc_p] of a tile, H2 each: 2 x TH */
-static idx BN(blk_ws_len)(idx H) { return 12 * BLK_P * H + 4 * H * H; }
+ *   the rows [dL/da_p, dL/dc_p] of a tile, H2 each: 2 x TH
+ *   the tile of dL/dout gathered from per-row gradients (go_rep > 0): TH */
+static idx BN(blk_ws_len)(idx H) { return 13 * BLK_P * H + 4 * H * H; }
 
 #ifndef BLK_WS_OFFSETS
 #define BLK_WS_OFFSETS(ws, H)                                                                   \
     const idx TH = BLK_P * (H), H2 = 2 * (H);                                                   \
     REAL *z = (ws), *g = z + TH, *dg = g + TH, *av = dg + TH, *cv = av + TH, *gg = cv + TH;     \
     REAL *Drep = gg + TH, *WT = Drep + TH, *accW = WT + (H) * H2, *accA = accW + (H) * H2;      \
-    REAL *accC = accA + TH, *accD = accC + TH, *dr = accD + TH;                                 \
+    REAL *accC = accA + TH, *accD = accC + TH, *dr = accD + TH, *gob = dr + 2 * TH;             \
     (void)z; (void)g; (void)dg; (void)av; (void)cv; (void)gg; (void)Drep; (void)WT;             \
-    (void)accW; (void)accA; (void)accC; (void)accD; (void)dr;
+    (void)accW; (void)accA; (void)accC; (void)accD; (void)dr; (void)gob;
 #endif
 
 /* Sum the parts' accumulators in part order: gW (2H, H), gbias (2H,), gD (H,) (if has_D).
@@ -732,6 +999,7 @@ typedef struct {
     idx M, H;
     int pass;
     const REAL *x, *gv, *gv2, *gres; /* gv2, gres: NULL or added (backward passes) */
+    idx gres_rep;                    /* 0: gres is (M, H); L > 0: gres is (M / L, H), row m / L for position m */
     REAL *out;
     const double *K, *c1, *c2, *c3;
 } BN(bn_args);
@@ -1020,6 +1288,11 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
     for (idx m = m0; m < m1; m += BLK_P) {
         const idx np = m1 - m < BLK_P ? m1 - m : BLK_P, n = np * H;
         const REAL *go = a->gout + m * H;
+        if (a->go_rep) { /* a gradient broadcast over runs of go_rep positions (mean pooling) */
+            for (idx p = 0; p < np; p++)
+                memcpy(gob + p * H, a->gout + ((m + p) / a->go_rep) * H, sizeof(REAL) * (size_t)H);
+            go = gob;
+        }
         KN(blk_gelu_tile)(a, m, n, ws, H, 1);
         KN(blk_linear_tile)(a, np, ws, H);
         /* GLU: da = go s, dc = go a s (1 - s), into the rows dr[p] = [da_p, dc_p] */
@@ -1061,6 +1334,7 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
     const idx TH = BLK_P * H;
     double *acc1 = (double *)ws, *acc2 = acc1 + TH, *Kd = acc2 + TH;
     REAL *Khi = (REAL *)(Kd + TH), *Klo = Khi + TH, *r1 = Klo + TH, *r2 = r1 + TH, *r3 = r2 + TH;
+    REAL *grb = r3 + TH; /* gres gathered from per-row gradients (gres_rep > 0) */
     const int pass = a->pass;
     for (idx k = 0; k < TH; k++) {
         acc1[k] = acc2[k] = 0;
@@ -1104,6 +1378,11 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
         } else {
             const REAL *gv = a->gv + m * H;
             const REAL *gv2 = a->gv2 ? a->gv2 + m * H : NULL, *gres = a->gres ? a->gres + m * H : NULL;
+            if (gres && a->gres_rep) {
+                for (idx p = 0; p < n / H; p++)
+                    memcpy(grb + p * H, a->gres + ((m + p) / a->gres_rep) * H, sizeof(REAL) * (size_t)H);
+                gres = grb;
+            }
             if (gv2 && gres) {
                 for (idx k = 0; k < n; k++)
                     out[k] = r1[k] * (gv[k] + gv2[k]) + r2[k] * ((x[k] - Khi[k]) - Klo[k]) + r3[k] + gres[k];

@@ -658,6 +658,8 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc1_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_enc_bn_forward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_enc_bn_backward(PyObject *self, PyObject *args);
 
 /* The instruction set in use (0 base, 1 avx2, 2 avx512), so that selective.c follows set_isa. */
 int shrinkssm_native_isa_index(void) { return cur_isa; }
@@ -676,6 +678,8 @@ static PyMethodDef methods[] = {
     {"bn_backward", shrinkssm_bn_backward, METH_VARARGS, "Batch norm over rows, training, backward."},
     {"enc1_forward", shrinkssm_enc1_forward, METH_VARARGS, "One-input-channel linear layer, forward."},
     {"enc1_backward", shrinkssm_enc1_backward, METH_VARARGS, "One-input-channel linear layer, backward."},
+    {"enc_bn_forward", shrinkssm_enc_bn_forward, METH_VARARGS, "One-input-channel encoder + batch norm, forward."},
+    {"enc_bn_backward", shrinkssm_enc_bn_backward, METH_VARARGS, "One-input-channel encoder + batch norm, backward."},
     {"isa", py_isa, METH_NOARGS, "Instruction set in use."},
     {"threading", py_threading, METH_NOARGS, "'openmp' or 'pthreads'."},
     {"available_isas", py_available_isas, METH_NOARGS, "Instruction sets this CPU can run."},
