@@ -96,3 +96,27 @@ def shrinkssm_log(caplog):
     yield caplog
     logger.removeHandler(caplog.handler)
     logger.setLevel(level)
+
+
+@pytest.fixture
+def through_checkpoint():
+    """``f(model, cfg, path) -> fresh``: ``model`` (an ``SSMModel`` with ``d_input=2``,
+    ``d_output=3``, float64) saved as a real checkpoint file and rebuilt from it into a fresh model
+    of ``cfg`` (layout first, then the weights), in eval mode."""
+    from shrinkssm.nn import SSMModel
+    from shrinkssm.train.checkpoint import load_checkpoint, save_checkpoint
+
+    def round_trip(model, cfg, path):
+        save_checkpoint(path, {"step": 1, "epoch": 0, "batch": 0, "config": {},
+                               "model_io": {"d_input": 2, "d_output": 3, "task": "classification"},
+                               "layout": model.layout(), "model": model.state_dict(),
+                               "optimizer": {"state": {}, "param_groups": []}, "scheduler": {},
+                               "compressor": {"history": {"events": []}, "stopped": False},
+                               "rng": {"torch_per_rank": [torch.get_rng_state()], "cuda": None},
+                               "extra": {"initial_dims": model.state_dims(), "train_seconds": 0.0}})
+        ckpt = load_checkpoint(path)
+        fresh = SSMModel(cfg, d_input=2, d_output=3).double()
+        fresh.apply_layout_(ckpt["layout"])
+        fresh.load_state_dict(ckpt["model"])
+        return fresh.eval()
+    return round_trip

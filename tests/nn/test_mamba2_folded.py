@@ -18,7 +18,6 @@ from shrinkssm.compress import Compressor
 from shrinkssm.nn import ModelConfig, SSMModel
 from shrinkssm.nn.mamba2 import Mamba2SSM
 from shrinkssm.nn.mamba2.folding import coordinate_basis, fit_depthwise_kernels, fold_maps
-from shrinkssm.train.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
 
@@ -121,7 +120,7 @@ def test_fold_of_maps_that_select_states_equals_the_exact_form(d_conv, bias):
     torch.testing.assert_close(folded(u), exact(u), rtol=1e-10, atol=1e-12)
 
 
-def test_folded_layer_is_a_plain_layer_that_steps_saves_loads_and_trains(tmp_path):
+def test_folded_layer_is_a_plain_layer_that_steps_saves_loads_and_trains(tmp_path, through_checkpoint):
     torch.manual_seed(0)
     cfg = ModelConfig(layer="mamba2", n_layers=2, d_model=8, d_state=6, headdim=4, ngroups=2,
                       chunk_size=8, mamba2_reduction="folded")
@@ -149,19 +148,7 @@ def test_folded_layer_is_a_plain_layer_that_steps_saves_loads_and_trains(tmp_pat
         outs.append(out)
     assert state[1].shape == (2, 4, 4, 3)
     torch.testing.assert_close(torch.stack(outs, 1), y, rtol=1e-10, atol=1e-12)
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, {"step": 1, "epoch": 0, "batch": 0, "config": {},
-                           "model_io": {"d_input": 2, "d_output": 3, "task": "classification"},
-                           "layout": model.layout(), "model": model.state_dict(),
-                           "optimizer": {"state": {}, "param_groups": []}, "scheduler": {},
-                           "compressor": {"history": {"events": []}, "stopped": False},
-                           "rng": {"torch_per_rank": [torch.get_rng_state()], "cuda": None},
-                           "extra": {"initial_dims": [6, 6], "train_seconds": 0.0}})
-    ckpt = load_checkpoint(path)
-    fresh = SSMModel(cfg, d_input=2, d_output=3).double()
-    fresh.apply_layout_(ckpt["layout"])
-    fresh.load_state_dict(ckpt["model"])
-    fresh.eval()
+    fresh = through_checkpoint(model, cfg, tmp_path / "model.pt")
     assert fresh.layout() == model.layout() and fresh.state_sizes() == model.state_sizes()
     assert torch.equal(fresh(x), model(x))
 

@@ -16,7 +16,6 @@ from shrinkssm.compress import Compressor
 from shrinkssm.nn import LayerReduction, ModelConfig, ReductionPlan, ShrinkableLayer, SSMModel
 from shrinkssm.nn.mamba2 import Mamba2SSM
 from shrinkssm.nn.mamba2.gramians import gramian_weights
-from shrinkssm.train.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
 
@@ -187,7 +186,7 @@ def test_truncated_layer_steps_like_its_forward_with_different_group_orders():
     assert layer.group_ranks == [2, 1] and again.old_size == report.new_size
 
 
-def test_plan_apply_report_and_checkpoint_round_trip_through_ssmmodel(tmp_path):
+def test_plan_apply_report_and_checkpoint_round_trip_through_ssmmodel(tmp_path, through_checkpoint):
     torch.manual_seed(0)
     cfg = ModelConfig(layer="mamba2", n_layers=2, d_model=8, d_state=6, headdim=4, ngroups=2,
                       chunk_size=8)
@@ -213,19 +212,7 @@ def test_plan_apply_report_and_checkpoint_round_trip_through_ssmmodel(tmp_path):
     model(x).sum().backward()
     opt.step()
     model.eval()
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, {"step": 1, "epoch": 0, "batch": 0, "config": {},
-                           "model_io": {"d_input": 2, "d_output": 3, "task": "classification"},
-                           "layout": model.layout(), "model": model.state_dict(),
-                           "optimizer": {"state": {}, "param_groups": []}, "scheduler": {},
-                           "compressor": {"history": {"events": []}, "stopped": False},
-                           "rng": {"torch_per_rank": [torch.get_rng_state()], "cuda": None},
-                           "extra": {"initial_dims": [6, 6], "train_seconds": 0.0}})
-    ckpt = load_checkpoint(path)
-    fresh = SSMModel(cfg, d_input=2, d_output=3).double()
-    fresh.apply_layout_(ckpt["layout"])
-    fresh.load_state_dict(ckpt["model"])
-    fresh.eval()
+    fresh = through_checkpoint(model, cfg, tmp_path / "model.pt")
     assert fresh.layout() == model.layout() and fresh.state_sizes() == model.state_sizes()
     assert torch.equal(fresh(x), model(x))
     with pytest.raises(ValueError, match="another layer"):
