@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from shrinkssm.compress import Compressor
-from shrinkssm.nn import LayerReduction, ModelConfig, ReductionPlan, ShrinkableLayer, SSMModel
+from shrinkssm.nn import ModelConfig, ReductionPlan, ShrinkableLayer, SSMModel
 from shrinkssm.nn.mamba2 import Mamba2SSM
 from shrinkssm.nn.mamba2.gramians import gramian_weights
 
@@ -219,27 +219,11 @@ def test_plan_apply_report_and_checkpoint_round_trip_through_ssmmodel(tmp_path, 
         fresh.ssm_layers()[0].apply_reduction_(plan)
 
 
-def test_truncation_error_on_held_out_digits_falls_as_the_rank_grows():
+def test_truncation_error_on_held_out_digits_falls_as_the_rank_grows(short_trained_mamba2):
     """A short training on sklearn digits, then every rank r of the one group: the relative change
     of the layer's output on held-out sequences falls with r (nearly monotone) and is zero at N."""
-    from shrinkssm.data import load_dataset
-
-    data = load_dataset("digits", seed=0)
-    torch.manual_seed(0)
     N = 8
-    cfg = ModelConfig(layer="mamba2", d_model=8, d_state=N, headdim=4, chunk_size=16)
-    model = SSMModel(cfg, d_input=1, d_output=10)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    rng = np.random.default_rng(0)
-    for _ in range(40):
-        batch = data.train.batch(rng.choice(len(data.train), 64, replace=False))
-        loss = F.cross_entropy(model(batch.x), batch.y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    held = data.val.batch(np.arange(128))
+    model, held = short_trained_mamba2(N, "exact")
     block = model.blocks[0]
     with torch.no_grad():
         v = block.norm(model.encoder(held.x))                           # the mixer's input
