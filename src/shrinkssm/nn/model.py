@@ -373,17 +373,15 @@ class SSMModel(nn.Module):
 
     def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Encoder and blocks: ``(B, L, C)`` or ``(B, L)`` tokens -> ``(B, L, H)``."""
+        blocks = list(self.blocks)
         if self.tokens:
             h = self.encoder(x)                                               # (B, L, H)
-        elif mask is None and len(self.blocks) and x.shape[-1] == 1:
+        elif mask is None and blocks and x.shape[-1] == 1:
             # one input channel: the first block may fuse the encoder into its batch norm
-            h = self.blocks[0].forward_encoded(x, self.encoder.weight, self.encoder.bias)
-            for block in self.blocks[1:]:
-                h = block(h, mask)
-            return h
-        else:  # nn.Linear's maths; one input channel as a broadcast multiply-add
+            h = blocks.pop(0).forward_encoded(x, self.encoder.weight, self.encoder.bias)
+        else:  # nn.Linear's maths
             h = linear(x, self.encoder.weight, self.encoder.bias)
-        for block in self.blocks:
+        for block in blocks:
             h = block(h, mask)
         return h
 

@@ -36,8 +36,19 @@ try:
     from shrinkssm.ops import _native_scan as _ext
 except ImportError:  # not compiled: glu_block falls back to the reference
     _ext = None
-if _ext is not None and not hasattr(_ext, "block_forward"):  # an extension built before block.c
-    _ext = None
+if _ext is not None and not all(hasattr(_ext, name) for name in
+                                 ("block_forward", "bn_forward", "enc1_forward", "enc_bn_forward")):
+    _ext = None  # an extension built from older sources than this module: the torch paths run
+
+
+def _native_ok(tensors: tuple) -> bool:
+    """The kernels of this module can take ``tensors`` (None entries skipped): the extension is
+    loaded, eager mode (:func:`~shrinkssm.ops._op_dispatch.direct`), CPU tensors of one dtype,
+    float32 or float64. Each caller adds its shape conditions."""
+    tensors = tuple(t for t in tensors if t is not None)
+    dtype = tensors[0].dtype
+    return (_ext is not None and dtype in (torch.float32, torch.float64) and direct(tensors)
+            and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors))
 
 _increment_version = getattr(torch.autograd.graph, "increment_version", None)
 
@@ -119,11 +130,8 @@ class _GLUBlock(torch.autograd.Function):
 
 def _use_kernel(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
                 bias: Tensor) -> bool:
-    tensors = [t for t in (x, y, u, D, weight, bias) if t is not None]
     h = y.shape[-1]
-    return (_ext is not None and direct(tuple(tensors)) and h <= FUSED_BLOCK_MAX_WIDTH
-            and y.dtype in (torch.float32, torch.float64)
-            and all(t.device.type == "cpu" and t.dtype == y.dtype for t in tensors)
+    return (h <= FUSED_BLOCK_MAX_WIDTH and _native_ok((y, x, u, D, weight, bias))
             and x.shape == y.shape and (u is None or u.shape == y.shape)
             and tuple(weight.shape) == (2 * h, h) and tuple(bias.shape) == (2 * h,)
             and (D is None or tuple(D.shape) == (h,)) and y.numel() > 0)
@@ -248,11 +256,8 @@ class _BatchNormFork(torch.autograd.Function):
 
 
 def _bn_kernel_applies(x, weight, bias, running_mean, running_var) -> bool:
-    tensors = [t for t in (x, weight, bias, running_mean, running_var) if t is not None]
-    return not (_ext is None or not direct(tuple(tensors)) or x.ndim != 2
-                or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0
-                or any(t.device.type != "cpu" or t.dtype != x.dtype for t in tensors)
-                or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],)
+    return not (not _native_ok((x, weight, bias, running_mean, running_var)) or x.ndim != 2
+                or x.numel() == 0 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],)
                 or any(t is not None and (t.shape != (x.shape[1],) or not t.is_contiguous())
                        for t in (running_mean, running_var)))
 
@@ -330,9 +335,8 @@ class _LinearOneInput(torch.autograd.Function):
 
 
 def _enc1_applies(x: Tensor, weight: Tensor, bias: Tensor) -> bool:
-    return (_ext is not None and hasattr(_ext, "enc1_forward") and x.dtype in (torch.float32, torch.float64)
-            and x.numel() > 0 and all(t.device.type == "cpu" and t.dtype == x.dtype and t.is_contiguous()
-                                      for t in (x, weight, bias)))
+    return (_native_ok((x, weight, bias)) and x.numel() > 0
+            and all(t.is_contiguous() for t in (x, weight, bias)))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -393,12 +397,9 @@ class _EncodeNormFork(torch.autograd.Function):
 
 
 def _enc_norm_applies(x, ew, eb, bw, bb, running_mean, running_var) -> bool:
-    tensors = [t for t in (x, ew, eb, bw, bb, running_mean, running_var) if t is not None]
     h = ew.shape[0] if ew.ndim == 2 else -1
-    return (_ext is not None and hasattr(_ext, "enc_bn_forward") and direct(tuple(tensors))
+    return (_native_ok((x, ew, eb, bw, bb, running_mean, running_var))
             and x.ndim >= 2 and x.shape[-1] == 1 and x.numel() > 0 and not x.requires_grad
-            and x.dtype in (torch.float32, torch.float64)
-            and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
             and tuple(ew.shape) == (h, 1) and 1 <= h <= 4096
             and all(t.shape == (h,) for t in (eb, bw, bb))
             and all(t is None or (t.shape == (h,) and t.is_contiguous()) for t in (running_mean, running_var))
