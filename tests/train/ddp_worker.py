@@ -7,6 +7,8 @@ so the test can check that all ranks hold identical parameters.
 """
 
 import argparse
+import faulthandler
+import json
 import os
 import sys
 from pathlib import Path
@@ -36,6 +38,7 @@ class RecordingTrainer(Trainer):
 
 
 def main() -> None:
+    faulthandler.enable(all_threads=True)          # a crash in C++ still names its thread
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir")
     parser.add_argument("--stop-after", type=int)
@@ -48,7 +51,11 @@ def main() -> None:
     RecordingTrainer.die_at = args.die_at
     config = None if args.resume else apply_overrides(RunConfig(), args.overrides)
     trainer = RecordingTrainer(config, run_dir, resume=args.resume, stop_after=args.stop_after)
-    trainer.fit()
+    summary = trainer.fit()
+    if "run_dir" in summary:                      # finished (not stopped early): what it could see
+        seen = {"summary": (run_dir / "summary.json").exists(),
+                "plots": any((run_dir / "plots").glob("*.png"))}
+        (run_dir / f"left-rank{trainer.dist.rank}.json").write_text(json.dumps(seen))
     trainer._dump()
     shutdown_distributed()
 

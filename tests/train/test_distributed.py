@@ -26,23 +26,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# About one launch in ten right after another test's job, a worker aborted in C++ before training
-# began ("terminate called without an active exception", SIGABRT; not reproduced in 20 launches
-# outside pytest). Such a launch, which wrote no checkpoint, is retried once on a fresh port.
-_STARTUP_ABORT = "terminate called without an active exception"
-
-
 def _torchrun(nproc: int, run_dir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    for attempt in range(2):
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER),
-                   str(run_dir), *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        started = (run_dir / "checkpoints" / "last.pt").exists() or "--resume" in args
-        if result.returncode == 0 or _STARTUP_ABORT not in result.stderr or started or attempt:
-            return result
-        time.sleep(1.0)
-    return result
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER),
+               str(run_dir), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 def _params(run_dir: Path, rank: int, step: int) -> dict:
@@ -64,6 +52,10 @@ def test_two_processes_agree_after_every_reduction_and_match_one_process(tmp_pat
     result = _torchrun(2, run, *SETTINGS)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_ranks_agree(run, (10, 20, 60))
+    # no rank leaves fit() before rank 0 has written the summary and the plots: a gloo process
+    # that tore down and exited while rank 0 still worked aborted in C++ at exit (SIGABRT,
+    # "terminate called without an active exception") in about one job in six
+    assert json.loads((run / "left-rank1.json").read_text()) == {"summary": True, "plots": True}
     history = json.loads((run / "reductions.json").read_text())["events"]
     assert [e["step"] for e in history] == [10, 20]
     assert history[-1]["layers"][0]["new"] < 24

@@ -618,6 +618,9 @@ class Trainer:
             atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             self._save_history()
             self.plot()
+        # every rank leaves together: a gloo process that tore its group down and exited while
+        # rank 0 was still writing aborted in C++ at exit in about one job in six
+        self.dist.barrier()
         return summary
 
     def _close(self) -> None:
