@@ -266,10 +266,14 @@ class LRU(nn.Module):
     def _kernel_arrays(self) -> tuple[Tensor, ...]:
         """The map of :meth:`eigenvalues`, :meth:`input_matrix` and :meth:`output_matrix` as the
         real arrays the fused kernel takes, zero-padded to its lanes ``Np``: ``Re lam, Im lam:
-        (Np,)``, ``Re (gamma B)^T, Im (gamma B)^T: (H, Np)``, ``Re C, Im C: (H, Np)``. Real
-        arithmetic, one pad per pair, no complex round trip: about a third of the operations of
-        building the complex matrices and splitting them."""
+        (Np,)``, ``Re (gamma B)^T, Im (gamma B)^T: (H, Np)``, ``Re C, Im C: (H, Np)``. In eager
+        mode on the CPU one C call each way (:class:`_KernelArrays`) instead of about twenty
+        small autograd operations, whose fixed cost per step a small state cannot shrink; real
+        torch arithmetic otherwise (``torch.compile`` traces that)."""
         pad = -self.d_state % _native_backend._lanes(self.nu_log.dtype)
+        params = (self.nu_log, self.theta_log, self.gamma_log, self.B_re, self.B_im, self.C_re, self.C_im)
+        if _native_backend.lru_params_available(params):
+            return _KernelArrays.apply(*params, pad)
         r, phase = torch.exp(-torch.exp(self.nu_log)), torch.exp(self.theta_log)
         lam = F.pad(torch.stack((r * torch.cos(phase), r * torch.sin(phase))), (0, pad))   # (2, Np)
         gamma = torch.exp(self.gamma_log)                                                   # (N,)
@@ -508,3 +512,36 @@ class LRU(nn.Module):
                 self._set_param(name, value, **tags)
         self.d_state = int(lam.shape[0])
         return tuple(notes)
+
+
+class _KernelArrays(torch.autograd.Function):
+    """:meth:`LRU._kernel_arrays` by the C kernel, forward and backward
+    (:func:`shrinkssm.ops._native_backend.lru_param_arrays`, source ``_native/lru_params.c``).
+
+    Forward, for N states padded by ``pad`` zeros (``r = exp(-exp(nu_log))``, ``phi =
+    exp(theta_log)``, ``g = exp(gamma_log)``)::
+
+        lr, li = r cos(phi), r sin(phi)                         (Np,)
+        Br, Bi = (g * B_re)^T, (g * B_im)^T                     (H_in, Np)
+        Cr, Ci = C_re, C_im                                     (H_out, Np)
+
+    Backward (real parameters, so each gradient is the real chain rule of the map)::
+
+        d nu_log    = -exp(nu_log) (glr lr + gli li)
+        d theta_log = phi (gli lr - glr li)
+        d B_re      = g * glr^T,   d gamma_log = g * sum_h (gBr^T B_re + gBi^T B_im)
+
+    The tests compare it with gradcheck and with autograd through the map written in complex
+    torch operations.
+    """
+
+    @staticmethod
+    def forward(ctx, nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, pad):
+        ctx.h_out = C_re.shape[0]
+        ctx.save_for_backward(nu_log, theta_log, gamma_log, B_re, B_im)
+        return _native_backend.lru_param_arrays(nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, pad)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        return (*_native_backend.lru_param_arrays_backward(*ctx.saved_tensors, grads, ctx.h_out), None)

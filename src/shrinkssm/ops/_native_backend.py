@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shrinkssm.ops._op_dispatch import OpSpec, call, checked
+from shrinkssm.ops._op_dispatch import OpSpec, call, checked, direct
 
 __all__ = [
     "CHECKPOINT_CHUNK",
@@ -425,6 +425,49 @@ def lru_fused_real(u: Tensor, lr: Tensor, li: Tensor, Br: Tensor, Bi: Tensor, Cr
     u = _flat(u)
     save = _needs_grad(u, *arrays)
     return call(LRU_FORWARD, u, *arrays, None, None, int(chunk or CHECKPOINT_CHUNK), save)[0]
+
+
+def lru_params_available(tensors: tuple[Tensor, ...]) -> bool:
+    """The C parameter map (:func:`lru_param_arrays`) can take ``tensors``: extension loaded (and
+    built from these sources), eager mode, contiguous CPU tensors of one float dtype."""
+    if _ext is None or not hasattr(_ext, "lru_params_forward"):
+        return False
+    dtype = tensors[0].dtype
+    return (dtype in (torch.float32, torch.float64) and direct(tensors)
+            and all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors))
+
+
+def lru_param_arrays(nu_log: Tensor, theta_log: Tensor, gamma_log: Tensor, B_re: Tensor, B_im: Tensor,
+                     C_re: Tensor, C_im: Tensor, pad: int) -> tuple[Tensor, ...]:
+    """The LRU's parameter map by the C kernel (no autograd; see ``_native/lru_params.c``).
+
+    ``nu_log, theta_log, gamma_log: (N,)``, ``B_re, B_im: (N, H_in)``, ``C_re, C_im: (H_out, N)``
+    -> ``lr, li: (Np,)``, ``Br, Bi: (H_in, Np)``, ``Cr, Ci: (H_out, Np)`` with ``Np = N + pad``
+    (padding zero): ``lr + i li = exp(-exp(nu_log) + i exp(theta_log))``, ``Br + i Bi =
+    (exp(gamma_log) (B_re + i B_im))^T``, ``Cr + i Ci = C_re + i C_im``."""
+    n, h_in = B_re.shape
+    h_out, np_ = C_re.shape[0], n + pad
+    out = (nu_log.new_empty(np_), nu_log.new_empty(np_), B_re.new_empty(h_in, np_),
+           B_re.new_empty(h_in, np_), C_re.new_empty(h_out, np_), C_re.new_empty(h_out, np_))
+    _ext.lru_params_forward(_is_double(nu_log), n, np_, h_in, h_out,
+                            *(t.data_ptr() for t in (nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im)),
+                            *(t.data_ptr() for t in out))
+    return out
+
+
+def lru_param_arrays_backward(nu_log: Tensor, theta_log: Tensor, gamma_log: Tensor, B_re: Tensor,
+                              B_im: Tensor, grads: tuple[Tensor | None, ...], h_out: int) -> tuple[Tensor, ...]:
+    """Gradients of :func:`lru_param_arrays` with respect to its seven inputs, from the gradients
+    of its six outputs (``None`` counts as zeros; others contiguous, dtype of the parameters)."""
+    n, h_in = B_re.shape
+    grads = tuple(None if g is None else _flat(g) for g in grads)
+    np_ = next((g.shape[-1] for g in grads if g is not None), n)
+    out = (nu_log.new_empty(n), nu_log.new_empty(n), nu_log.new_empty(n), B_re.new_empty(n, h_in),
+           B_re.new_empty(n, h_in), B_re.new_empty(h_out, n), B_re.new_empty(h_out, n))
+    _ext.lru_params_backward(_is_double(nu_log), n, np_, h_in, h_out,
+                             *(t.data_ptr() for t in (nu_log, theta_log, gamma_log, B_re, B_im)),
+                             *(_ptr(g) for g in grads), *(t.data_ptr() for t in out))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -656,6 +656,8 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_block_max_width(PyObject *self, PyObject *noargs);
 PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_lru_params_forward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_lru_params_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc1_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc_bn_forward(PyObject *self, PyObject *args);
@@ -667,6 +669,8 @@ int shrinkssm_native_isa_index(void) { return cur_isa; }
 static PyMethodDef methods[] = {
     {"lru_forward", py_lru_forward, METH_VARARGS, "Fused LRU recurrence, forward (pointers as ints)."},
     {"lru_backward", py_lru_backward, METH_VARARGS, "Fused LRU recurrence, backward (pointers as ints)."},
+    {"lru_params_forward", shrinkssm_lru_params_forward, METH_VARARGS, "The LRU's parameter map onto the fused kernel's arrays."},
+    {"lru_params_backward", shrinkssm_lru_params_backward, METH_VARARGS, "The gradient of lru_params_forward."},
     {"scan_forward", py_scan_forward, METH_VARARGS, "Scan h[k] = lam h[k-1] + b[k], forward."},
     {"scan_backward", py_scan_backward, METH_VARARGS, "Scan, backward."},
     {"sel_forward", shrinkssm_sel_forward, METH_VARARGS, "Selective scan, forward (pointers as ints)."},
