@@ -12,6 +12,7 @@ from shrinkssm.ops.block import (
     encode_norm_fork,
     fused_block_available,
     glu_block,
+    glu_block_mean,
     glu_block_ref,
     linear,
 )
@@ -484,3 +485,86 @@ def test_model_with_one_input_channel_fuses_encoder_and_norm_without_changing_th
     assert calls == [1]
     for a, c in zip(fused, plain):
         assert torch.allclose(a, c, rtol=1e-10, atol=1e-12)
+
+
+def _mean_ref(*t):
+    return glu_block_ref(*t).mean(1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("b, L, h", [(3, 37, 8), (2, 64, 16), (4, 1, 5), (1, 100, 24)])
+def test_glu_block_mean_equals_the_mean_of_the_torch_tail_in_float64(b, L, h, skip):
+    # L = 37, 100: batch rows end inside the kernel's tiles of 32 positions
+    inputs = _tail_inputs((b, L), h, torch.float64, skip=skip, seed=b * L + h)
+    gout = torch.randn(b, h, dtype=torch.float64)
+    out, grads = _value_and_grads(glu_block_mean, inputs, gout)
+    ref, ref_grads = _value_and_grads(_mean_ref, inputs, gout)
+    assert out.shape == (b, h)
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-13)
+    for a, c in zip(grads, ref_grads):
+        assert torch.allclose(a, c, rtol=1e-11, atol=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("each_isa", _isas(), indirect=True)
+def test_glu_block_mean_float32_on_every_path_matches_float64_torch(each_isa):
+    inputs = _tail_inputs((5, 77), 8, torch.float32, seed=3)
+    gout = torch.randn(5, 8)
+    out, grads = _value_and_grads(glu_block_mean, inputs, gout)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    ref, ref_grads = _value_and_grads(_mean_ref, inputs64, gout.double())
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-6)
+    for a, c in zip(grads, ref_grads):
+        assert torch.allclose(a.double(), c, rtol=1e-4, atol=1e-5 * max(1.0, c.abs().max().item()))
+
+
+@needs_kernel
+def test_glu_block_mean_gradcheck_float64():
+    inputs = _tail_inputs((2, 35), 4, torch.float64, seed=5)
+    assert torch.autograd.gradcheck(glu_block_mean, inputs)
+
+
+@needs_kernel
+def test_glu_block_mean_with_threads_keeps_whole_rows_per_part():
+    # above the kernel's threading threshold (4e6 values) the rows are split over 8 parts: each
+    # part holds whole rows, so every thread count gives the single-thread result bit for bit
+    inputs = [t.detach() for t in _tail_inputs((48, 5300), 16, torch.float32, seed=11)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = glu_block_mean(*inputs)
+        torch.set_num_threads(2)
+        two = glu_block_mean(*inputs)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    ref = glu_block_ref(*[t.double() if t is not None else None for t in inputs]).mean(1)
+    assert torch.allclose(one.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_glu_block_mean_falls_back_to_the_mean_of_glu_block(monkeypatch):
+    inputs = _tail_inputs((2, 9), 6, torch.float64, seed=2)
+    monkeypatch.setattr(block, "_use_kernel", lambda *a: False)
+    assert torch.allclose(glu_block_mean(*inputs), _mean_ref(*inputs), rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match=r"\(B, L, H\)"):
+        glu_block_mean(*[t[0] if t is not None and t.ndim == 3 else t for t in inputs])
+
+
+def test_model_pools_in_its_last_block_without_changing_the_step():
+    # SSMModel.forward fuses the mean pooling into the last block: same loss and gradients as
+    # pooling the features it returns unpooled
+    from shrinkssm.nn import ModelConfig, SSMModel
+
+    torch.manual_seed(0)
+    for n_layers, d_input in ((2, 1), (1, 3)):
+        model = SSMModel(ModelConfig(d_state=6, d_model=8, n_layers=n_layers), d_input=d_input,
+                         d_output=4).double()
+        x, y = torch.rand(3, 40, d_input, dtype=torch.float64), torch.randint(0, 4, (3,))
+        fused = F.cross_entropy(model(x), y)
+        g_fused = torch.autograd.grad(fused, list(model.parameters()))
+        plain = F.cross_entropy(model.head(model.pool(model.features(x), None)), y)
+        g_plain = torch.autograd.grad(plain, list(model.parameters()))
+        assert torch.allclose(fused, plain, rtol=1e-12)
+        for a, c in zip(g_fused, g_plain):
+            assert torch.allclose(a, c, rtol=1e-10, atol=1e-12)

@@ -30,7 +30,8 @@ from shrinkssm.nn.mamba2 import Mamba2SSM
 from shrinkssm.nn.mamba2.reduction import REDUCTIONS as MAMBA2_REDUCTIONS
 from shrinkssm.nn.selective import REDUCTIONS, SURROGATES, SelectiveSSM
 from shrinkssm.nn.shrinkable import ShrinkableLayer
-from shrinkssm.ops.block import batch_norm_fork, batch_norm_rows, encode_norm_fork, glu_block, linear
+from shrinkssm.ops.block import (batch_norm_fork, batch_norm_rows, encode_norm_fork, glu_block,
+                                 glu_block_mean, linear)
 from shrinkssm.ops.scan import BACKENDS
 
 __all__ = ["ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "TASKS", "LAYERS", "LAYER_KINDS"]
@@ -216,48 +217,56 @@ class SSMBlock(nn.Module):
         y = self.dropout(F.gelu(y))
         return self.dropout(F.glu(self.glu(y), dim=-1))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, mean: bool = False) -> Tensor:
         """x: (B, L, H) -> (B, L, H); mask: (B, L) bool, True at valid positions.
 
         Without active dropout, everything after the mixer (the LRU's skip term ``D u``, GELU,
         GLU and the residual) runs as one fused operation (:func:`shrinkssm.ops.block.glu_block`,
         the same maths in one pass, native on CPU), and the batch norm hands each of its three
         consumers its own output (:meth:`MaskedBatchNorm.fork`); with dropout, separate torch
-        operations.
+        operations. ``mean=True`` (no mask) returns the mean of the output over positions,
+        ``(B, H)``, which the fused tail computes without writing the (B, L, H) output
+        (:func:`shrinkssm.ops.block.glu_block_mean`): the mean pooling after a last block.
         """
+        if mean and mask is not None:
+            raise ValueError("SSMBlock: mean=True takes no mask (a masked mean is SSMModel.pool's)")
         if not self._fused():
-            return x + self._mix(self.mixer(self._norm(x, mask), mask))
+            out = x + self._mix(self.mixer(self._norm(x, mask), mask))
+            return out.sum(1) * (1.0 / out.shape[1]) if mean else out
         if isinstance(self.norm, MaskedBatchNorm):
             v, v_skip, x = self.norm.fork(x, mask)
         else:
             v = v_skip = self.norm(x)
-        return self._fused_tail(v, v_skip, x, mask)
+        return self._fused_tail(v, v_skip, x, mask, mean)
 
     def _fused(self) -> bool:
         return self.fused_tail and not (self.training and self.dropout.p > 0)
 
-    def forward_encoded(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """``self(linear(x, weight, bias))`` for a one-channel input ``x: (B, L, 1)`` without a
-        mask (the encoder of the first block): in training with batch norm and the fused tail, the
-        encoder and the norm run as one operation (:func:`shrinkssm.ops.block.encode_norm_fork`)."""
+    def forward_encoded(self, x: Tensor, weight: Tensor, bias: Tensor, *, mean: bool = False) -> Tensor:
+        """``self(linear(x, weight, bias), mean=mean)`` for a one-channel input ``x: (B, L, 1)``
+        without a mask (the encoder of the first block): in training with batch norm and the fused
+        tail, the encoder and the norm run as one operation
+        (:func:`shrinkssm.ops.block.encode_norm_fork`)."""
         if not (self._fused() and isinstance(self.norm, MaskedBatchNorm) and self.norm.training
                 and not (self._forward_hooks or self._forward_pre_hooks or self.norm._forward_hooks
                          or self.norm._forward_pre_hooks)):
-            return self(linear(x, weight, bias))
+            return self(linear(x, weight, bias), mean=mean)
         n = self.norm
         v, v_skip, h = encode_norm_fork(x, weight, bias, n.weight, n.bias, n.running_mean, n.running_var,
                                         n.momentum, n.eps)
-        return self._fused_tail(v, v_skip, h, None)
+        return self._fused_tail(v, v_skip, h, None, mean)
 
-    def _fused_tail(self, v: Tensor, v_skip: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
-        """mixer and fused tail on the normalised ``v`` (twice: mixer and skip term) and the residual ``x``."""
-        mixer = self.mixer
+    def _fused_tail(self, v: Tensor, v_skip: Tensor, x: Tensor, mask: Tensor | None,
+                    mean: bool = False) -> Tensor:
+        """mixer and fused tail on the normalised ``v`` (twice: mixer and skip term) and the
+        residual ``x``; ``mean``: the output's mean over positions (no mask)."""
+        mixer, tail = self.mixer, glu_block_mean if mean else glu_block
         if isinstance(mixer, LRU) and not mixer.dense_skip:
             if mask is not None:  # what the LRU does with a mask: padded inputs are zeroed
                 v = v_skip = v * mask.unsqueeze(-1).to(v.dtype)
             y = mixer(v, skip=False)
-            return glu_block(x, y, v_skip, mixer.D, self.glu.weight, self.glu.bias)
-        return glu_block(x, mixer(v, mask), None, None, self.glu.weight, self.glu.bias)
+            return tail(x, y, v_skip, mixer.D, self.glu.weight, self.glu.bias)
+        return tail(x, mixer(v, mask), None, None, self.glu.weight, self.glu.bias)
 
     def step(self, x_k: Tensor, state):
         """x_k: (B, H) and the mixer's state (LRU: (B, N) complex; selective: the tuple of
@@ -366,23 +375,35 @@ class SSMModel(nn.Module):
         """See the class docstring for shapes."""
         if self.n_segments == 2:
             return self._forward_pair(x)
+        if not self.per_step and mask is None and self.config.pooling == "mean":
+            return self.head(self.features(x, mean=True))                     # (B, d_output)
         h = self.features(x, mask)                                            # (B, L, H)
         if self.per_step:
             return self.head(h)                                               # (B, L, d_output)
         return self.head(self.pool(h, mask))                                  # (B, d_output)
 
-    def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Encoder and blocks: ``(B, L, C)`` or ``(B, L)`` tokens -> ``(B, L, H)``."""
+    def features(self, x: Tensor, mask: Tensor | None = None, *, mean: bool = False) -> Tensor:
+        """Encoder and blocks: ``(B, L, C)`` or ``(B, L)`` tokens -> ``(B, L, H)``; with
+        ``mean=True`` (no mask) their mean over positions, ``(B, H)``, the same as
+        ``pool(features(x), None)``, fused into the last block."""
+        if mean and mask is not None:
+            raise ValueError("SSMModel.features: mean=True takes no mask (use pool(features(x, mask), mask))")
         blocks = list(self.blocks)
+        if not blocks:
+            h = self.encoder(x) if self.tokens else linear(x, self.encoder.weight, self.encoder.bias)
+            return self.pool(h, None) if mean else h
+        last = len(blocks) - 1
         if self.tokens:
             h = self.encoder(x)                                               # (B, L, H)
-        elif mask is None and blocks and x.shape[-1] == 1:
+        elif mask is None and x.shape[-1] == 1:
             # one input channel: the first block may fuse the encoder into its batch norm
-            h = blocks.pop(0).forward_encoded(x, self.encoder.weight, self.encoder.bias)
+            h = blocks[0].forward_encoded(x, self.encoder.weight, self.encoder.bias, mean=mean and last == 0)
+            blocks = blocks[1:]
+            last -= 1
         else:  # nn.Linear's maths
             h = linear(x, self.encoder.weight, self.encoder.bias)
-        for block in blocks:
-            h = block(h, mask)
+        for i, block in enumerate(blocks):
+            h = block(h, mask, mean=True) if mean and i == last else block(h, mask)
         return h
 
     def _forward_pair(self, x: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from shrinkssm.ops._op_dispatch import direct
 
 __all__ = ["FUSED_BLOCK_MAX_WIDTH", "batch_norm_fork", "batch_norm_rows", "encode_norm_fork",
-           "fused_block_available", "glu_block", "glu_block_ref", "linear"]
+           "fused_block_available", "glu_block", "glu_block_mean", "glu_block_ref", "linear"]
 
 try:
     from shrinkssm.ops import _native_scan as _ext
@@ -170,6 +170,61 @@ def glu_block(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: 
     uc = u.contiguous() if D is not None else None
     return _GLUBlock.apply(x.contiguous(), y.contiguous(), uc, None if D is None else D.contiguous(),
                            weight.contiguous(), bias.contiguous(), torch.get_num_threads())
+
+
+class _GLUBlockMean(torch.autograd.Function):
+    """:class:`_GLUBlock` followed by the mean over dimension 1 of (B, L, H), in one pass: the
+    kernel sums each batch row's L outputs (in double) instead of writing them. The backward is
+    the GLU block's with the pooled gradient read per batch row (``go_rep = L``); the residual's
+    gradient is that row broadcast over L (a stride-0 view, as a mean's backward hands on)."""
+
+    @staticmethod
+    def forward(ctx, x, y, u, D, weight, bias, n_threads):
+        nb, L, H = y.shape
+        pooled = y.new_empty(nb, H)
+        _ext.block_pool_forward(int(y.dtype == torch.float64), n_threads, nb * L, H, L, y.data_ptr(),
+                                0 if D is None else u.data_ptr(), 0 if D is None else D.data_ptr(),
+                                weight.data_ptr(), bias.data_ptr(), x.data_ptr(), pooled.data_ptr())
+        ctx.n_threads = n_threads
+        ctx.has_d = D is not None
+        ctx.save_for_backward(y, u, D, weight, bias)
+        return pooled
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gpooled):
+        y, u, D, weight, bias = ctx.saved_tensors
+        nb, L, H = y.shape
+        go = (gpooled * (1.0 / L)).contiguous()                                   # (B, H)
+        gy = torch.empty_like(y)
+        gu = torch.empty_like(y) if ctx.has_d else None
+        gD = torch.empty_like(D) if ctx.has_d else None
+        gW, gb = torch.empty_like(weight), torch.empty_like(bias)
+        _ext.block_backward(int(y.dtype == torch.float64), ctx.n_threads, nb * L, H, y.data_ptr(),
+                            u.data_ptr() if ctx.has_d else 0, D.data_ptr() if ctx.has_d else 0,
+                            weight.data_ptr(), bias.data_ptr(), go.data_ptr(), L, gy.data_ptr(),
+                            gu.data_ptr() if ctx.has_d else 0, gD.data_ptr() if ctx.has_d else 0,
+                            gW.data_ptr(), gb.data_ptr())
+        return go[:, None, :].expand(nb, L, H), gy, gu, gD, gW, gb, None
+
+
+def glu_block_mean(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
+                   bias: Tensor) -> Tensor:
+    """``glu_block(x, y, u, D, weight, bias).mean(1)`` for (B, L, H) inputs: ``(B, H)``.
+
+    The mean pooling of a classifier's last block. With the native kernel (the conditions of
+    :func:`glu_block`) the (B, L, H) output is never written: each batch row's outputs are summed
+    as they are computed (in double, rounded once). Otherwise ``glu_block(...).sum(1) * (1 / L)``.
+    """
+    if y.ndim != 3:
+        raise ValueError(f"glu_block_mean: y must be (B, L, H), got shape {tuple(y.shape)}")
+    if D is not None and u is None:
+        raise ValueError("glu_block: a skip term D needs the mixer's input u")
+    if not (_use_kernel(x, y, u, D, weight, bias) and hasattr(_ext, "block_pool_forward")):
+        return glu_block(x, y, u, D, weight, bias).sum(1) * (1.0 / y.shape[1])
+    uc = u.contiguous() if D is not None else None
+    return _GLUBlockMean.apply(x.contiguous(), y.contiguous(), uc, None if D is None else D.contiguous(),
+                               weight.contiguous(), bias.contiguous(), torch.get_num_threads())
 
 
 def _bn_forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor | None,

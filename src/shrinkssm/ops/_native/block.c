@@ -34,7 +34,7 @@
  * input gradient, into which the gradients of the output's second consumer and of the input's
  * residual consumer are summed), sums in double.
  *
- * Entry points (registered in scan_module.c's method table): block_forward, block_backward,
+ * Entry points (registered in scan_module.c's method table): block_forward, block_pool_forward, block_backward,
  * block_max_width, bn_forward, bn_backward, enc1_forward, enc1_backward, enc_bn_forward, enc_bn_backward. They take the data pointers of contiguous tensors as
  * integers; shrinkssm/ops/block.py checks shapes, dtypes and contiguity before calling.
  */
@@ -186,6 +186,7 @@ typedef struct {
     blk_range_fn fn;
     const void *args;
     idx M;
+    idx align;     /* part boundaries are multiples of align positions (BLK_P, or a pooled run) */
     int n_parts;   /* contiguous ranges of positions, each with its own workspace */
     int n_threads;
     void **ws;
@@ -198,10 +199,10 @@ static int blk_n_parts(int nt) { return nt <= 1 ? 1 : nt * BLK_PARTS_PER_THREAD;
 
 static void blk_part(const blk_job *j, int t)
 {
-    /* part t: positions [t M / n, (t + 1) M / n), boundaries on whole tiles */
-    const idx tiles = (j->M + BLK_P - 1) / BLK_P;
-    const idx m0 = (idx)t * tiles / j->n_parts * BLK_P;
-    idx m1 = (idx)(t + 1) * tiles / j->n_parts * BLK_P;
+    /* part t: positions [t M / n, (t + 1) M / n), boundaries on whole units of align positions */
+    const idx units = (j->M + j->align - 1) / j->align;
+    const idx m0 = (idx)t * units / j->n_parts * j->align;
+    idx m1 = (idx)(t + 1) * units / j->n_parts * j->align;
     if (m1 > j->M) m1 = j->M;
     if (m0 < m1) {
         const fp_mode_t fpm = fp_flush_subnormals(); /* see common.h */
@@ -258,7 +259,7 @@ static void blk_run(const blk_job *j)
 /* Allocate one workspace per part, run, and (backward) reduce the parts' parameter gradients
  * in part order into the outputs. Returns 0, or -1 when out of memory. */
 static int blk_launch(int dbl, int dir, const void *args, idx M, idx H, int n_threads,
-                      void *gW, void *gbias, void *gD, int has_D)
+                      void *gW, void *gbias, void *gD, int has_D, idx align)
 {
     const size_t rs = dbl ? sizeof(double) : sizeof(float);
     const idx ws_len = dbl ? blk_ws_len_f64(H) : blk_ws_len_f32(H);
@@ -273,7 +274,7 @@ static int blk_launch(int dbl, int dir, const void *args, idx M, idx H, int n_th
     }
     if (!rc) {
         blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][dir ? BLK_K_BWD : BLK_K_FWD], args, M,
-                     np, nt, ws};
+                     align, np, nt, ws};
         blk_run(&j);
         if (dir == 1) {
             if (dbl) blk_reduce_f64(ws, np, M, H, has_D, (double *)gW, (double *)gbias, (double *)gD);
@@ -300,6 +301,45 @@ static int blk_check(const char *name, idx M, idx H, unsigned long long p_u, uns
     return 0;
 }
 
+/* The forward of block_forward (pool_rep = 0: out (M, H)) and block_pool_forward (pool_rep = L:
+ * pooled (M / L, H), the means over runs of L positions; the parts then hold whole runs). */
+static PyObject *blk_forward_entry(const char *name, int dbl, int n_threads, idx M, idx H, idx pool_rep,
+                                   unsigned long long p_y, unsigned long long p_u, unsigned long long p_D,
+                                   unsigned long long p_W, unsigned long long p_b, unsigned long long p_x,
+                                   unsigned long long p_out)
+{
+    if (blk_check(name, M, H, p_u, p_D)) return NULL;
+    if (pool_rep < 0 || (pool_rep > 0 && M % pool_rep)) {
+        PyErr_Format(PyExc_ValueError, "%s: L=%zd must divide M=%zd", name, pool_rep, M);
+        return NULL;
+    }
+    blk_args_f32 a32;
+    blk_args_f64 a64;
+    memset(&a32, 0, sizeof a32);
+    memset(&a64, 0, sizeof a64);
+#define BLK_FILL(a, TY)                                                                         \
+    a.M = M; a.H = H; a.y = (const TY *)BLK_PTR(p_y);                                           \
+    a.u = p_D ? (const TY *)BLK_PTR(p_u) : NULL; a.D = (const TY *)BLK_PTR(p_D);                \
+    a.W = (const TY *)BLK_PTR(p_W); a.bias = (const TY *)BLK_PTR(p_b);
+#define BLK_FILL_FWD(a, TY)                                                                     \
+    BLK_FILL(a, TY)                                                                             \
+    a.x = (const TY *)BLK_PTR(p_x); a.pool_rep = pool_rep;                                      \
+    if (pool_rep) a.pooled = (TY *)BLK_PTR(p_out); else a.out = (TY *)BLK_PTR(p_out);
+    if (dbl) {
+        BLK_FILL_FWD(a64, double)
+    } else {
+        BLK_FILL_FWD(a32, float)
+    }
+#undef BLK_FILL_FWD
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = blk_launch(dbl, 0, dbl ? (const void *)&a64 : (const void *)&a32, M, H, n_threads, NULL, NULL,
+                    NULL, p_D != 0, pool_rep ? pool_rep : BLK_P);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* block_forward(dbl, n_threads, M, H, y, u, D, W, bias, x, out); u and D may be 0 (no skip). */
 PyObject *shrinkssm_block_forward(PyObject *self, PyObject *args)
 {
@@ -309,31 +349,26 @@ PyObject *shrinkssm_block_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "iinnKKKKKKK", &dbl, &n_threads, &M, &H, &p_y, &p_u, &p_D, &p_W, &p_b,
                           &p_x, &p_out))
         return NULL;
-    if (blk_check("block_forward", M, H, p_u, p_D)) return NULL;
-    blk_args_f32 a32;
-    blk_args_f64 a64;
-    memset(&a32, 0, sizeof a32);
-    memset(&a64, 0, sizeof a64);
-#define BLK_FILL(a, TY)                                                                         \
-    a.M = M; a.H = H; a.y = (const TY *)BLK_PTR(p_y);                                           \
-    a.u = p_D ? (const TY *)BLK_PTR(p_u) : NULL; a.D = (const TY *)BLK_PTR(p_D);                \
-    a.W = (const TY *)BLK_PTR(p_W); a.bias = (const TY *)BLK_PTR(p_b);
-    if (dbl) {
-        BLK_FILL(a64, double)
-        a64.x = (const double *)BLK_PTR(p_x);
-        a64.out = (double *)BLK_PTR(p_out);
-    } else {
-        BLK_FILL(a32, float)
-        a32.x = (const float *)BLK_PTR(p_x);
-        a32.out = (float *)BLK_PTR(p_out);
+    return blk_forward_entry("block_forward", dbl, n_threads, M, H, 0, p_y, p_u, p_D, p_W, p_b, p_x, p_out);
+}
+
+/* block_pool_forward(dbl, n_threads, M, H, L, y, u, D, W, bias, x, pooled): the means over runs
+ * of L positions (L divides M) of block_forward's output, pooled (M / L, H), without writing the
+ * output itself (the mean pooling of the last block of a classifier). */
+PyObject *shrinkssm_block_pool_forward(PyObject *self, PyObject *args)
+{
+    int dbl, n_threads;
+    idx M, H, L;
+    unsigned long long p_y, p_u, p_D, p_W, p_b, p_x, p_pooled;
+    if (!PyArg_ParseTuple(args, "iinnnKKKKKKK", &dbl, &n_threads, &M, &H, &L, &p_y, &p_u, &p_D, &p_W,
+                          &p_b, &p_x, &p_pooled))
+        return NULL;
+    if (L < 1) {
+        PyErr_Format(PyExc_ValueError, "block_pool_forward: L=%zd must be positive", L);
+        return NULL;
     }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = blk_launch(dbl, 0, dbl ? (const void *)&a64 : (const void *)&a32, M, H, n_threads, NULL, NULL,
-                    NULL, p_D != 0);
-    Py_END_ALLOW_THREADS
-    if (rc) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return blk_forward_entry("block_pool_forward", dbl, n_threads, M, H, L, p_y, p_u, p_D, p_W, p_b,
+                             p_x, p_pooled);
 }
 
 /* block_backward(dbl, n_threads, M, H, y, u, D, W, bias, gout, go_rep, gy, gu, gD, gW, gbias); u, D,
@@ -379,7 +414,7 @@ PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args)
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = blk_launch(dbl, 1, dbl ? (const void *)&a64 : (const void *)&a32, M, H, n_threads,
-                    BLK_PTR(p_gW), BLK_PTR(p_gb), p_D ? BLK_PTR(p_gD) : NULL, p_D != 0);
+                    BLK_PTR(p_gW), BLK_PTR(p_gb), p_D ? BLK_PTR(p_gD) : NULL, p_D != 0, BLK_P);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -404,7 +439,7 @@ static int bn_run(int dbl, const void *args, idx M, idx H, int nt, double *s1, d
         if (!ws[t]) rc = -1;
     }
     if (!rc) {
-        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][BLK_K_BN], args, M, np, nt, ws};
+        blk_job j = {blk_table[shrinkssm_native_isa_index()][dbl][BLK_K_BN], args, M, BLK_P, np, nt, ws};
         blk_run(&j);
         if (s1) {
             memset(s1, 0, sizeof(double) * (size_t)H);
@@ -938,6 +973,8 @@ typedef struct {
     idx M, H;
     const REAL *y, *u, *D, *W, *bias, *x; /* u, D NULL without a skip term */
     REAL *out;                            /* forward */
+    idx pool_rep;                         /* forward, > 0: write the means of runs of pool_rep */
+    REAL *pooled;                         /*   positions, pooled (M / pool_rep, H), not out */
     const REAL *gout;                     /* backward */
     idx go_rep;                           /* 0: gout is (M, H); L > 0: gout is (M / L, H), row m / L for position m */
     REAL *gy, *gu;
@@ -1269,14 +1306,32 @@ BLK_INLINE void KN(blk_fwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
 {
     BLK_WS_OFFSETS(ws, H)
     KN(blk_prepare)(a, ws, H);
+    double pacc[BLK_MAX_H] = {0};
     for (idx m = m0; m < m1; m += BLK_P) {
         const idx np = m1 - m < BLK_P ? m1 - m : BLK_P, n = np * H;
         KN(blk_gelu_tile)(a, m, n, ws, H, 0);
         KN(blk_linear_tile)(a, np, ws, H);
         const REAL *x = a->x + m * H;
-        REAL *out = a->out + m * H;
+        REAL *out = a->out ? a->out + m * H : NULL;
         KN(blk_sigmoid_arr)(cv, gg, n);
-        for (idx k = 0; k < n; k++) out[k] = x[k] + av[k] * gg[k];
+        if (!a->pool_rep) {
+            for (idx k = 0; k < n; k++) out[k] = x[k] + av[k] * gg[k];
+            continue;
+        }
+        /* mean pooling: the part holds whole runs of L positions (blk_launch's alignment), each
+         * summed in double and written once */
+        const idx L = a->pool_rep;
+        for (idx k = 0; k < n; k++) gob[k] = x[k] + av[k] * gg[k];
+        for (idx p = 0; p < np; p++) {
+            for (idx j = 0; j < H; j++) pacc[j] += (double)gob[p * H + j];
+            if ((m + p + 1) % L == 0) {
+                REAL *row = a->pooled + ((m + p) / L) * H;
+                for (idx j = 0; j < H; j++) {
+                    row[j] = (REAL)(pacc[j] / (double)L);
+                    pacc[j] = 0;
+                }
+            }
+        }
     }
 }
 

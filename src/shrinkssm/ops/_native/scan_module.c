@@ -658,6 +658,7 @@ PyObject *shrinkssm_bn_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_bn_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_lru_params_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_lru_params_backward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_block_pool_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc1_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc_bn_forward(PyObject *self, PyObject *args);
@@ -676,6 +677,7 @@ static PyMethodDef methods[] = {
     {"sel_forward", shrinkssm_sel_forward, METH_VARARGS, "Selective scan, forward (pointers as ints)."},
     {"sel_backward", shrinkssm_sel_backward, METH_VARARGS, "Selective scan, backward (pointers as ints)."},
     {"block_forward", shrinkssm_block_forward, METH_VARARGS, "Fused block tail, forward (pointers as ints)."},
+    {"block_pool_forward", shrinkssm_block_pool_forward, METH_VARARGS, "Fused block tail, forward, mean over runs of L positions."},
     {"block_backward", shrinkssm_block_backward, METH_VARARGS, "Fused block tail, backward (pointers as ints)."},
     {"block_max_width", shrinkssm_block_max_width, METH_NOARGS, "Widest block the fused tail takes."},
     {"bn_forward", shrinkssm_bn_forward, METH_VARARGS, "Batch norm over rows, training, forward."},
