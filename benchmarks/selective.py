@@ -13,7 +13,9 @@ For each: the layer's forward (no grad), forward + backward (a training step of 
 scan alone (forward + backward of :func:`shrinkssm.ops.selective_scan.selective_scan` on the
 layer's own inputs), and the recurrent ``step()`` for one position (generation). Reported as
 absolute milliseconds and as ratios to the full N = 64 layer measured in the same run, next to
-the ratio of states; plus the native kernel against the sequential reference (``fast/ref``).
+the ratio of states; plus the scan backends of the full N = 16 layer against each other: the
+native kernel and the chunked plain-torch scan (what ``scan="auto"`` runs off the CPU) against the
+sequential reference, forward + backward, on this CPU (``ref/native``, ``ref/chunked``).
 
 Candidates are timed round-robin (one call each per round, after a burn-in) and the median over
 rounds is reported; the load average is printed, since other processes on the shared cores
@@ -24,6 +26,7 @@ Usage::
     python benchmarks/selective.py                  # default: 1 thread, 7 rounds
     python benchmarks/selective.py --quick          # 3 rounds, shorter sequences
     python benchmarks/selective.py --threads 2
+    python benchmarks/selective.py --backends-only --quick --batch 4   # the backend line alone, seconds
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections.abc import Callable
 import torch
 
 from shrinkssm.nn.selective import SelectiveSSM
+from shrinkssm.ops import native_available
 
 import _common  # benchmarks/_common.py
 from _common import time_round_robin
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=784)
     parser.add_argument("--d-model", type=int, default=32)
     parser.add_argument("--tau", type=float, default=0.02, help="tolerance of the ragged per-channel row")
+    parser.add_argument("--backends-only", action="store_true",
+                        help="only the scan backends (native, chunked, ref) of the full N=16 layer")
     args = parser.parse_args(argv)
     rounds, length = (3, 256) if args.quick else (args.rounds, args.length)
     torch.set_num_threads(args.threads)
@@ -100,6 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"shape: batch {args.batch}, length {length}, d_model {args.d_model} "
           f"(E = {2 * args.d_model} channels), float32; median of {rounds} rounds\n")
     u = torch.randn(args.batch, length, args.d_model)
+
+    if args.backends_only:
+        torch.manual_seed(0)
+        backend_line(SelectiveSSM(args.d_model, 16), u, rounds)
+        print(f"load average at the end: {_common.load_average():.2f}")
+        return
 
     layers: dict[str, SelectiveSSM] = {}
     for N in FULL_N:
@@ -118,9 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name, layer in layers.items():
         results[name] = time_round_robin(candidates(layer, u), rounds)
-    ref_layer = copy.deepcopy(layers["full N=16"])
-    ref_layer.scan = "ref"
-    ref = time_round_robin({"scan f+b": candidates(ref_layer, u)["scan f+b"]}, max(1, rounds // 2))
 
     base = results[f"full N={max(FULL_N)}"]
     base_states = layers[f"full N={max(FULL_N)}"].state_size
@@ -139,10 +148,26 @@ def main(argv: list[str] | None = None) -> None:
         r = results[name]
         print(f"{name:24s} {layer.state_size / base_states:7.3f} " +
               " ".join(f"{r[c] / base[c]:10.3f}" for c in cols))
-    print(f"\nnative vs sequential reference (scan f+b, full N=16): ref {1e3 * ref['scan f+b']:.1f} ms, "
-          f"native {1e3 * results['full N=16']['scan f+b']:.1f} ms, "
-          f"fast/ref speed-up {ref['scan f+b'] / results['full N=16']['scan f+b']:.1f}x")
+    print()
+    backend_line(layers["full N=16"], u, max(1, rounds // 2))
     print(f"load average at the end: {_common.load_average():.2f}")
+
+
+def backend_line(layer: SelectiveSSM, u: torch.Tensor, rounds: int) -> None:
+    """Time the scan (forward + backward) of ``layer`` with every backend, round-robin, and print
+    each against the sequential reference."""
+    scans = {}
+    for backend in ("native", "chunked", "ref"):
+        if backend == "native" and not native_available():
+            continue
+        copy_ = copy.deepcopy(layer)
+        copy_.scan = backend
+        scans[backend] = candidates(copy_, u)["scan f+b"]
+    t = time_round_robin(scans, rounds)
+    print(f"scan backends (scan f+b, full N=16, batch {u.shape[0]}, length {u.shape[1]}, "
+          f"CPU {_common.cpu_model()}): "
+          + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in t.items()))
+    print("  speed-up over ref: " + ", ".join(f"ref/{k} {t['ref'] / t[k]:.1f}x" for k in t if k != "ref"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from shrinkssm.nn.selective import (
 )
 from shrinkssm.ops import native_available
 
-SCANS = ["ref", pytest.param("native", marks=pytest.mark.skipif(not native_available(), reason="no native"))]
+SCANS = ["ref", "chunked",
+         pytest.param("native", marks=pytest.mark.skipif(not native_available(), reason="no native"))]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
@@ -146,7 +147,7 @@ def test_bad_construction_and_input():
     with pytest.raises(ValueError, match="surrogate"):
         SelectiveSSM(4, 4, surrogate="median")
     with pytest.raises(ValueError, match="backend"):
-        SelectiveSSM(4, 4, scan="chunked")
+        SelectiveSSM(4, 4, scan="parallel")
     layer = make_layer()
     with pytest.raises(ValueError, match="shape"):
         layer(torch.zeros(2, 3, 4, dtype=torch.float64))
@@ -483,7 +484,7 @@ def test_model_step_for_a_selective_language_model():
 def test_config_validation():
     with pytest.raises(ValueError, match="dt_min"):
         ModelConfig(layer="selective", dt_min=0.5, dt_max=0.1)
-    with pytest.raises(ValueError, match="chunked"):
-        ModelConfig(layer="selective", scan="chunked")
+    cfg = ModelConfig(layer="selective", scan="chunked", n_layers=1, d_model=4, d_state=3)  # accepted now
+    assert SSMModel(cfg, d_input=2, d_output=3).blocks[0].mixer.scan == "chunked"
     with pytest.raises(ValueError, match="layer"):
         ModelConfig(layer="mamba3")

@@ -1,23 +1,41 @@
 """Tests of shrinkssm.ops.selective_scan: the reference against a closed form computed independently
 (numpy, state by state), the native kernel against the reference (values, decay sums, gradients,
 float32 and float64, real and complex states, every instruction set and thread count),
-gradcheck, the vector exp / sin / cos through the kernel, the bucket layout and bad inputs."""
+gradcheck, the vector exp / sin / cos through the kernel, the bucket layout and bad inputs.
+
+The chunked backend (end of the file): values and gradients of every input against the reference
+(float64, complex128 states in a ragged layout), lengths that the chunk does not divide, length 1,
+gradcheck, strong and near-1 decays, that "auto" picks it off the CPU (and that the selective and
+Mamba-2 layers pass "auto" through), and that its sequential steps grow like sqrt(L), not L."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from shrinkssm.nn.mamba2 import Mamba2SSM
+from shrinkssm.nn.selective import SelectiveSSM
 from shrinkssm.ops import _native_backend, native_available
 from shrinkssm.ops import selective_scan as sel_module
-from shrinkssm.ops.selective_scan import ScanLayout, lanes_for, selective_scan, selective_scan_ref
+from shrinkssm.ops._selective_chunked import default_chunk, varying_scan_chunked
+from shrinkssm.ops.selective_scan import (
+    ScanLayout,
+    lanes_for,
+    resolve_backend,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_ref,
+)
 
+ssd_module = importlib.import_module("shrinkssm.ops.ssd_scan")   # the package exports the function ssd_scan
 NATIVE = native_available()
 needs_native = pytest.mark.skipif(not NATIVE, reason="native extension not built")
-BACKENDS = ["ref", pytest.param("native", marks=needs_native)]
+BACKENDS = ["ref", "chunked", pytest.param("native", marks=needs_native)]
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -317,7 +335,7 @@ def test_bad_inputs(change, match):
 def test_unknown_backend_and_wrong_lanes():
     case = make_case("shared", torch.float64)
     with pytest.raises(ValueError, match="valid backends"):
-        selective_scan(*case, backend="chunked")
+        selective_scan(*case, backend="parallel")
     if NATIVE:
         u, delta, alpha, B, C, _ = case
         wrong = ScanLayout.shared(u.shape[-1], B.shape[-1], lanes=16)  # float64 needs 8
@@ -333,3 +351,250 @@ def test_auto_uses_ref_without_the_extension(monkeypatch):
     torch.testing.assert_close(selective_scan(*case, backend="auto"), selective_scan_ref(*case))
     with pytest.raises(RuntimeError, match="compiled extension"):
         selective_scan(*case, backend="native")
+
+
+# ------------------------------------------------------------------------------------------------
+# The chunked backend
+# ------------------------------------------------------------------------------------------------
+
+
+def sequential(a, b):
+    """h[:, t] = a[:, t] h[:, t-1] + b[:, t] from zero, written out step by step (independent of the
+    library)."""
+    h, out = torch.zeros_like(b[:, 0]), []
+    for t in range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+def assert_matches_ref(case, tol=1e-12, chunk=None):
+    """Chunked against the reference: y, the decay sums and the gradients of u, delta, alpha, B, C."""
+    y_ref, d_ref, g_ref = run("ref", *case)
+    if chunk is None:
+        y, d, g = run("chunked", *case)
+    else:
+        args = leaves(*case[:5])
+        y, d = selective_scan_chunked(*args, case[5], return_decay=True, chunk=chunk)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(y.dtype)
+        g = torch.autograd.grad((y * w).sum() + (y ** 2).sum(), args)
+        y = y.detach()
+    used = case[-1].state_channel() >= 0
+    assert rel_err(y, y_ref) < tol
+    assert torch.equal(d[used], d_ref[used])          # the same exp(delta alpha), summed alike
+    for name, a, b in zip(["u", "delta", "alpha", "B", "C"], g, g_ref):
+        if name == "alpha":
+            a, b = a[used], b[used]
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < 10 * tol, name
+
+
+# ------------------------------------------------------------------------------------------------
+# Against the reference
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["shared", "real", "complex"])
+@pytest.mark.parametrize("L", [1, 2, 3, 10, 37, 64, 101])
+def test_chunked_matches_ref(kind, L):
+    # default chunk ceil(sqrt(L)): 37 -> 7 (6 chunks, 5 padded steps), 101 -> 11, 64 -> 8 exactly
+    assert_matches_ref(make_case(kind, L=L))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 16, 45, 1000])
+def test_chunked_matches_ref_for_every_chunk_length(chunk):
+    assert_matches_ref(make_case("complex", L=45, seed=3), chunk=chunk)
+
+
+@pytest.mark.parametrize("L, chunk", [(1, None), (9, 3), (10, 3), (17, None), (30, 4), (30, 30)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_varying_scan_equals_the_loop(L, chunk, dtype):
+    g = torch.Generator().manual_seed(L)
+    a = torch.rand(2, L, 6, generator=g, dtype=torch.float64) * 1.2 - 0.1    # some |a| > 1, some < 0
+    b = torch.randn(2, L, 6, generator=g, dtype=torch.float64)
+    if dtype.is_complex:
+        a = torch.polar(a.abs(), torch.randn(2, L, 6, generator=g, dtype=torch.float64))
+        b = torch.complex(b, torch.randn(2, L, 6, generator=g, dtype=torch.float64))
+    a, b = leaves(a, b)
+    h, h_loop = varying_scan_chunked(a, b, chunk), sequential(a, b)
+    w = torch.randn(h.shape, generator=g, dtype=torch.float64).to(dtype)
+    grads = torch.autograd.grad((h * w).real.sum(), [a, b])
+    grads_loop = torch.autograd.grad((h_loop * w).real.sum(), [a, b])
+    torch.testing.assert_close(h, h_loop, rtol=1e-12, atol=1e-13)
+    for x, y in zip(grads, grads_loop):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-13)
+
+
+def test_default_chunk_is_ceil_sqrt():
+    assert [default_chunk(L) for L in (1, 2, 4, 5, 9, 10, 784, 785)] == [1, 2, 2, 3, 3, 4, 28, 29]
+
+
+def test_bad_chunk_and_shapes_are_refused():
+    a = torch.ones(1, 4, 2)
+    with pytest.raises(ValueError, match="chunk must be a positive integer"):
+        varying_scan_chunked(a, a, chunk=0)
+    with pytest.raises(ValueError, match="one shape"):
+        varying_scan_chunked(a, a[:, :3])
+
+
+@pytest.mark.parametrize("kind", ["shared", "complex"])
+def test_chunked_gradcheck_with_a_padded_chunk(kind):
+    u, delta, alpha, B, C, layout = make_case(kind, nb=2, L=7, E=3, K=2, n_states=4)
+    inputs = leaves(u, delta, alpha, B, C)
+    # chunk 3 on 7 steps: two full chunks, one padded
+    assert torch.autograd.gradcheck(lambda *x: selective_scan_chunked(*x, layout, chunk=3), inputs,
+                                    eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_float32_agrees_with_the_float64_reference():
+    case64 = make_case("complex", L=300)
+    case32 = [t.to(torch.float32 if not t.is_complex() else torch.complex64) for t in case64[:5]]
+    y32 = selective_scan(*case32, case64[5], backend="chunked")
+    y64 = selective_scan_ref(*case64)
+    assert y32.dtype == torch.float32
+    assert rel_err(y32.double(), y64) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# Numerical safety
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["real", "complex"])
+@pytest.mark.parametrize("scale, L", [
+    (1e4, 300),        # exp(delta alpha) underflows to exactly 0
+    (1333.0, 300),     # delta alpha from -70 to -2700: subnormal decays (torch.cumprod's backward gives nan)
+    (1e-7, 4096),      # |a| within 1e-6 of 1 over a long sequence
+])
+def test_strong_and_near_one_decays_are_finite_and_match_ref(kind, scale, L):
+    u, delta, alpha, B, C, layout = make_case(kind, L=L, nb=1, E=4, n_states=6)
+    alpha = alpha * scale if kind == "real" else torch.complex(alpha.real * scale, alpha.imag)
+    a = torch.exp(delta[..., layout.state_channel().clamp_min(0)] * alpha)
+    if scale > 1:
+        assert (a.abs() < 1e-300).any()                       # the case really has such decays
+    else:
+        assert (a.abs() > 1 - 1e-6).all()
+    y, _, grads = run("chunked", u, delta, alpha, B, C, layout)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
+    assert_matches_ref((u, delta, alpha, B, C, layout), tol=1e-13 if scale > 1 else 1e-12)
+
+
+def test_near_one_decay_in_float32_over_a_long_sequence():
+    case = make_case("complex", L=8192, nb=1, E=3, n_states=4)
+    u, delta, alpha, B, C, layout = case
+    alpha = torch.complex(alpha.real * 1e-6, alpha.imag)
+    c32 = [t.to(torch.float32 if not t.is_complex() else torch.complex64) for t in (u, delta, alpha, B, C)]
+    y, _, grads = run("chunked", *c32, layout)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
+    y64 = selective_scan_ref(u, delta, alpha, B, C, layout)
+    assert rel_err(y.double(), y64) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# "auto" off the CPU
+# ------------------------------------------------------------------------------------------------
+
+
+def test_auto_resolves_to_chunked_off_the_cpu(monkeypatch):
+    for dev in ("meta", "cuda", "mps"):
+        assert resolve_backend("auto", torch.device(dev)) == "chunked"
+        assert resolve_backend("chunked", torch.device(dev)) == "chunked"
+        assert resolve_backend("ref", torch.device(dev)) == "ref"
+        with pytest.raises(ValueError, match="CPU tensors only"):
+            resolve_backend("native", torch.device(dev))
+    # the CPU is unchanged: native with the extension, ref without it
+    assert resolve_backend("auto", torch.device("cpu")) == ("native" if NATIVE else "ref")
+    monkeypatch.setattr(_native_backend, "_ext", None)
+    assert resolve_backend("auto", torch.device("cpu")) == "ref"
+    assert resolve_backend("auto", torch.device("meta")) == "chunked"
+    with pytest.raises(ValueError, match="valid backends: auto, ref, chunked, native"):
+        resolve_backend("parallel", torch.device("cpu"))
+
+
+def spy(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        calls.append(args[0].device.type)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
+def test_auto_runs_the_chunked_scan_on_a_non_cpu_device(monkeypatch):
+    chunked = spy(monkeypatch, sel_module, "selective_scan_chunked")
+    ref = spy(monkeypatch, sel_module, "selective_scan_ref")
+    case = make_case("complex", L=10)
+    y, decay = selective_scan(*(t.to("meta") for t in case[:5]), case[5], backend="auto", return_decay=True)
+    assert (y.device.type, tuple(y.shape), tuple(decay.shape)) == ("meta", (2, 10, 11), (case[2].shape[0],))
+    assert chunked == ["meta"] and ref == []
+
+
+def test_selective_layer_passes_auto_through(monkeypatch):
+    chunked = spy(monkeypatch, sel_module, "selective_scan_chunked")
+    ref = spy(monkeypatch, sel_module, "selective_scan_ref")
+    layer = SelectiveSSM(4, 3).eval()
+    assert layer.scan == "auto"
+    with torch.no_grad():
+        layer(torch.randn(2, 5, 4))                                  # CPU: native or ref, never chunked
+    assert chunked == [] and ref == ([] if NATIVE else ["cpu"])
+    ref.clear()
+    out = layer.to("meta")(torch.randn(2, 5, 4, device="meta"))
+    assert out.device.type == "meta" and chunked == ["meta"] and ref == []
+
+
+def test_mamba2_layer_uses_the_chunked_ssd_scan_off_the_cpu(monkeypatch):
+    chunked = spy(monkeypatch, ssd_module, "ssd_scan_chunked")
+    ref = spy(monkeypatch, ssd_module, "ssd_scan_ref")
+    layer = Mamba2SSM(8, 4, headdim=4).eval()
+    assert layer.scan == "auto"
+    layer(torch.randn(2, 5, 8))
+    out = layer.to("meta")(torch.randn(2, 5, 8, device="meta"))
+    assert out.device.type == "meta" and chunked == ["cpu", "meta"] and ref == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Structure: no Python loop over time
+# ------------------------------------------------------------------------------------------------
+
+
+class CountOps(TorchDispatchMode):
+    """Counts every aten operation dispatched (forward and autograd's backward alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def op_counts(backend, L, kind="complex"):
+    """(forward ops, forward + backward ops) of one scan of length L."""
+    case = make_case(kind, L=L, nb=1, E=3, n_states=4)
+    args = leaves(*case[:5])
+    with CountOps() as count:
+        y = selective_scan(*args, case[5], backend=backend)
+        forward = count.n
+        torch.autograd.grad(y.square().sum(), args)
+    return forward, count.n
+
+
+@pytest.mark.parametrize("kind", ["shared", "complex"])
+def test_sequential_steps_grow_like_sqrt_length(kind):
+    f1, t1 = op_counts("chunked", 1, kind)
+    f100, t100 = op_counts("chunked", 100, kind)
+    f1600, t1600 = op_counts("chunked", 1600, kind)
+    for L, f in ((100, f100), (1600, f1600)):
+        # the loops: T = ceil(sqrt(L)) local steps of two operations, ceil(L / T) - 1 carry steps
+        # of one, plus a fixed count; the reference runs two operations per time step
+        assert f - f1 <= 3 * (2 * math.sqrt(L) + 2), (L, f - f1)
+    # forward + backward: 16 times the length costs about 4 times the operations (sqrt), not 16
+    assert (t1600 - t1) / (t100 - t1) < 6
+    assert t1600 - t1 < 1600
+    # the same measures tell the reference's loop over time apart
+    (r1, rt1), (r100, rt100), (r1600, rt1600) = (op_counts("ref", L, kind) for L in (1, 100, 1600))
+    assert r1600 - r1 >= 2 * 1599 and (rt1600 - rt1) / (rt100 - rt1) > 14

@@ -65,8 +65,9 @@ class ModelConfig(BaseModel):
     max_phase: float = Field(2 * math.pi, gt=0.0, le=2 * math.pi)
     train_gamma: bool = True
     scan: Literal[BACKENDS] = Field(
-        "auto", description="scan backend (the selective scan has auto, native and ref; the "
-        "mamba2 SSD scan auto, chunked and ref)")
+        "auto", description="scan backend (the selective scan has auto, chunked, native and ref, "
+        "auto = native on a CPU, chunked elsewhere; the mamba2 SSD scan auto, chunked and ref, "
+        "auto = chunked)")
     # selective layers only (layer="selective"; ignored by the LRU)
     expand: int = Field(2, ge=1, description="selective, mamba2: channels E = expand * d_model")
     d_conv: int = Field(4, ge=1, description="selective, mamba2: causal depthwise convolution kernel")
@@ -110,8 +111,6 @@ class ModelConfig(BaseModel):
             raise ValueError(f"d_state lists {len(self.d_state)} sizes for {self.n_layers} blocks")
         if self.dt_min >= self.dt_max:
             raise ValueError(f"dt_min ({self.dt_min}) must be below dt_max ({self.dt_max})")
-        if self.layer == "selective" and self.scan == "chunked":
-            raise ValueError("the selective scan has the backends auto, native and ref (not chunked)")
         if self.layer == "mamba2":
             if self.scan == "native":
                 raise ValueError("the mamba2 SSD scan has the backends auto, chunked and ref (not native)")

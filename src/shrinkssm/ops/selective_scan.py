@@ -1,4 +1,4 @@
-"""The selective scan of Mamba-style SSMs: a sequential reference and a fused CPU kernel.
+"""The selective scan of Mamba-style SSMs: a sequential reference, a chunked form and a fused CPU kernel.
 
 For every channel ``c`` (of ``E``) and every state ``i`` of that channel (conventions of
 :mod:`shrinkssm.lti`; legend B batch, L length, E channels, S states)::
@@ -32,6 +32,12 @@ and slot ``s`` holds one state of each channel of the bucket (lane ``l`` is chan
 Backends (``backend=``)
 -----------------------
 ``"ref"``  plain loop over time (``unbind``), differentiated by autograd; the reference.
+``"chunked"``  plain torch on any device, differentiated by autograd, no Python loop over time
+(:func:`selective_scan_chunked`, :mod:`shrinkssm.ops._selective_chunked`): chunks of about
+``sqrt(L)`` steps, local states and running products of the decays inside every chunk, a carry
+over the chunk ends and a fix-up, so about ``2 sqrt(L)`` sequential steps instead of ``L``; only
+products of the decays (no logarithms, no division), ``(B, L, S)`` temporaries only. The
+backend for GPUs.
 ``"native"``  the fused C kernel (``shrinkssm.ops._native_scan``: ``sel_forward`` /
 ``sel_backward``, source ``_native/selective.c``): ``exp(delta alpha)`` is computed on the fly
 (vectorised exp and sincos), states are checkpointed every :data:`CHECKPOINT_CHUNK` steps and
@@ -39,7 +45,8 @@ recomputed in the backward; float32 and float64, real and complex states. The ke
 PyTorch custom operator pair ``shrinkssm::selective_forward`` / ``selective_backward`` (fake
 implementations and autograd registered), so ``torch.compile`` and ``torch.export`` trace through
 it; in plain eager mode it is called without the dispatcher (:mod:`shrinkssm.ops._op_dispatch`).
-``"auto"``  ``"native"`` for CPU tensors when the extension is loaded, ``"ref"`` otherwise.
+``"auto"``  ``"native"`` for CPU tensors when the extension is loaded (``"ref"`` on a CPU without
+it, as before), ``"chunked"`` on every other device (:func:`resolve_backend`).
 
 Gradients (torch's complex convention ``dL/dRe + i dL/dIm``), with ``g[t]`` the adjoint of
 ``h[t]``, ``a[t] = exp(delta alpha)`` and ``w[t] = delta u``::
@@ -48,8 +55,8 @@ Gradients (torch's complex convention ``dL/dRe + i dL/dIm``), with ``g[t]`` the 
     dC[t] = dy[t, c] conj(h[t]),   dB[t] = w[t] g[t],   dw = Re(g conj(B)),   da = g conj(h[t-1])
     dalpha += delta conj(a) da,    ddelta += Re(da conj(alpha a)) + dw u,   du += dw delta
 
-The tests compare the kernel with the reference, forward and backward, in float64 / complex128
-and with :func:`torch.autograd.gradcheck`.
+The tests compare the kernel and the chunked form with the reference, forward and backward, in
+float64 / complex128 and with :func:`torch.autograd.gradcheck`.
 """
 
 from __future__ import annotations
@@ -63,17 +70,20 @@ from torch import Tensor
 from shrinkssm.ops import _native_backend
 from shrinkssm.ops._native_backend import _expect, _real_dtype
 from shrinkssm.ops._op_dispatch import OpSpec, call, checked
+from shrinkssm.ops._selective_chunked import varying_scan_chunked
 
 __all__ = [
     "BACKENDS",
     "CHECKPOINT_CHUNK",
     "ScanLayout",
     "lanes_for",
+    "resolve_backend",
     "selective_scan",
+    "selective_scan_chunked",
     "selective_scan_ref",
 ]
 
-BACKENDS = ("auto", "ref", "native")
+BACKENDS = ("auto", "ref", "chunked", "native")
 """Valid values of ``backend=``."""
 
 CHECKPOINT_CHUNK = 32
@@ -304,7 +314,13 @@ def _check(u, delta, alpha, B, C, layout) -> None:
         raise ValueError(f"tensors are on different devices: {sorted(map(str, devices))}")
 
 
-def _resolve(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend ("ref", "chunked" or "native") that ``backend`` means for ``device``.
+
+    ``"auto"`` is ``"native"`` on a CPU when the compiled extension is loaded, ``"ref"`` on a CPU
+    without it, and ``"chunked"`` on every other device. Raises ValueError for an unknown name
+    or ``"native"`` off the CPU, RuntimeError for ``"native"`` without the extension.
+    """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend == "native":
@@ -313,13 +329,47 @@ def _resolve(backend: str, device: torch.device) -> str:
         _native_backend._require()
         return "native"
     if backend == "auto":
-        return "native" if device.type == "cpu" and _native_backend.native_available() else "ref"
+        if device.type != "cpu":
+            return "chunked"
+        return "native" if _native_backend.native_available() else "ref"
     return backend
 
 
 # ------------------------------------------------------------------------------------------------
 # Reference
 # ------------------------------------------------------------------------------------------------
+
+
+def _expand(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Tensor, layout: ScanLayout
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The recurrence expanded to every state of the layout.
+
+    Returns the decays ``a = exp(delta alpha)``, the inputs ``b = delta u B`` and the read-outs
+    ``C``, each (B, L, S) in alpha's dtype (padding states get a zero step), then the used states
+    ``keep`` (R,) int64 and their channels ``kept_chan`` (R,) int64, for :func:`_read_out`. The
+    index tensors come from the layout on the CPU, so nothing here waits for the device.
+    """
+    dev = u.device
+    chan = layout.state_channel()                                     # (S,), CPU
+    valid = chan >= 0
+    keep, kept_chan = valid.nonzero().flatten().to(dev), chan[valid].to(dev)
+    ch, valid = chan.clamp_min(0).to(dev), valid.to(dev)
+    e = delta[..., ch] * valid                                        # (B, L, S)
+    w = e * u[..., ch]                                                # (B, L, S)
+    a = torch.exp(e * alpha)                                          # (B, L, S) real or complex
+    if layout.is_shared:
+        col = layout.state_column().to(dev)
+        Bv, Cv = B[..., col], C[..., col]                             # (B, L, S)
+    else:
+        Bv, Cv = B, C
+    return a, w * Bv, Cv, keep, kept_chan
+
+
+def _read_out(u: Tensor, Cv: Tensor, h: Tensor, keep: Tensor, kept_chan: Tensor) -> Tensor:
+    """``y[..., c] = sum over the states i of channel c of Re(C[..., i] h[..., i])``: (B, L, E)."""
+    p = Cv * h                                                        # (B, L, S)
+    p = p.real if p.is_complex() else p
+    return u.new_zeros(u.shape).index_add(2, kept_chan, p.index_select(2, keep))
 
 
 def selective_scan_ref(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Tensor, layout: ScanLayout,
@@ -329,27 +379,40 @@ def selective_scan_ref(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Te
     Same parameters and returns as :func:`selective_scan` (without ``backend``).
     """
     _check(u, delta, alpha, B, C, layout)
-    dev = u.device
-    chan = layout.state_channel().to(dev)                             # (S,)
-    valid = chan >= 0
-    ch = chan.clamp_min(0)
-    e = delta[..., ch] * valid                                        # (B, L, S)
-    w = e * u[..., ch]                                                # (B, L, S)
-    a = torch.exp(e * alpha)                                          # (B, L, S) real or complex
-    if layout.is_shared:
-        col = layout.state_column().to(dev)
-        Bv, Cv = B[..., col], C[..., col]                             # (B, L, S)
-    else:
-        Bv, Cv = B, C
-    b = w * Bv
+    a, b, Cv, keep, kept_chan = _expand(u, delta, alpha, B, C, layout)
     h = b.new_zeros(b.shape[0], b.shape[2])                           # (B, S)
-    outs = []
-    for a_t, b_t, c_t in zip(a.unbind(1), b.unbind(1), Cv.unbind(1)):
+    states = []
+    for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
         h = a_t * h + b_t
-        outs.append(c_t * h)
-    p = torch.stack(outs, dim=1)                                      # (B, L, S)
-    p = p.real if p.is_complex() else p
-    y = u.new_zeros(u.shape).index_add(2, ch[valid], p[..., valid])   # (B, L, E)
+        states.append(h)
+    y = _read_out(u, Cv, torch.stack(states, dim=1), keep, kept_chan)  # (B, L, E)
+    if return_decay:
+        return y, a.detach().sum((0, 1))
+    return y
+
+
+def selective_scan_chunked(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Tensor, layout: ScanLayout,
+                           return_decay: bool = False, chunk: int | None = None
+                           ) -> Tensor | tuple[Tensor, Tensor]:
+    """Chunked selective scan in plain torch, any device: no Python loop over time.
+
+    The recurrence expanded to every state is run by
+    :func:`shrinkssm.ops._selective_chunked.varying_scan_chunked`: chunks of ``T = chunk`` steps
+    (default ``ceil(sqrt(L))``), local states and prefix decays by a ``T``-step loop over every
+    chunk at once, a carry over the chunk ends and a fix-up, so the Python-level depth is
+    ``T + ceil(L / T) - 1`` (about ``2 sqrt(L)``) sequential steps instead of ``L``. Only products
+    of the decays appear (no logarithms or divisions), so strong and near-1 decays over long
+    sequences stay finite, values and gradients. Memory: ``(B, L, S)`` tensors only, as in the
+    reference: with autograd about eight in the states' dtype (``a``, ``b``, ``C`` expanded to
+    every state, then five in the scan), the reference about six; no ``(L, L)`` or ``(T, T)``
+    matrix per state.
+
+    Same parameters and returns as :func:`selective_scan` (without ``backend``); ``chunk`` >= 1
+    need not divide L.
+    """
+    _check(u, delta, alpha, B, C, layout)
+    a, b, Cv, keep, kept_chan = _expand(u, delta, alpha, B, C, layout)
+    y = _read_out(u, Cv, varying_scan_chunked(a, b, chunk), keep, kept_chan)
     if return_decay:
         return y, a.detach().sum((0, 1))
     return y
@@ -567,7 +630,9 @@ def selective_scan(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Tensor
     layout : ScanLayout
         Where every state sits (module docstring). The native kernel needs
         ``layout.lanes == lanes_for(u.dtype)``.
-    backend : {"auto", "ref", "native"}
+    backend : {"auto", "ref", "chunked", "native"}
+        See the module docstring; "auto" is "native" on a CPU with the extension and "chunked"
+        off the CPU (:func:`resolve_backend`).
     return_decay : bool
         Also return ``sum over batch and time of exp(delta * alpha)``, (S,) with alpha's dtype,
         detached: the numerator of the mean transition that the layer's LTI surrogate tracks.
@@ -581,7 +646,7 @@ def selective_scan(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Tensor
     Raises
     ------
     ValueError
-        Bad shapes, dtypes, devices or layout; unknown backend.
+        Bad shapes, dtypes, devices or layout; unknown backend; "native" off the CPU.
     RuntimeError
         ``backend="native"`` without the compiled extension.
 
@@ -595,6 +660,9 @@ def selective_scan(u: Tensor, delta: Tensor, alpha: Tensor, B: Tensor, C: Tensor
     tensor([1.0000, 1.5000, 1.7500])
     """
     _check(u, delta, alpha, B, C, layout)
-    if _resolve(backend, u.device) == "native":
+    chosen = resolve_backend(backend, u.device)
+    if chosen == "native":
         return _selective_scan_native(u, delta, alpha, B, C, layout, return_decay)
+    if chosen == "chunked":
+        return selective_scan_chunked(u, delta, alpha, B, C, layout, return_decay)
     return selective_scan_ref(u, delta, alpha, B, C, layout, return_decay)

@@ -13,7 +13,8 @@ the structure of ``mamba_simple.Mamba``), on ``u: (B, L, H)`` with ``E = expand 
 
 i.e. the zero-order-hold transition of a diagonal continuous-time ``A`` with Mamba-1's simplified
 input term ``delta B`` (``selective_scan_ref``). The scan is
-:func:`shrinkssm.ops.selective_scan.selective_scan` (a fused CPU kernel with a sequential reference).
+:func:`shrinkssm.ops.selective_scan.selective_scan` (a fused CPU kernel, a chunked plain-torch form
+that ``scan="auto"`` uses off the CPU, and a sequential reference).
 
 After a per-channel reduction a channel's states are real (``re_*``) or complex (``cx_*``) with
 continuous-time eigenvalues ``alpha``: at run time the transition is ``exp(delta[t] alpha)``, state
@@ -71,8 +72,9 @@ class SelectiveSSM(SurrogateStatistics, SelectiveReducer, nn.Module):
         Which Gramians rank the states; :mod:`shrinkssm.nn.selective.surrogate`.
     surrogate_momentum : float or None
         Weight of a new batch in the surrogate's moving averages; None for a plain average.
-    scan : {"auto", "native", "ref"}
-        Backend of :func:`~shrinkssm.ops.selective_scan.selective_scan`.
+    scan : {"auto", "chunked", "native", "ref"}
+        Backend of :func:`~shrinkssm.ops.selective_scan.selective_scan`; "auto" is "native" on a
+        CPU with the compiled extension and "chunked" on other devices.
 
     Shapes: ``forward(u: (B, L, H), mask: (B, L) bool) -> (B, L, H)``;
     ``step(u_k: (B, H), state) -> ((B, H), state)`` with ``state`` from :meth:`initial_state`.
