@@ -529,7 +529,7 @@ class _KernelArrays(torch.autograd.Function):
 
         d nu_log    = -exp(nu_log) (glr lr + gli li)
         d theta_log = phi (gli lr - glr li)
-        d B_re      = g * glr^T,   d gamma_log = g * sum_h (gBr^T B_re + gBi^T B_im)
+        d B_re      = g * gBr^T,   d gamma_log = g * sum_h (gBr^T B_re + gBi^T B_im)
 
     The tests compare it with gradcheck and with autograd through the map written in complex
     torch operations.
