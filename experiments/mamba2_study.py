@@ -122,8 +122,9 @@ def has_data(task: str) -> bool:
 # ----------------------------------------------------------------------------------- decoding
 def measure_decoding(root: Path = RUNS, *, tasks: list[str] | None = None, force: bool = False,
                      n_tokens: int = 64, rounds: int = 5, say=print) -> list[Path]:
-    """Write ``decode.json`` into every finished run that has a checkpoint and none yet (all of
-    them with ``force``): tokens/s of the trained model's recurrent step at batch 1 and 64 and its
+    """Write ``decode.json`` into the finished runs that have a checkpoint: for every task and seed
+    where one of them has no ``decode.json`` yet (every one with ``force``), all of that seed's
+    runs are measured again, together: tokens/s of the trained model's recurrent step at batch 1 and 64 and its
     state bytes per sequence (``benchmarks/mamba2_decode.py``'s :func:`measure`), the runs of one
     task and seed timed interleaved, so ratios within a seed share the machine's moment. The
     model is the final one (``checkpoints/last.pt``). Returns the files written."""
@@ -142,11 +143,11 @@ def measure_decoding(root: Path = RUNS, *, tasks: list[str] | None = None, force
         for run_dir in sorted(study.iterdir()):
             if not (run_dir / "summary.json").is_file() or not (run_dir / "checkpoints" / "last.pt").is_file():
                 continue
-            if (run_dir / "decode.json").is_file() and not force:
-                continue
             arm, _, seed = run_dir.name.rpartition("-seed")
             by_seed.setdefault(seed, {})[arm] = run_dir
         for seed, runs in sorted(by_seed.items()):
+            if not force and all((d / "decode.json").is_file() for d in runs.values()):
+                continue
             models = {arm: load_run(d).model for arm, d in runs.items()}
             res = measure(models, DECODE_BATCHES, n_tokens, rounds)
             for arm, d in runs.items():
