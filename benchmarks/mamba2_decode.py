@@ -33,6 +33,7 @@ stepped through their encoder and blocks, the stack without pooling and head).
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
 import torch
@@ -106,15 +107,15 @@ def decode_fn(model: SSMModel, batch_size: int, n_tokens: int) -> tuple[Callable
 
 
 def measure(models: dict[str, SSMModel], batches=(1, 64), n_tokens: int = 64, rounds: int = 7,
-            burn_in: int = 1) -> dict[str, dict]:
+            burn_in: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, dict]:
     """Every model at every batch size, timed interleaved (:func:`_common.time_round_robin`, wall
-    clock). Returns ``{name: {"tokens_per_s": {batch: float}, "state_bytes": float,
+    clock by default). Returns ``{name: {"tokens_per_s": {batch: float}, "state_bytes": float,
     "state_dims": [...]}}`` (tokens/s counts every stream; bytes per sequence)."""
     fns, memory = {}, {}
     for name, model in models.items():
         for b in batches:
             fns[(name, b)], memory[name] = decode_fn(model, b, n_tokens)
-    seconds = _common.time_round_robin(fns, rounds, burn_in=burn_in)
+    seconds = _common.time_round_robin(fns, rounds, burn_in=burn_in, clock=clock)
     return {name: {"tokens_per_s": {b: n_tokens * b / seconds[(name, b)] for b in batches},
                    "state_bytes": memory[name], "state_dims": model.state_dims()}
             for name, model in models.items()}
