@@ -246,9 +246,8 @@ def test_folded_width_is_the_capped_order_the_note_names():
     _deficient_statistics_(base, [3])
     padded = copy.deepcopy(base)
     bal = base.plan_reduction(lambda hsv, size: 4).detail.balancings[0]
-    from shrinkssm.nn.mamba2.folding import coordinate_basis as basis
     T, Tm = bal.transforms(np.arange(3))
-    S = basis(Tm)
+    S = coordinate_basis(Tm)
     Tm, T = S @ Tm, T @ np.linalg.inv(S)
     zero = np.zeros((1, base.n))
     eye3 = np.eye(3)
