@@ -206,3 +206,73 @@ def test_folded_change_on_held_out_digits_is_finite_zero_at_full_rank_and_falls_
         assert errs[-1] < 1e-5 < 1e-3 < errs[0]                          # float32 rounding at N
         assert np.mean(errs[N // 2:-1]) < np.mean(errs[:N // 2])        # falls overall
     assert folded_noskip[-2] > 10 * exact_noskip[-2]                   # folding is approximate
+
+
+def _deficient_statistics_(layer, ranks_of_P):
+    """Gramians with a P of the given rank per group (Q full): that many nonzero HSVs each."""
+    rng = np.random.default_rng(7)
+    N = layer.n
+    with torch.no_grad():
+        for g, k in enumerate(ranks_of_P):
+            F = rng.normal(size=(N, k))
+            Fq = rng.normal(size=(N, N))
+            layer.gram_P[g] = torch.from_numpy(F @ F.T)
+            layer.gram_Q[g] = torch.from_numpy(Fq @ Fq.T + np.eye(N))
+        layer.gram_steps.fill_(1)
+
+
+def _capped_orders(notes):
+    return [int(n.rsplit("order capped at ", 1)[1].split()[0]) for n in notes if "order capped at" in n]
+
+
+def test_folded_width_is_the_capped_order_the_note_names():
+    """One group, statistics of rank 3 (3 nonzero HSVs of 5), 4 states planned: the exact form
+    keeps 3 and says "capped at 3"; the folded form must go to the same 3 -- before, it noted
+    "capped at 3" yet padded the layer to 4 with a state that stays zero. The padded layer computes
+    the same function (its extra state is dead), so nothing is lost by not padding."""
+    outs = {}
+    for form in ("exact", "folded"):
+        layer = make_layer(ngroups=1, reduction=form)
+        _deficient_statistics_(layer, [3])
+        report = layer.apply_reduction_(layer.plan_reduction(lambda hsv, size: 4))
+        assert _capped_orders(report.notes) == [3], report.notes
+        assert report.new_d_state == layer.d_state == 3 and report.ranks == (3,), (form, report)
+        assert layer.state_size == layer.d_inner * 3
+        outs[form] = layer
+    folded = outs["folded"]
+    assert folded.ranks is None and folded.n == 3
+    # the width-4 layer the old code built (the same three maps and one zero row) equals it
+    base = make_layer(ngroups=1, reduction="folded")
+    _deficient_statistics_(base, [3])
+    padded = copy.deepcopy(base)
+    bal = base.plan_reduction(lambda hsv, size: 4).detail.balancings[0]
+    T, Tm = bal.transforms(np.arange(3))
+    S = coordinate_basis(Tm)
+    Tm, T = S @ Tm, T @ np.linalg.inv(S)
+    zero = np.zeros((1, base.n))
+    eye3 = np.eye(3)
+    padded._load_folded([np.vstack([Tm, zero])], [np.vstack([T.T, zero])],
+                        [np.pad(eye3, ((0, 1), (0, 1)))], [np.pad(eye3, ((0, 1), (0, 1)))])
+    assert padded.n == 4
+    u = inputs(seed=6)
+    folded.eval(), padded.eval()
+    torch.testing.assert_close(folded(u), padded(u), rtol=1e-12, atol=1e-13)
+
+
+def test_folded_width_with_groups_is_the_largest_kept_order_and_padding_is_noted():
+    """Two groups: nonzero HSVs 5 and 2, 4 planned -> width 4, group 1 capped at 2 and padded with
+    2 zero states (noted); nonzero HSVs 3 and 2 -> width 3, the largest order a group keeps."""
+    layer = make_layer(ngroups=2, reduction="folded")
+    _deficient_statistics_(layer, [5, 2])
+    report = layer.apply_reduction_(layer.plan_reduction(lambda hsv, size: 4))
+    assert layer.d_state == 4 and report.ranks == (4, 4)
+    assert _capped_orders(report.notes) == [2]
+    assert any(n.startswith("group 1:") and "padded with 2 zero state(s) to the folded width 4" in n
+               for n in report.notes), report.notes
+    layer = make_layer(ngroups=2, reduction="folded")
+    _deficient_statistics_(layer, [3, 2])
+    report = layer.apply_reduction_(layer.plan_reduction(lambda hsv, size: 4))
+    assert layer.d_state == 3 and report.ranks == (3, 3)
+    assert _capped_orders(report.notes) == [3, 2]
+    assert any("padded with 1 zero state(s) to the folded width 3" in n for n in report.notes)
+    assert any("folded: one width for every group, 3" in n for n in report.notes), report.notes

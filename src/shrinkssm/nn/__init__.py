@@ -10,9 +10,13 @@
   (:mod:`shrinkssm.nn.mamba2`); it reduces by one balancing transform per group.
 * :func:`from_hf` -- the mixers of a local Hugging Face Mamba / Mamba-2 checkpoint as these layers
   (:mod:`shrinkssm.nn.hf`).
+* :func:`calibrate` -- gather the reduction statistics of the Mamba-2 and selective layers in a
+  layer or model over batches you choose, changing nothing else (:mod:`shrinkssm.nn.calibration`):
+  what a loaded layer needs before ``plan_reduction``.
 * :class:`SSMModel` -- encoder, blocks of (norm -> mixer -> GELU -> GLU -> residual), pooling, head.
 """
 
+from shrinkssm.nn.calibration import calibrate as calibrate
 from shrinkssm.nn.lru import LRU as LRU, SSM_LR_GROUP as SSM_LR_GROUP
 from shrinkssm.nn.shrinkable import (
     LayerReduction as LayerReduction,
@@ -35,4 +39,4 @@ from shrinkssm.nn.model import (
 
 __all__ = ["LRU", "LayerReduction", "ReductionPlan", "ShrinkableLayer", "shrinkable_layers",
            "SSM_LR_GROUP", "ModelConfig", "SSMModel", "SSMBlock", "MaskedBatchNorm", "SelectiveSSM",
-           "calibrate_surrogates", "Mamba2SSM", "from_hf", "layer_from_hf"]
+           "calibrate_surrogates", "calibrate", "Mamba2SSM", "from_hf", "layer_from_hf"]

@@ -47,6 +47,8 @@ import math
 import torch
 from torch import Tensor
 
+from shrinkssm.nn.calibration import GatheredStatistics
+
 __all__ = ["GRAMIAN_POSITIONS", "GramianStatistics", "gramian_weights"]
 
 GRAMIAN_POSITIONS = 1024
@@ -94,11 +96,15 @@ def gramian_weights(x: Tensor, dt: Tensor, A: Tensor, valid: Tensor, rep: int) -
     return kP.reshape(b, L, G, rep).mean(-1), kQ.reshape(b, L, G, rep).mean(-1)
 
 
-class GramianStatistics:
+class GramianStatistics(GatheredStatistics):
     """Mixin of :class:`~shrinkssm.nn.mamba2.Mamba2SSM`: the groups' running Gramians (module
     docstring). The layer owns the buffers ``gram_P``, ``gram_Q`` (G, M, M) and ``gram_steps``
     (int64 scalar), and the attributes ``gramian_momentum`` (float in (0, 1] or None for a plain
-    average) and ``track_gramians`` (bool)."""
+    average) and ``track_gramians`` (bool). Its forward gathers in training mode while
+    ``track_gramians``, and in either mode inside :meth:`calibrating` (a plain average then;
+    :func:`shrinkssm.nn.calibrate`)."""
+
+    STATISTICS_BUFFERS = ("gram_P", "gram_Q", "gram_steps")
 
     @torch.no_grad()
     def reset_gramians_(self) -> None:
@@ -110,6 +116,15 @@ class GramianStatistics:
     def has_gramians(self) -> bool:
         """True when the statistics have seen at least one batch."""
         return int(self.gram_steps) > 0
+
+    def reset_statistics_(self) -> None:
+        """:meth:`reset_gramians_` (the name :class:`~shrinkssm.nn.calibration.GatheredStatistics`
+        calls)."""
+        self.reset_gramians_()
+
+    def has_statistics(self) -> bool:
+        """:meth:`has_gramians`."""
+        return self.has_gramians()
 
     @torch.no_grad()
     def batch_gramians(self, x: Tensor, dt: Tensor, A: Tensor, Bs: list[Tensor], Cs: list[Tensor],
@@ -143,14 +158,15 @@ class GramianStatistics:
     @torch.no_grad()
     def _track_gramians(self, x: Tensor, dt: Tensor, A: Tensor, Bs: list[Tensor], Cs: list[Tensor],
                         mask: Tensor | None) -> None:
-        """Fold this batch's Gramians into the running averages (momentum, or a plain average)."""
+        """Fold this batch's Gramians into the running averages (momentum, or a plain average:
+        ``gramian_momentum`` None, or while calibrating)."""
         got = self.batch_gramians(x, dt, A, Bs, Cs, mask)
         if got is None:
             return
         Ps, Qs = got
         k = int(self.gram_steps)
         m = self.gramian_momentum
-        w = 1.0 / (k + 1) if m is None else (1.0 if k == 0 else m)
+        w = 1.0 / (k + 1) if (m is None or self._calibrating) else (1.0 if k == 0 else m)
         for g, (P, Q) in enumerate(zip(Ps, Qs)):
             r = P.shape[0]
             self.gram_P[g, :r, :r].lerp_(P.to(self.gram_P.dtype), w)
@@ -160,8 +176,8 @@ class GramianStatistics:
     def group_gramians(self) -> list[tuple[Tensor, Tensor]]:
         """Per group, the running ``(P_g, Q_g)``: ``(r_g, r_g)`` float64 CPU tensors, symmetrised."""
         if not self.has_gramians():
-            raise ValueError("the mamba2 layer has no Gramian statistics yet: run training-mode "
-                             "forward passes first")
+            raise ValueError("the mamba2 layer has no Gramian statistics yet: calibrate it "
+                             "(shrinkssm.nn.calibrate) or run training-mode forward passes first")
         out = []
         for g, r in enumerate(self.group_ranks):
             P = self.gram_P[g, :r, :r].detach().to("cpu", _F64)

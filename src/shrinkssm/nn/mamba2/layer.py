@@ -38,7 +38,8 @@ reads ``B'_g = T_g^- B_g`` and ``C'_g = T_g^T C_g`` of ``r_g`` states (buffers `
 equal order share one scan call. The *folded* form (``reduction="folded"``,
 :mod:`~shrinkssm.nn.mamba2.folding`) instead folds the transforms into ``in_proj`` and the
 convolution and leaves a plain layer of ``d_state = r`` (approximate). Training-mode forward passes gather the groups' Gramians
-(:mod:`~shrinkssm.nn.mamba2.gramians`).
+(:mod:`~shrinkssm.nn.mamba2.gramians`); :func:`shrinkssm.nn.calibrate` gathers them over batches
+you choose (for a layer that has not trained, e.g. one from :func:`shrinkssm.nn.from_hf`).
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         self.gramian_momentum = gramian_momentum
         self.reduction = reduction
         self.track_gramians = True
+        self._calibrating = False      # True inside calibrating() (nn.calibration)
         self.ranks: list[int] | None = None
         self.d_model, self.expand, self.headdim, self.ngroups = d_model, expand, headdim, ngroups
         self.d_conv, self.chunk_size, self.scan = d_conv, chunk_size, scan
@@ -364,7 +366,7 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         if m is not None:
             dt = dt * m   # zero step: padding leaves the state unchanged
         A = -torch.exp(self.A_log)
-        track = self.training and self.track_gramians
+        track = self._calibrating or (self.training and self.track_gramians)
         if self.ranks is None:
             y = ssd_scan(x, dt, A, B, C, chunk_size=self.chunk_size, backend=self.scan)
             if track:

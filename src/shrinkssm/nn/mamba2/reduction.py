@@ -24,8 +24,10 @@ the same maps into the rows of ``in_proj`` that produce ``B`` and ``C`` and into
 convolution channels, and leaves a plain layer whose ``B`` and ``C`` have width ``r``: no buffers,
 no extra cost per token, but approximate (the convolution's kernels are re-fitted, the SiLU sits
 in between). A plain layer has one width for all groups, so its plan gives every group the
-largest of the groups' orders; a group whose balancing keeps fewer directions gets zero rows
-(states that stay zero).
+largest of the groups' orders, and the reduction takes the largest order a group actually keeps
+(the planned order capped, per group, at its nonzero HSVs: directions with sigma = 0 are never
+kept, so no width is spent on them); a group that keeps fewer directions gets zero rows (states
+that stay zero), and a note says so.
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ class Mamba2Reducer:
         -----
         Exact form: no parameter is replaced (``last_replaced`` stays empty): the transforms are
         buffers and the projections keep their shapes. Folded form: the groups get one order, the
-        largest of ``plan.ranks`` (a note says so when they differ); ``in_proj`` and ``conv1d`` are
+        largest a group keeps (the largest of ``plan.ranks``, capped per group at its nonzero
+        HSVs; a note says so when it is not every group's planned order); ``in_proj`` and ``conv1d`` are
         new modules of width ``r`` (their parameters' ``(old, new)`` pairs in ``last_replaced``),
         the layer has no transforms (``ranks`` None) and ``d_state = r``; the running Gramians
         are moved with the maps as in the exact form (approximately those of the folded layer).
@@ -168,9 +171,6 @@ class Mamba2Reducer:
         folded = self.reduction == "folded"
         if folded:
             k_all = min(max(int(k) for k in plan.ranks), max(before))
-            if len(set(int(k) for k in plan.ranks)) > 1:
-                notes.append(f"folded: one width for every group, the largest planned order {k_all} "
-                             f"(planned {list(plan.ranks)})")
             plan_ranks = [k_all] * self.ngroups
         else:
             plan_ranks = [int(k) for k in plan.ranks]
@@ -178,10 +178,8 @@ class Mamba2Reducer:
             notes.append("no-op: no group's rank is below its order")
             return self._report(plan, old_d, old_size, notes, t0)
         old_in, old_out = self._transforms()
-        new_in, new_out, new_P, new_Q, ranks = [], [], [], [], []
+        maps: list[tuple[np.ndarray, np.ndarray]] = []                     # per group (T^-, T)
         for g, (bal, k, r) in enumerate(zip(plan.detail.balancings, plan_ranks, before)):
-            P = self.gram_P[g, :r, :r].detach().to("cpu", _F64).numpy()
-            Q = self.gram_Q[g, :r, :r].detach().to("cpu", _F64).numpy()
             if int(k) >= r and not balance_all:
                 Tm, T = np.eye(r), np.eye(r)
             else:
@@ -200,9 +198,13 @@ class Mamba2Reducer:
                         S = coordinate_basis(Tm @ old_in[g])
                         Tm, T = S @ Tm, T @ np.linalg.inv(S)
                     figures.append(2.0 * float(bal.hsv.sum() - bal.hsv[idx].sum()))
-            if folded and Tm.shape[0] < k:                          # zero rows: states that stay zero
-                pad = k - Tm.shape[0]
-                Tm, T = np.vstack([Tm, np.zeros((pad, r))]), np.hstack([T, np.zeros((r, pad))])
+            maps.append((Tm, T))
+        if folded:
+            maps = self._one_width(maps, plan, k_all, notes)
+        new_in, new_out, new_P, new_Q, ranks = [], [], [], [], []
+        for g, ((Tm, T), r) in enumerate(zip(maps, before)):
+            P = self.gram_P[g, :r, :r].detach().to("cpu", _F64).numpy()
+            Q = self.gram_Q[g, :r, :r].detach().to("cpu", _F64).numpy()
             new_in.append(Tm @ old_in[g])                                   # (k, N): T^- (previous T^-)
             new_out.append(T.T @ old_out[g])                                # (k, N): T^T (previous T^T)
             new_P.append(Tm @ P @ Tm.T)
@@ -222,6 +224,27 @@ class Mamba2Reducer:
         else:
             self._load_reduction(ranks, new_in, new_out, new_P, new_Q)
         return self._report(plan, old_d, old_size, notes, t0)
+
+    @staticmethod
+    def _one_width(maps: list[tuple[np.ndarray, np.ndarray]], plan: ReductionPlan, planned: int,
+                   notes: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The folded form's one width: the largest order a group keeps (its planned order after
+        the cap at its nonzero HSVs), never more; a group that keeps fewer gets zero rows (states
+        that stay zero), noted. ``maps``: per group ``(T^- (k_g, r), T (r, k_g))``."""
+        width = max(Tm.shape[0] for Tm, _ in maps)
+        if len(set(int(k) for k in plan.ranks)) > 1 or width != planned:
+            notes.append(f"folded: one width for every group, {width}, the largest order a group "
+                         f"keeps (planned {list(plan.ranks)})")
+        out = []
+        for g, (Tm, T) in enumerate(maps):
+            pad = width - Tm.shape[0]
+            if pad:
+                notes.append(f"group {g}: {Tm.shape[0]} state(s) kept, padded with {pad} zero "
+                             f"state(s) to the folded width {width}")
+                r = Tm.shape[1]
+                Tm, T = np.vstack([Tm, np.zeros((pad, r))]), np.hstack([T, np.zeros((r, pad))])
+            out.append((Tm, T))
+        return out
 
     def _report(self, plan: ReductionPlan, old_d: int, old_size: int, notes: list[str], t0: float
                 ) -> LayerReduction:

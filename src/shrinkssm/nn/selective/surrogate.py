@@ -6,7 +6,8 @@ A selective layer has no single LTI system. Per channel ``c`` it keeps running a
 discrete-time real system per channel whose Gramians rank the channel's states (``docs/design.md``
 §7.1; ``surrogate="mean"`` or ``"second_moment"``). Every training-mode forward folds its batch in
 (an exponential moving average over batches with ``surrogate_momentum``, or a plain average);
-:func:`calibrate_surrogates` re-estimates them over batches you choose. The balancing itself is
+:func:`shrinkssm.nn.calibrate` (or :func:`calibrate_surrogates`, the same for a model's selective
+layers) re-estimates them over batches you choose. The balancing itself is
 :mod:`shrinkssm.lti.balancing`.
 
 In data-parallel training, DDP's default ``broadcast_buffers`` copies rank 0's statistics to every
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from shrinkssm import lti
 from shrinkssm.lti.balancing import SquareRoot, balance_batch, psd_factor
+from shrinkssm.nn.calibration import GatheredStatistics, calibrate
 
 __all__ = ["SURROGATES", "MOMENT_POSITIONS", "ChannelRealization", "SurrogateStatistics", "balance_channels",
            "calibrate_surrogates"]
@@ -99,17 +101,29 @@ def _square_factor(S: Tensor) -> Tensor:
     return torch.from_numpy(np.pad(L, ((0, 0), (0, S.shape[0] - L.shape[1]))))
 
 
-class SurrogateStatistics:
+class SurrogateStatistics(GatheredStatistics):
     """Mixin of :class:`~shrinkssm.nn.selective.SelectiveSSM`: the surrogate's statistics and
-    realizations (the layer's ``sur_*`` buffers, allocated by the layer)."""
+    realizations (the layer's ``sur_*`` buffers, allocated by the layer). Its forward gathers in
+    training mode while ``track_surrogate``, and in either mode inside :meth:`calibrating` (a
+    plain average then; :func:`shrinkssm.nn.calibrate`)."""
+
+    STATISTICS_BUFFERS = ("sur_a", "sur_a_re", "sur_a_cx", "sur_dtB", "sur_C", "sur_BB", "sur_CC",
+                          "sur_steps", "sur_steps_states")
 
     @torch.no_grad()
     def reset_surrogate_(self) -> None:
         """Forget the surrogate's statistics (the next tracked batch starts them afresh)."""
-        for name in ("sur_a", "sur_a_re", "sur_a_cx", "sur_dtB", "sur_C", "sur_BB", "sur_CC"):
+        for name in self.STATISTICS_BUFFERS:
             getattr(self, name).zero_()
-        self.sur_steps.zero_()
-        self.sur_steps_states.zero_()
+
+    def reset_statistics_(self) -> None:
+        """:meth:`reset_surrogate_` (the name :class:`~shrinkssm.nn.calibration.GatheredStatistics`
+        calls)."""
+        self.reset_surrogate_()
+
+    def has_statistics(self) -> bool:
+        """:meth:`has_surrogate`."""
+        return self.has_surrogate()
 
     @torch.no_grad()
     def _track(self, delta: Tensor, Bx: Tensor, Cx: Tensor, mask: Tensor | None, decays: dict) -> None:
@@ -177,7 +191,7 @@ class SurrogateStatistics:
         the CPU), see :class:`ChannelRealization`."""
         if not self.has_surrogate():
             raise ValueError("the layer has no surrogate statistics yet: run training-mode forward "
-                             "passes (or calibrate_surrogates) first")
+                             "passes (or shrinkssm.nn.calibrate) first")
         f = lambda t: t.detach().to(device="cpu", dtype=_F64)  # noqa: E731
         E, K = self.d_inner, self.n_bc
         dtB, Cm, BB, CC = f(self.sur_dtB), f(self.sur_C), f(self.sur_BB), f(self.sur_CC)
@@ -246,12 +260,12 @@ class SurrogateStatistics:
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def calibrate_surrogates(model: nn.Module, batches: Iterable) -> int:
-    """Re-estimate every selective layer's surrogate as a plain average over ``batches``.
+    """Re-estimate every selective layer's surrogate as a plain average over ``batches``:
+    :func:`shrinkssm.nn.calibrate` (which also gathers any other layer's statistics in ``model``).
 
-    The model runs in eval mode (batch-norm statistics and dropout untouched) and its mode is
-    restored afterwards. Each batch is an input tensor or an ``(x, mask)`` pair for
+    The model runs in eval mode (batch-norm statistics and dropout untouched) and each module's
+    mode is restored afterwards. Each batch is an input tensor or an ``(x, mask)`` pair for
     ``model(x, mask)``.
 
     Returns
@@ -259,22 +273,6 @@ def calibrate_surrogates(model: nn.Module, batches: Iterable) -> int:
     int
         The number of batches seen.
     """
-    layers = [m for m in model.modules() if isinstance(m, SurrogateStatistics)]
-    if not layers:
+    if not any(isinstance(m, SurrogateStatistics) for m in model.modules()):
         raise ValueError("the model has no SelectiveSSM layers")
-    was_training = model.training
-    model.eval()
-    for layer in layers:
-        layer.reset_surrogate_()
-        layer._calibrating = True
-    count = 0
-    try:
-        for batch in batches:
-            x, mask = batch if isinstance(batch, (tuple, list)) else (batch, None)
-            model(x) if mask is None else model(x, mask)
-            count += 1
-    finally:
-        for layer in layers:
-            layer._calibrating = False
-        model.train(was_training)
-    return count
+    return calibrate(model, batches)
