@@ -88,6 +88,22 @@ def _grad_rows(g: Tensor) -> tuple[Tensor, int]:
     return (g.contiguous(), 0) if rows is None else (rows, g.shape[1])
 
 
+def _block_backward(ctx, M: int, H: int, go: Tensor, rep: int) -> tuple:
+    """``(gy, gu, gD, gW, gbias)`` of the tail saved in ``ctx`` (y, u, D, weight, bias) from the
+    output gradient ``go``: (M, H), or (M / rep, H) rows repeated over runs of ``rep`` positions."""
+    y, u, D, weight, bias = ctx.saved_tensors
+    gy = torch.empty_like(y)
+    gu = torch.empty_like(y) if ctx.has_d else None
+    gD = torch.empty_like(D) if ctx.has_d else None
+    gW, gb = torch.empty_like(weight), torch.empty_like(bias)
+    _ext.block_backward(int(y.dtype == torch.float64), ctx.n_threads, M, H, y.data_ptr(),
+                        u.data_ptr() if ctx.has_d else 0, D.data_ptr() if ctx.has_d else 0,
+                        weight.data_ptr(), bias.data_ptr(), go.data_ptr(), rep, gy.data_ptr(),
+                        gu.data_ptr() if ctx.has_d else 0, gD.data_ptr() if ctx.has_d else 0,
+                        gW.data_ptr(), gb.data_ptr())
+    return gy, gu, gD, gW, gb
+
+
 class _GLUBlock(torch.autograd.Function):
     """Native forward and backward on contiguous (..., H) arrays (M = all leading dimensions).
     A gradient of the output broadcast over dimension 1 of a (B, L, H) output (mean pooling) is
@@ -110,22 +126,12 @@ class _GLUBlock(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):
-        y, u, D, weight, bias = ctx.saved_tensors
-        H = y.shape[-1]
-        M = y.numel() // H
+        H = gout.shape[-1]
+        M = gout.numel() // H
         go, rep = _grad_rows(gout)
         if rep == 0:
             gout = go
-        gy = torch.empty_like(y)
-        gu = torch.empty_like(y) if ctx.has_d else None
-        gD = torch.empty_like(D) if ctx.has_d else None
-        gW, gb = torch.empty_like(weight), torch.empty_like(bias)
-        _ext.block_backward(int(y.dtype == torch.float64), ctx.n_threads, M, H, y.data_ptr(),
-                            u.data_ptr() if ctx.has_d else 0, D.data_ptr() if ctx.has_d else 0,
-                            weight.data_ptr(), bias.data_ptr(), go.data_ptr(), rep, gy.data_ptr(),
-                            gu.data_ptr() if ctx.has_d else 0, gD.data_ptr() if ctx.has_d else 0,
-                            gW.data_ptr(), gb.data_ptr())
-        return gout, gy, gu, gD, gW, gb, None
+        return (gout, *_block_backward(ctx, M, H, go, rep), None)
 
 
 def _use_kernel(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
@@ -185,7 +191,7 @@ class _GLUBlockMean(torch.autograd.Function):
         _ext.block_pool_forward(int(y.dtype == torch.float64), n_threads, nb * L, H, L, y.data_ptr(),
                                 0 if D is None else u.data_ptr(), 0 if D is None else D.data_ptr(),
                                 weight.data_ptr(), bias.data_ptr(), x.data_ptr(), pooled.data_ptr())
-        ctx.n_threads = n_threads
+        ctx.n_threads, ctx.shape = n_threads, (nb, L, H)
         ctx.has_d = D is not None
         ctx.save_for_backward(y, u, D, weight, bias)
         return pooled
@@ -193,19 +199,9 @@ class _GLUBlockMean(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gpooled):
-        y, u, D, weight, bias = ctx.saved_tensors
-        nb, L, H = y.shape
+        nb, L, H = ctx.shape
         go = (gpooled * (1.0 / L)).contiguous()                                   # (B, H)
-        gy = torch.empty_like(y)
-        gu = torch.empty_like(y) if ctx.has_d else None
-        gD = torch.empty_like(D) if ctx.has_d else None
-        gW, gb = torch.empty_like(weight), torch.empty_like(bias)
-        _ext.block_backward(int(y.dtype == torch.float64), ctx.n_threads, nb * L, H, y.data_ptr(),
-                            u.data_ptr() if ctx.has_d else 0, D.data_ptr() if ctx.has_d else 0,
-                            weight.data_ptr(), bias.data_ptr(), go.data_ptr(), L, gy.data_ptr(),
-                            gu.data_ptr() if ctx.has_d else 0, gD.data_ptr() if ctx.has_d else 0,
-                            gW.data_ptr(), gb.data_ptr())
-        return go[:, None, :].expand(nb, L, H), gy, gu, gD, gW, gb, None
+        return (go[:, None, :].expand(nb, L, H), *_block_backward(ctx, nb * L, H, go, L), None)
 
 
 def glu_block_mean(x: Tensor, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
