@@ -568,6 +568,10 @@ def mamba2_section(task: str, title: str, root: Path | None = None,
                 "at this length the models are far from trained out, so the comparison is one of early "
                 "training, and with two or three seeds the intervals are wide (one degree of freedom "
                 "for two seeds).", ""]
+    elif fulls and metric == "bits_per_char":
+        out += [f"The uncompressed runs reach {statistics.mean(fulls):.3f} bits per character on the "
+                "held-out works on average (lower is better): short runs, so the comparison is one of "
+                "early training, and with two or three seeds the intervals are wide.", ""]
     head = (f"| run | seed | final d_state | state numbers | parameters | test {metric} | "
             f"test at best val | train s | train speed-up vs full | tok/s b=1 | tok/s b=64 | "
             "decode b=1 / full | decode b=64 / full | state bytes/seq | / full |")

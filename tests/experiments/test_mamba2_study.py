@@ -155,6 +155,7 @@ def test_the_report_marks_bits_per_char_lower_is_better(tmp_path):
     text = "\n".join(report.mamba2_section("shakespeare", "T", root=tmp_path))
     assert "| exact | full | -0.50 (one seed, no interval, n = 1) | one seed |" in text
     assert "positive means the compressed run is better" in text
+    assert "The uncompressed runs reach 2.000 bits per character" in text   # the full run's 2.0
 
 
 # -- one real, tiny grid ----------------------------------------------------------------------------
