@@ -554,6 +554,7 @@ def mamba2_section(task: str, title: str, root: Path | None = None,
     any_run = next(iter(next(iter(runs.values())).values()))
     metric, scale, sign = _metric(any_run)
     unit = "points" if scale == 100.0 else metric
+    digits = 2 if scale == 100.0 else 3             # bits per character differ in the third decimal
     steps = sorted({r["steps"] for arms in runs.values() for r in arms.values()})
     out += [f"{', '.join(f'{s:,}' for s in steps)} steps per run. Training seconds: the training loop's "
             "wall clock (`train_seconds` of the summary; evaluations excluded), one thread, with another "
@@ -568,6 +569,10 @@ def mamba2_section(task: str, title: str, root: Path | None = None,
                 "at this length the models are far from trained out, so the comparison is one of early "
                 "training, and with two or three seeds the intervals are wide (one degree of freedom "
                 "for two seeds).", ""]
+    elif fulls and metric == "bits_per_char":
+        out += [f"The uncompressed runs reach {statistics.mean(fulls):.3f} bits per character on the "
+                "held-out works on average (lower is better): short runs, so the comparison is one of "
+                "early training, and with two or three seeds the intervals are wide.", ""]
     head = (f"| run | seed | final d_state | state numbers | parameters | test {metric} | "
             f"test at best val | train s | train speed-up vs full | tok/s b=1 | tok/s b=64 | "
             "decode b=1 / full | decode b=64 / full | state bytes/seq | / full |")
@@ -592,7 +597,7 @@ def mamba2_section(task: str, title: str, root: Path | None = None,
             at_best = r.get(f"test_{metric}_at_best_val")
             lines.append(
                 f"| {arm} | {seed} | {r['state_dims']} | {sum(r['state_sizes'])} | {r['parameters']:,} | "
-                f"{scale * r[f'test_{metric}']:.2f} | {'-' if at_best is None else f'{scale * at_best:.2f}'} | "
+                f"{scale * r[f'test_{metric}']:.{digits}f} | {'-' if at_best is None else f'{scale * at_best:.{digits}f}'} | "
                 f"{r['train_seconds']:.0f} | {speed} | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} | "
                 f"{'-' if mem is None else f'{mem:,.0f}'} | {'-' if mem is None or fmem is None else f'{mem / fmem:.2f}'} |")
     out += lines + [""]
@@ -615,7 +620,7 @@ def mamba2_section(task: str, title: str, root: Path | None = None,
         out += ["", f"Paired by seed, test {metric} ({arm_note(sign, unit)}):", "",
                 "| compressed | against | difference | verdict |", "|---|---|---|---|"]
         for arm, other, diffs in pairs:
-            out.append(f"| {arm} | {other} | {_interval_text(diffs)} | {_word(diffs)} |")
+            out.append(f"| {arm} | {other} | {_interval_text(diffs, digits)} | {_word(diffs)} |")
         out.append("")
     # speed-ups and memory, per seed
     rows = []
@@ -661,7 +666,7 @@ def mamba2_section(task: str, title: str, root: Path | None = None,
             for other in ("direct", "full"):
                 d = acc.get((arm, other))
                 if d:
-                    parts.append(f"test {metric} against {other} {statistics.mean(d):+.2f} {unit} "
+                    parts.append(f"test {metric} against {other} {statistics.mean(d):+.{digits}f} {unit} "
                                  f"({_word(d)})")
             out.append(f"- **{arm}**: " + "; ".join(parts) + ".")
         out.append("")

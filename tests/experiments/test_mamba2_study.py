@@ -153,8 +153,10 @@ def test_the_report_marks_bits_per_char_lower_is_better(tmp_path):
     _fake(base / "full-seed0", 2.0, 100.0, 64, 1.0, 1.0, 1.0, "bits_per_char")
     _fake(base / "exact-seed0", 2.5, 100.0, 16, 1.0, 1.0, 1.0, "bits_per_char")
     text = "\n".join(report.mamba2_section("shakespeare", "T", root=tmp_path))
-    assert "| exact | full | -0.50 (one seed, no interval, n = 1) | one seed |" in text
+    assert "| exact | full | -0.500 (one seed, no interval, n = 1) | one seed |" in text   # 3 decimals
+    assert "| exact | 0 | [16] | 256 | 1,000 | 2.500 | 2.500 |" in text
     assert "positive means the compressed run is better" in text
+    assert "The uncompressed runs reach 2.000 bits per character" in text   # the full run's 2.0
 
 
 # -- one real, tiny grid ----------------------------------------------------------------------------
