@@ -31,3 +31,21 @@ def short_trained_mamba2():
             opt.step()
         return model.eval(), data.val.batch(np.arange(128))
     return train
+
+
+@pytest.fixture
+def make_layer():
+    """``f(d_model=8, N=5, headdim=4, ngroups=2, seed=0, **kw) -> Mamba2SSM``: a float64 Mamba-2
+    layer (chunks of 4) with a random skip term and conv bias, and steps made larger
+    (``dt_bias + 1``) so that decays matter over a short sequence."""
+    from shrinkssm.nn.mamba2 import Mamba2SSM
+
+    def make(d_model=8, N=5, headdim=4, ngroups=2, seed=0, **kw):
+        torch.manual_seed(seed)
+        layer = Mamba2SSM(d_model, N, headdim=headdim, ngroups=ngroups, chunk_size=4, **kw).double()
+        with torch.no_grad():
+            layer.D.uniform_(-1, 1)
+            layer.conv1d.bias.uniform_(-0.5, 0.5)
+            layer.dt_bias.add_(1.0)
+        return layer
+    return make

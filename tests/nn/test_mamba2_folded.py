@@ -21,15 +21,6 @@ from shrinkssm.nn.mamba2.folding import coordinate_basis, fit_depthwise_kernels,
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
 
 
-def make_layer(d_model=8, N=5, headdim=4, ngroups=2, seed=0, **kw):
-    torch.manual_seed(seed)
-    layer = Mamba2SSM(d_model, N, headdim=headdim, ngroups=ngroups, chunk_size=4, **kw).double()
-    with torch.no_grad():
-        layer.D.uniform_(-1, 1)
-        layer.conv1d.bias.uniform_(-0.5, 0.5)
-        layer.dt_bias.add_(1.0)
-    return layer
-
 
 def inputs(nb=3, L=13, H=8, seed=1):
     return torch.randn(nb, L, H, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -87,7 +78,7 @@ def test_coordinate_basis_makes_the_map_the_identity_on_pivot_columns():
 
 
 @pytest.mark.parametrize("d_conv,bias", [(1, False), (4, False), (3, True)])
-def test_folded_form_at_full_rank_equals_the_original(d_conv, bias):
+def test_folded_form_at_full_rank_equals_the_original(d_conv, bias, make_layer):
     """Every direction balanced, no truncation: the folded layer (in its coordinate basis, a map
     S T^- = I) equals the original to rounding for random inputs, though T itself mixes."""
     layer = trained(make_layer(d_conv=d_conv, bias=bias, reduction="folded"))
@@ -101,7 +92,7 @@ def test_folded_form_at_full_rank_equals_the_original(d_conv, bias):
 
 
 @pytest.mark.parametrize("d_conv,bias", [(1, False), (4, False), (3, True)])
-def test_fold_of_maps_that_select_states_equals_the_exact_form(d_conv, bias):
+def test_fold_of_maps_that_select_states_equals_the_exact_form(d_conv, bias, make_layer):
     """Maps that are rows of the identity (a subset of the states, permuted): the conv and the
     SiLU commute with them, so the folded layer equals the exact reduced one to rounding."""
     base = trained(make_layer(d_conv=d_conv, bias=bias))
@@ -225,7 +216,7 @@ def _capped_orders(notes):
     return [int(n.rsplit("order capped at ", 1)[1].split()[0]) for n in notes if "order capped at" in n]
 
 
-def test_folded_width_is_the_capped_order_the_note_names():
+def test_folded_width_is_the_capped_order_the_note_names(make_layer):
     """One group, statistics of rank 3 (3 nonzero HSVs of 5), 4 states planned: the exact form
     keeps 3 and says "capped at 3"; the folded form must go to the same 3 -- before, it noted
     "capped at 3" yet padded the layer to 4 with a state that stays zero. The padded layer computes
@@ -259,7 +250,7 @@ def test_folded_width_is_the_capped_order_the_note_names():
     torch.testing.assert_close(folded(u), padded(u), rtol=1e-12, atol=1e-13)
 
 
-def test_folded_width_with_groups_is_the_largest_kept_order_and_padding_is_noted():
+def test_folded_width_with_groups_is_the_largest_kept_order_and_padding_is_noted(make_layer):
     """Two groups: nonzero HSVs 5 and 2, 4 planned -> width 4, group 1 capped at 2 and padded with
     2 zero states (noted); nonzero HSVs 3 and 2 -> width 3, the largest order a group keeps."""
     layer = make_layer(ngroups=2, reduction="folded")

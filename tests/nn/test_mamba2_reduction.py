@@ -14,20 +14,10 @@ import torch.nn.functional as F
 
 from shrinkssm.compress import Compressor
 from shrinkssm.nn import ModelConfig, ReductionPlan, ShrinkableLayer, SSMModel
-from shrinkssm.nn.mamba2 import Mamba2SSM
 from shrinkssm.nn.mamba2.gramians import gramian_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see tests/conftest.py
 
-
-def make_layer(d_model=8, N=5, headdim=4, ngroups=2, seed=0, **kw):
-    torch.manual_seed(seed)
-    layer = Mamba2SSM(d_model, N, headdim=headdim, ngroups=ngroups, chunk_size=4, **kw).double()
-    with torch.no_grad():
-        layer.D.uniform_(-1, 1)
-        layer.conv1d.bias.uniform_(-0.5, 0.5)
-        layer.dt_bias.add_(1.0)          # larger steps: decays that matter over a short sequence
-    return layer
 
 
 def inputs(nb=3, L=13, H=8, seed=1):
@@ -81,7 +71,7 @@ def brute_force_gramians(x, dt, A, B, C, valid):
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_tracked_gramians_match_the_step_by_step_recurrences(padded):
+def test_tracked_gramians_match_the_step_by_step_recurrences(padded, make_layer):
     layer = make_layer(gramian_momentum=None).train()
     u = inputs()
     mask = None
@@ -140,7 +130,7 @@ def _trained(layer, batches=3):
     return layer
 
 
-def test_exact_form_at_full_rank_equals_the_original_and_balances_the_statistics():
+def test_exact_form_at_full_rank_equals_the_original_and_balances_the_statistics(make_layer):
     layer = _trained(make_layer(gramian_momentum=None))
     original = copy.deepcopy(layer).eval()
     plan = layer.plan_reduction(lambda hsv, size: size)
@@ -159,7 +149,7 @@ def test_exact_form_at_full_rank_equals_the_original_and_balances_the_statistics
         np.testing.assert_allclose(Q, np.diag(hsv[g]), atol=1e-9 * hsv[g][0])
 
 
-def test_truncated_layer_steps_like_its_forward_with_different_group_orders():
+def test_truncated_layer_steps_like_its_forward_with_different_group_orders(make_layer):
     layer = _trained(make_layer())
     plan = layer.plan_reduction(lambda hsv, size: size)
     plan.ranks = [3, 2]

@@ -88,6 +88,13 @@ def _grad_rows(g: Tensor) -> tuple[Tensor, int]:
     return (g.contiguous(), 0) if rows is None else (rows, g.shape[1])
 
 
+def _save_tail(ctx, n_threads: int, y: Tensor, u: Tensor | None, D: Tensor | None, weight: Tensor,
+               bias: Tensor) -> None:
+    """What :func:`_block_backward` reads: the tail's inputs (x is not needed) and its threads."""
+    ctx.n_threads, ctx.has_d = n_threads, D is not None
+    ctx.save_for_backward(y, u, D, weight, bias)
+
+
 def _block_backward(ctx, M: int, H: int, go: Tensor, rep: int) -> tuple:
     """``(gy, gu, gD, gW, gbias)`` of the tail saved in ``ctx`` (y, u, D, weight, bias) from the
     output gradient ``go``: (M, H), or (M / rep, H) rows repeated over runs of ``rep`` positions."""
@@ -118,9 +125,7 @@ class _GLUBlock(torch.autograd.Function):
         _ext.block_forward(dbl, n_threads, M, H, y.data_ptr(), 0 if D is None else u.data_ptr(),
                            0 if D is None else D.data_ptr(), weight.data_ptr(), bias.data_ptr(),
                            x.data_ptr(), out.data_ptr())
-        ctx.n_threads = n_threads
-        ctx.has_d = D is not None
-        ctx.save_for_backward(y, u, D, weight, bias)
+        _save_tail(ctx, n_threads, y, u, D, weight, bias)
         return out
 
     @staticmethod
@@ -191,9 +196,8 @@ class _GLUBlockMean(torch.autograd.Function):
         _ext.block_pool_forward(int(y.dtype == torch.float64), n_threads, nb * L, H, L, y.data_ptr(),
                                 0 if D is None else u.data_ptr(), 0 if D is None else D.data_ptr(),
                                 weight.data_ptr(), bias.data_ptr(), x.data_ptr(), pooled.data_ptr())
-        ctx.n_threads, ctx.shape = n_threads, (nb, L, H)
-        ctx.has_d = D is not None
-        ctx.save_for_backward(y, u, D, weight, bias)
+        _save_tail(ctx, n_threads, y, u, D, weight, bias)
+        ctx.shape = (nb, L, H)
         return pooled
 
     @staticmethod
