@@ -255,24 +255,30 @@ def one_thread_env(xla_flags: str | None = None) -> dict[str, str]:
 
 
 def time_round_robin(fns: dict, rounds: int, burn_in: int = 1,
-                     clock: Callable[[], float] = time.perf_counter) -> dict:
+                     clock: Callable[[], float] = time.perf_counter, run: int = 1) -> dict:
     """Median seconds per call of every candidate: ``burn_in`` untimed rounds, then ``rounds``
-    rounds of one call of each in turn (so that machine noise hits every candidate alike)."""
-    return {k: statistics.median(v) for k, v in time_samples(fns, rounds, burn_in, clock).items()}
+    rounds of one call of each in turn (so that machine noise hits every candidate alike).
+
+    ``run = k > 1``: k consecutive calls of a candidate per round, the first untimed, so that each
+    timed call follows a call of the same candidate, as training steps follow each other (with
+    ``run = 1`` every call follows another candidate's, which left the caches cold for it)."""
+    return {k: statistics.median(v) for k, v in time_samples(fns, rounds, burn_in, clock, run).items()}
 
 
 def time_samples(fns: dict, rounds: int, burn_in: int = 1,
-                 clock: Callable[[], float] = time.perf_counter) -> dict:
-    """As :func:`time_round_robin`, but every round's seconds (lists, in order)."""
+                 clock: Callable[[], float] = time.perf_counter, run: int = 1) -> dict:
+    """As :func:`time_round_robin`, but every timed call's seconds (lists, in order)."""
     for _ in range(burn_in):
         for fn in fns.values():
             fn()
     samples: dict = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            samples[name].append(clock() - t0)
+            for i in range(run):
+                t0 = clock()
+                fn()
+                if i or run == 1:
+                    samples[name].append(clock() - t0)
     return samples
 
 

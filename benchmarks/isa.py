@@ -21,7 +21,8 @@ the candidates of each figure timed interleaved (round-robin, medians):
    reference; target >= 5x;
 4. one training step of the sMNIST model (``SSMModel(ModelConfig(d_state=N), d_input=1,
    d_output=10)``, forward, cross-entropy, backward, AdamW with the trainer's parameter groups)
-   at N = 256 and N = 13; target step(13) / step(256) <= 0.2.
+   at N = 256 and N = 13 (rounds of 5 consecutive steps of one size, the last 4 timed, as training
+   runs them); target step(13) / step(256) <= 0.2.
 
 ``--train`` also runs the default ``shrinkssm train`` (``configs/quick.yaml``, ``train.threads=2``)
 under each path and reports its training time (target <= 3 minutes on the avx2 path, and on any
@@ -152,7 +153,9 @@ def measure_steps(rounds: int) -> dict:
     for n in (256, 13):
         model, opt = _common.smnist_model(n)
         steps[n] = _common.train_step_fn(model, opt, x, y)
-    t = _common.time_round_robin(steps, 2 * rounds, burn_in=2, clock=CLOCK)
+    # rounds of 5 consecutive steps per size, the last 4 timed: a step follows the previous step of
+    # the same model, as in training (benchmarks/step_cost.py --order interleaved for the other way)
+    t = _common.time_round_robin(steps, rounds, burn_in=2, clock=CLOCK, run=5)
     return {"step256_ms": 1e3 * t[256], "step13_ms": 1e3 * t[13], "step_ratio": t[13] / t[256]}
 
 

@@ -2,7 +2,10 @@
 
 The published sMNIST model (``SSMModel(ModelConfig(d_state=N), d_input=1, d_output=10)``: 1 block,
 d_model 8, batch 50, length 784), one step = forward, cross-entropy backward, optimizer step,
-zero_grad, one torch thread. Two configurations, timed interleaved in one run:
+zero_grad, one torch thread. Two configurations, timed round-robin in one run (by default in
+rounds of 5 consecutive steps of one model, the last 4 timed, because a training step follows the
+previous step of the same model; ``--order interleaved`` times single steps that each follow another
+model's step, with its caches cold, which costs the small model more):
 
 * ``now``:    the library as the trainer runs it (fused block tail, the optimizer of
               ``shrinkssm.train.optim.build_optimizer``: fused AdamW);
@@ -22,6 +25,7 @@ crossover of the fused block tail against the torch tail over d_model (forward +
     python benchmarks/step_cost.py                          # about 2 minutes on 2 shared cores
     python benchmarks/step_cost.py --repeats 40 --isa avx2  # force a native path
     python benchmarks/step_cost.py --widths 8 16 24 32 --sizes 256 13
+    python benchmarks/step_cost.py --sizes 256 13 --order interleaved  # every step after another model's
 """
 
 from __future__ import annotations
@@ -72,18 +76,25 @@ def step_fn(model, opt, x, y):
     return step
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median (wall seconds, thread CPU seconds) per function, called round-robin."""
+def interleaved(fns: dict, repeats: int, run: int = 1) -> dict:
+    """Median (wall seconds, thread CPU seconds) per function, called round-robin.
+
+    ``run = 1``: one call per function per round, so that every call follows a call of another
+    function (another model's step: its caches are cold). ``run = k > 1``: k consecutive calls per
+    function per round, of which the last k - 1 are timed, as steps follow each other in training
+    (a step then starts on what the previous step of the same model left in the caches)."""
     for f in fns.values():                                   # burn in
         f(), f()
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
-            t0, c0 = time.perf_counter(), time.thread_time()
-            f()
-            cpu[k].append(time.thread_time() - c0)
-            wall[k].append(time.perf_counter() - t0)
+            for i in range(run):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                f()
+                if i or run == 1:
+                    cpu[k].append(time.thread_time() - c0)
+                    wall[k].append(time.perf_counter() - t0)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
@@ -125,6 +136,10 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="*", default=None,
                         help="also time the fused block tail against torch at these d_model")
     parser.add_argument("--no-unfused", action="store_true", help="skip the reference configuration")
+    parser.add_argument("--order", choices=("consecutive", "interleaved"), default="consecutive",
+                        help="consecutive (default): rounds of 5 steps of one model, the last 4 timed, "
+                        "as training runs them; interleaved: one step per model per round, each after "
+                        "another model's step (cold caches)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_freed_memory()                                      # as the trainer does by default
@@ -149,8 +164,11 @@ def main() -> None:
     print(f"\nProfile of one 'now' step at N={n_min} (5 steps, top {args.rows} by self CPU time):")
     print(profile_table(fns[(n_min, "now")], args.rows))
 
-    res = interleaved(fns, args.repeats)
-    print(f"Step time (median of {args.repeats}, interleaved), ms: wall clock / thread CPU time")
+    run = 5 if args.order == "consecutive" else 1
+    res = interleaved(fns, args.repeats, run)
+    how = (f"{args.repeats} rounds of {run} consecutive steps per model, the last {run - 1} timed"
+           if run > 1 else f"{args.repeats} steps per model, interleaved")
+    print(f"Step time (median; {how}), ms: wall clock / thread CPU time")
     head = f"{'N':>5} {'now wall':>9} {'now cpu':>8}"
     if "unfused" in variants:
         head += f" {'unfused wall':>13} {'unfused cpu':>12} {'unfused/now cpu':>16}"

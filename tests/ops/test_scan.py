@@ -370,7 +370,9 @@ def test_native_double_backward_is_refused():
     "h_in, h_out, n",
     # widths below, at and above the register blocks (4 and 8 outputs) and their remainders;
     # state counts that fill 1 / several vectors of every width, with and without padding
-    [(3, 2, 37), (8, 8, 16), (13, 9, 70), (4, 12, 129), (1, 17, 8)],
+    # (12, 5, 13): the small-state code of the backward (1 or 2 vectors) with an 8-wide block of
+    # input channels and a remainder
+    [(3, 2, 37), (8, 8, 16), (13, 9, 70), (4, 12, 129), (1, 17, 8), (12, 5, 13)],
 )
 def test_native_every_instruction_set(dtype, h_in, h_out, n):
     ext = _native_backend._ext
@@ -401,20 +403,27 @@ def test_native_every_instruction_set(dtype, h_in, h_out, n):
 @needs_native
 @pytest.mark.parametrize("nb", [1, 2, 5, 40])
 def test_native_thread_counts_agree(nb):
-    # nb < threads splits the states over threads; otherwise rows are split
+    # nb < threads splits the states over threads; otherwise rows are split. N = 70 pads to 5
+    # units of 64 bytes: 3 threads on one row make parts of 1 and 2 units, which the kernels run
+    # by their small-state code (states in registers) at an offset into the state vector, on
+    # every instruction set; 1 thread runs the whole row (the generic code where it is wider).
     u, lam, B, C, h0 = make_lru(nb, 30, 3, 2, 70, dtype=torch.complex64)
-    old = torch.get_num_threads()
-    out = {}
+    old, ext = torch.get_num_threads(), _native_backend._ext
+    before = ext.isa()
     try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            out[n] = lru_grads("native", u, lam, B, C, h0)
+        for isa in ext.available_isas():
+            ext.set_isa(isa)
+            out = {}
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                out[n] = lru_grads("native", u, lam, B, C, h0)
+            for n in (2, 3):
+                torch.testing.assert_close(out[n][0], out[1][0], rtol=1e-5, atol=1e-6, msg=isa)
+                for got, want in zip(out[n][2], out[1][2]):
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=isa)
     finally:
         torch.set_num_threads(old)
-    for n in (2, 3):
-        torch.testing.assert_close(out[n][0], out[1][0], rtol=1e-5, atol=1e-6)
-        for got, want in zip(out[n][2], out[1][2]):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        ext.set_isa(before)
 
 
 @needs_native

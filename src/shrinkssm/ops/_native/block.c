@@ -1150,6 +1150,20 @@ BLK_INLINE void KN(blk_sigmoid_arr)(const float *c, float *s, idx n)
 #define blk_sigmoid_arr_f64_64 blk_sigmoid_arr_f64
 #endif
 
+/* dst[p] = rows[(m + p) / rep] for p < np (H values each): a per-row gradient broadcast over
+ * runs of rep positions, for the tile starting at position m; one division per tile. */
+BLK_INLINE void KN(blk_gather_rows)(REAL *dst, const REAL *rows, idx m, idx np, idx rep, const idx H)
+{
+    idx row = m / rep, left = rep - m % rep;
+    for (idx p = 0; p < np; p++) {
+        memcpy(dst + p * H, rows + row * H, sizeof(REAL) * (size_t)H);
+        if (--left == 0) {
+            row++;
+            left = rep;
+        }
+    }
+}
+
 /* Shared by both passes: W^T and the repeated skip vector into the workspace. */
 BLK_INLINE void KN(blk_prepare)(const BN(blk_args) *a, REAL *ws, const idx H)
 {
@@ -1322,14 +1336,21 @@ BLK_INLINE void KN(blk_fwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
          * summed in double and written once */
         const idx L = a->pool_rep;
         for (idx k = 0; k < n; k++) gob[k] = x[k] + av[k] * gg[k];
-        for (idx p = 0; p < np; p++) {
-            for (idx j = 0; j < H; j++) pacc[j] += (double)gob[p * H + j];
-            if ((m + p + 1) % L == 0) {
-                REAL *row = a->pooled + ((m + p) / L) * H;
+        /* the tile's run boundaries found once per tile, not by a division per position */
+        idx run = m / L, left = L - m % L; /* the run in progress and its positions not yet summed */
+        for (idx p = 0; p < np;) {
+            const idx q = np - p < left ? np : p + left;
+            left -= q - p;
+            for (; p < q; p++)
+                for (idx j = 0; j < H; j++) pacc[j] += (double)gob[p * H + j];
+            if (left == 0) {
+                REAL *row = a->pooled + run * H;
                 for (idx j = 0; j < H; j++) {
                     row[j] = (REAL)(pacc[j] / (double)L);
                     pacc[j] = 0;
                 }
+                run++;
+                left = L;
             }
         }
     }
@@ -1344,8 +1365,7 @@ BLK_INLINE void KN(blk_bwd_tiles)(const BN(blk_args) *a, idx m0, idx m1, REAL *w
         const idx np = m1 - m < BLK_P ? m1 - m : BLK_P, n = np * H;
         const REAL *go = a->gout + m * H;
         if (a->go_rep) { /* a gradient broadcast over runs of go_rep positions (mean pooling) */
-            for (idx p = 0; p < np; p++)
-                memcpy(gob + p * H, a->gout + ((m + p) / a->go_rep) * H, sizeof(REAL) * (size_t)H);
+            KN(blk_gather_rows)(gob, a->gout, m, np, a->go_rep, H);
             go = gob;
         }
         KN(blk_gelu_tile)(a, m, n, ws, H, 1);
@@ -1434,8 +1454,7 @@ BLK_INLINE void KN(bn_tiles)(const BN(bn_args) *a, idx m0, idx m1, void *ws, con
             const REAL *gv = a->gv + m * H;
             const REAL *gv2 = a->gv2 ? a->gv2 + m * H : NULL, *gres = a->gres ? a->gres + m * H : NULL;
             if (gres && a->gres_rep) {
-                for (idx p = 0; p < n / H; p++)
-                    memcpy(grb + p * H, a->gres + ((m + p) / a->gres_rep) * H, sizeof(REAL) * (size_t)H);
+                KN(blk_gather_rows)(grb, a->gres, m, n / H, a->gres_rep, H);
                 gres = grb;
             }
             if (gv2 && gres) {

@@ -496,6 +496,216 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
 }
 
 
+/* Backward of one batch row whose states fill NJ = 1 or 2 vectors (small N, as after compression),
+ * the counterpart of lru_fwd_small: the recomputed state and the adjoint stay in registers across
+ * steps (the generic item below stores and reloads them every step, which puts a store-to-load
+ * round trip on each recurrence), the sums over the input and output channels run as two
+ * interleaved chains, du is one dot product per input channel (real and imaginary products in one
+ * chain), and dlam is accumulated in registers during the adjoint pass. The chunk's states and
+ * adjoints are kept in a compact workspace of NJ vectors per step (stride S = NJ VW), read by the
+ * dB and dC products afterwards. Same arithmetic as lru_bwd_item, in a different order of sums. */
+#define DEFINE_BWD_SMALL(NJ)                                                                    \
+    static inline ALWAYS_INLINE void NAME(lru_bwd_small##NJ)(const CAT(lru_args, RS) *a, idx b,  \
+                                                             idx j0, REAL *gudst, int acc,       \
+                                                             REAL *ws, REAL *tacc)               \
+    {                                                                                           \
+        const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T, S = NJ * VW;          \
+        REAL *xb = ws;                    /* (T + 1) x {re, im} x S: x[k0 - 1 .. k1 - 1] */     \
+        REAL *gb = xb + 2 * (T + 1) * S;  /* T x {re, im} x S: g[k0 .. k1 - 1] */               \
+        REAL *tBr = tacc, *tBi = tBr + Hi * Np, *tCr = tBi + Hi * Np, *tCi = tCr + Ho * Np;     \
+        REAL *tlr = tCi + Ho * Np, *tli = tlr + Np;                                             \
+        const REAL *u = a->u + b * L * Hi, *gy = a->gy + b * L * Ho;                            \
+        const REAL *Br = a->Br + j0 * VW, *Bi = a->Bi + j0 * VW;                                \
+        const REAL *Cr = a->Cr + j0 * VW, *Ci = a->Ci + j0 * VW;                                \
+        REAL *gu = gudst + b * L * Hi;                                                          \
+        VEC gr[NJ], gi[NJ], lr[NJ], li[NJ], dlr[NJ], dli[NJ];                                   \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            const idx o = (j0 + q) * VW;                                                        \
+            gr[q] = a->ghlr ? NAME(ld)(a->ghlr + b * Np + o) : NAME(splat)(0);                  \
+            gi[q] = a->ghli ? NAME(ld)(a->ghli + b * Np + o) : NAME(splat)(0);                  \
+            lr[q] = NAME(ld)(a->lr + o);                                                        \
+            li[q] = NAME(ld)(a->li + o);                                                        \
+            dlr[q] = dli[q] = NAME(splat)(0);                                                   \
+        }                                                                                       \
+        for (idx c = a->n_chunks - 1; c >= 0; c--) {                                            \
+            const idx k0 = c * T, k1 = (k0 + T < L) ? k0 + T : L, n = k1 - k0;                  \
+            /* 1. recompute the chunk's states from its checkpoint, in registers */             \
+            VEC xr[NJ], xi[NJ];                                                                 \
+            const REAL *cr = a->ckr + (b * a->n_chunks + c) * Np + j0 * VW;                     \
+            const REAL *ci = a->cki + (b * a->n_chunks + c) * Np + j0 * VW;                     \
+            for (int q = 0; q < NJ; q++) {                                                      \
+                xr[q] = NAME(ld)(cr + q * VW);                                                  \
+                xi[q] = NAME(ld)(ci + q * VW);                                                  \
+                NAME(st)(xb + q * VW, xr[q]);                                                   \
+                NAME(st)(xb + S + q * VW, xi[q]);                                               \
+            }                                                                                   \
+            for (idx t = 0; t < n; t++) {                                                       \
+                const REAL *uk = u + (k0 + t) * Hi;                                             \
+                VEC br0[NJ], bi0[NJ], br1[NJ], bi1[NJ];                                         \
+                for (int q = 0; q < NJ; q++) br0[q] = bi0[q] = br1[q] = bi1[q] = NAME(splat)(0); \
+                idx h = 0;                                                                      \
+                for (; h + 2 <= Hi; h += 2) {                                                   \
+                    const VEC ua = NAME(splat)(uk[h]), ub = NAME(splat)(uk[h + 1]);             \
+                    for (int q = 0; q < NJ; q++) {                                              \
+                        br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                          \
+                        bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                          \
+                        br1[q] += NAME(ld)(Br + (h + 1) * Np + q * VW) * ub;                    \
+                        bi1[q] += NAME(ld)(Bi + (h + 1) * Np + q * VW) * ub;                    \
+                    }                                                                           \
+                }                                                                               \
+                if (h < Hi) {                                                                   \
+                    const VEC ua = NAME(splat)(uk[h]);                                          \
+                    for (int q = 0; q < NJ; q++) {                                              \
+                        br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                          \
+                        bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                          \
+                    }                                                                           \
+                }                                                                               \
+                REAL *nx = xb + 2 * (t + 1) * S;                                                \
+                for (int q = 0; q < NJ; q++) {                                                  \
+                    const VEC tr = lr[q] * xr[q] - li[q] * xi[q] + (br0[q] + br1[q]);           \
+                    xi[q] = lr[q] * xi[q] + li[q] * xr[q] + (bi0[q] + bi1[q]);                  \
+                    xr[q] = tr;                                                                 \
+                    NAME(st)(nx + q * VW, xr[q]);                                               \
+                    NAME(st)(nx + S + q * VW, xi[q]);                                           \
+                }                                                                               \
+            }                                                                                   \
+            /* 2. adjoint, backwards: g[k] = conj(lam) g[k+1] + C^H gy[k]; du[k]; dlam */       \
+            for (idx t = n - 1; t >= 0; t--) {                                                  \
+                const idx k = k0 + t;                                                           \
+                const REAL *gyk = gy + k * Ho;                                                  \
+                VEC cr0[NJ], ci0[NJ], cr1[NJ], ci1[NJ];                                         \
+                for (int q = 0; q < NJ; q++) cr0[q] = ci0[q] = cr1[q] = ci1[q] = NAME(splat)(0); \
+                idx o = 0;                                                                      \
+                for (; o + 2 <= Ho; o += 2) {                                                   \
+                    const VEC ga = NAME(splat)(gyk[o]), gb_ = NAME(splat)(gyk[o + 1]);          \
+                    for (int q = 0; q < NJ; q++) {                                              \
+                        cr0[q] += NAME(ld)(Cr + o * Np + q * VW) * ga;                          \
+                        ci0[q] -= NAME(ld)(Ci + o * Np + q * VW) * ga;                          \
+                        cr1[q] += NAME(ld)(Cr + (o + 1) * Np + q * VW) * gb_;                   \
+                        ci1[q] -= NAME(ld)(Ci + (o + 1) * Np + q * VW) * gb_;                   \
+                    }                                                                           \
+                }                                                                               \
+                if (o < Ho) {                                                                   \
+                    const VEC ga = NAME(splat)(gyk[o]);                                         \
+                    for (int q = 0; q < NJ; q++) {                                              \
+                        cr0[q] += NAME(ld)(Cr + o * Np + q * VW) * ga;                          \
+                        ci0[q] -= NAME(ld)(Ci + o * Np + q * VW) * ga;                          \
+                    }                                                                           \
+                }                                                                               \
+                const REAL *px = xb + 2 * t * S;                                                \
+                REAL *sg = gb + 2 * t * S;                                                      \
+                for (int q = 0; q < NJ; q++) {                                                  \
+                    if (k < L - 1) {                                                            \
+                        const VEC tr = lr[q] * gr[q] + li[q] * gi[q];                           \
+                        gi[q] = lr[q] * gi[q] - li[q] * gr[q];                                  \
+                        gr[q] = tr;                                                             \
+                    }                                                                           \
+                    gr[q] += cr0[q] + cr1[q];                                                   \
+                    gi[q] += ci0[q] + ci1[q];                                                   \
+                    NAME(st)(sg + q * VW, gr[q]);                                               \
+                    NAME(st)(sg + S + q * VW, gi[q]);                                           \
+                    const VEC pr = NAME(ld)(px + q * VW), pi = NAME(ld)(px + S + q * VW);       \
+                    dlr[q] += gr[q] * pr + gi[q] * pi;                                          \
+                    dli[q] += gi[q] * pr - gr[q] * pi;                                          \
+                }                                                                               \
+                /* du[k, h] = sum_n Br[h, n] gr[n] + Bi[h, n] gi[n] */                          \
+                REAL *guk = gu + k * Hi, r[8];                                                  \
+                idx h = 0;                                                                      \
+                for (; h + 8 <= Hi; h += 8) {                                                   \
+                    VEC sv[8];                                                                  \
+                    for (int p = 0; p < 8; p++) {                                               \
+                        sv[p] = NAME(ld)(Br + (h + p) * Np) * gr[0] + NAME(ld)(Bi + (h + p) * Np) * gi[0]; \
+                        for (int q = 1; q < NJ; q++)                                            \
+                            sv[p] += NAME(ld)(Br + (h + p) * Np + q * VW) * gr[q] +             \
+                                     NAME(ld)(Bi + (h + p) * Np + q * VW) * gi[q];              \
+                    }                                                                           \
+                    NAME(hsum8)(sv, r);                                                         \
+                    for (int p = 0; p < 8; p++) guk[h + p] = acc ? guk[h + p] + r[p] : r[p];    \
+                }                                                                               \
+                for (; h < Hi; h++) {                                                           \
+                    VEC sv = NAME(ld)(Br + h * Np) * gr[0] + NAME(ld)(Bi + h * Np) * gi[0];      \
+                    for (int q = 1; q < NJ; q++)                                                \
+                        sv += NAME(ld)(Br + h * Np + q * VW) * gr[q] + NAME(ld)(Bi + h * Np + q * VW) * gi[q]; \
+                    const REAL v = NAME(hsum)(sv);                                              \
+                    guk[h] = acc ? guk[h] + v : v;                                              \
+                }                                                                               \
+            }                                                                                   \
+            /* 3. dB[h, n] += sum_t g[t, n] u[t, h];  dC[o, n] += sum_t gy[t, o] conj(x[t, n]) */ \
+            const REAL *uc = u + k0 * Hi, *gyc = gy + k0 * Ho;                                  \
+            for (int q = 0; q < NJ; q++) {                                                      \
+                const idx jo = (j0 + q) * VW;                                                   \
+                idx h = 0;                                                                      \
+                for (; h + 4 <= Hi; h += 4) {                                                   \
+                    VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0; \
+                    for (idx t = 0; t < n; t++) {                                               \
+                        const VEC vr = NAME(ld)(gb + 2 * t * S + q * VW);                       \
+                        const VEC vi = NAME(ld)(gb + (2 * t + 1) * S + q * VW);                 \
+                        const REAL *ut = uc + t * Hi + h;                                       \
+                        r0 += vr * ut[0]; i0 += vi * ut[0];                                     \
+                        r1 += vr * ut[1]; i1 += vi * ut[1];                                     \
+                        r2 += vr * ut[2]; i2 += vi * ut[2];                                     \
+                        r3 += vr * ut[3]; i3 += vi * ut[3];                                     \
+                    }                                                                           \
+                    REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;                      \
+                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
+                    NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1); \
+                    NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2); \
+                    NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3); \
+                }                                                                               \
+                for (; h < Hi; h++) {                                                           \
+                    VEC r0 = NAME(splat)(0), i0 = r0;                                           \
+                    for (idx t = 0; t < n; t++) {                                               \
+                        const REAL ut = uc[t * Hi + h];                                         \
+                        r0 += NAME(ld)(gb + 2 * t * S + q * VW) * ut;                           \
+                        i0 += NAME(ld)(gb + (2 * t + 1) * S + q * VW) * ut;                     \
+                    }                                                                           \
+                    REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;                      \
+                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
+                }                                                                               \
+                idx o = 0;                                                                      \
+                for (; o + 4 <= Ho; o += 4) {                                                   \
+                    VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0; \
+                    for (idx t = 0; t < n; t++) {                                               \
+                        const VEC vr = NAME(ld)(xb + 2 * (t + 1) * S + q * VW);                 \
+                        const VEC vi = NAME(ld)(xb + (2 * t + 3) * S + q * VW);                 \
+                        const REAL *g = gyc + t * Ho + o;                                       \
+                        r0 += vr * g[0]; i0 -= vi * g[0];                                       \
+                        r1 += vr * g[1]; i1 -= vi * g[1];                                       \
+                        r2 += vr * g[2]; i2 -= vi * g[2];                                       \
+                        r3 += vr * g[3]; i3 -= vi * g[3];                                       \
+                    }                                                                           \
+                    REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;                      \
+                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
+                    NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1); \
+                    NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2); \
+                    NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3); \
+                }                                                                               \
+                for (; o < Ho; o++) {                                                           \
+                    VEC r0 = NAME(splat)(0), i0 = r0;                                           \
+                    for (idx t = 0; t < n; t++) {                                               \
+                        const REAL g = gyc[t * Ho + o];                                         \
+                        r0 += NAME(ld)(xb + 2 * (t + 1) * S + q * VW) * g;                      \
+                        i0 -= NAME(ld)(xb + (2 * t + 3) * S + q * VW) * g;                      \
+                    }                                                                           \
+                    REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;                      \
+                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            const idx o = (j0 + q) * VW;                                                        \
+            NAME(st)(tlr + o, NAME(ld)(tlr + o) + dlr[q]);                                      \
+            NAME(st)(tli + o, NAME(ld)(tli + o) + dli[q]);                                      \
+            if (a->gh0r) { /* dh0 = conj(lam) g[0] */                                           \
+                NAME(st)(a->gh0r + b * Np + o, lr[q] * gr[q] + li[q] * gi[q]);                  \
+                NAME(st)(a->gh0i + b * Np + o, lr[q] * gi[q] - li[q] * gr[q]);                  \
+            }                                                                                   \
+        }                                                                                       \
+    }
+DEFINE_BWD_SMALL(1)
+DEFINE_BWD_SMALL(2)
+#undef DEFINE_BWD_SMALL
+
 /* Backward of one work item. gudst receives du (overwritten / added as for the forward). The
  * parameter gradients are ADDED to the thread's accumulators in tacc:
  *   gBr, gBi (Hi, Np) | gCr, gCi (Ho, Np) | glr, gli (Np)  -- laid out consecutively. */
@@ -504,6 +714,14 @@ static inline ALWAYS_INLINE void NAME(lru_bwd_item)(const CAT(lru_args, RS) *a, 
 {
     const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T;
     const idx j0 = u0 * VPU, j1 = u1 * VPU; /* vectors */
+    if (j1 - j0 == 1) {
+        NAME(lru_bwd_small1)(a, b, j0, gudst, acc, ws, tacc);
+        return;
+    }
+    if (j1 - j0 == 2) {
+        NAME(lru_bwd_small2)(a, b, j0, gudst, acc, ws, tacc);
+        return;
+    }
     REAL *gr = ws, *gi = ws + Np;                 /* adjoint state */
     REAL *xb = ws + 2 * Np;                        /* (T + 1) x {re, im} x Np : x[k0 - 1 .. k1 - 1] */
     REAL *gb = xb + 2 * (T + 1) * Np;              /* T x {re, im} x Np : g[k0 .. k1 - 1] */
