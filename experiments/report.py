@@ -482,7 +482,7 @@ def _decode_of(run_dir: Path) -> dict | None:
 
 def load_mamba2_runs(study: str, root: Path | None = None) -> dict[int, dict[str, dict]]:
     """``{seed: {arm: run}}`` of the finished runs of one Mamba-2 task (``run``: its summary,
-    ``seed``, and ``decode``, the contents of ``decode.json`` or None)."""
+    ``seed``, ``decode``, the contents of ``decode.json`` or None, and ``run_dir``)."""
     root = root or MAMBA2_RUNS
     out: dict[int, dict[str, dict]] = defaultdict(dict)
     for summary_path in sorted((root / study).glob("*-seed*/summary.json")):
@@ -492,6 +492,7 @@ def load_mamba2_runs(study: str, root: Path | None = None) -> dict[int, dict[str
         run = json.loads(summary_path.read_text())
         run["seed"] = int(match.group(2))
         run["decode"] = _decode_of(summary_path.parent)
+        run["run_dir"] = summary_path.parent
         out[run["seed"]][match.group(1)] = run
     return dict(out)
 
@@ -529,11 +530,13 @@ def _word(values: list[float]) -> str:
 
 
 def mamba2_section(task: str, title: str, root: Path | None = None,
-                   seeds: tuple[int, ...] = (0, 1, 2)) -> list[str]:
+                   seeds: tuple[int, ...] = (0, 1, 2), figures: Path | None = None) -> list[str]:
     """One task of ``experiments/mamba2_study.py``: which runs are done, per run the test metric,
     training seconds, decoding tokens/s at batch 1 and 64 and state bytes per sequence, the
     per-seed paired differences (compressed − direct, compressed − full) with t-intervals and
-    speed-ups, and where each reduced form pays (sentences computed from these figures)."""
+    speed-ups, where each reduced form pays (sentences computed from these figures), and the
+    recovery after each reduction (:func:`recovery_part`; its figure only with ``figures``, the
+    directory for it)."""
     import study1_long as grid
     from mamba2_study import ARMS, plan, study_name
 
@@ -670,6 +673,7 @@ def mamba2_section(task: str, title: str, root: Path | None = None,
                                  f"({_word(d)})")
             out.append(f"- **{arm}**: " + "; ".join(parts) + ".")
         out.append("")
+    out += recovery_part(task, runs, metric, scale, sign, digits, figures)
     return out
 
 
@@ -683,8 +687,532 @@ def _pays(ratio: float, margin: float = 0.05) -> str:
     return "pays" if ratio > 1 + margin else "costs" if ratio < 1 - margin else "is level"
 
 
-def write_mamba2_report(root: Path | None = None, path: Path | None = None) -> Path:
-    """``experiments/REPORT-mamba2.md`` from the committed runs of ``experiments/mamba2_study.py``."""
+# ------------------------------------------------------------ Mamba-2: recovery after a reduction
+RECOVERY_WINDOW = 2              # logged training-loss points averaged on each side of a reduction
+RECOVERY_HORIZONS = (100, 300)   # steps after a reduction at which the gap to the full run is read
+
+
+def read_training_log(run_dir: Path) -> tuple[list[dict], list[dict], list[str]]:
+    """``(rows, events, problems)`` of one run directory: the rows of ``metrics.jsonl`` (a torn
+    line, from a crash, skipped), the ``events`` of ``reductions.json`` (``[]`` without it), and
+    what is missing or unreadable, each in words naming the file (``[]`` when nothing is; the
+    caller says which run)."""
+    from shrinkssm.train.metrics_log import read_metrics
+
+    run_dir = Path(run_dir)
+    problems = []
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        problems.append("no metrics.jsonl")
+    rows = [row for row in read_metrics(metrics) if isinstance(row, dict)]
+    events: list[dict] = []
+    history = run_dir / "reductions.json"
+    if history.is_file():
+        try:
+            events = [e for e in json.loads(history.read_text()).get("events", []) if isinstance(e, dict)]
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            problems.append("reductions.json is not a JSON object with a list 'events'")
+    return rows, events, problems
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def loss_points(rows: list[dict]) -> list[tuple[int, float]]:
+    """``[(step, loss)]``, ascending by step: every logged training loss of ``metrics.jsonl``
+    (a row's ``loss`` is the mean over the ``train.log_every`` steps up to and including its
+    ``step``, all computed before a reduction at that step, which follows the step's update).
+    Reduction rows carry none; a step logged twice (a resumed run) keeps its last row; a missing
+    or non-finite loss is skipped."""
+    by_step: dict[int, float] = {}
+    for row in rows:
+        if row.get("reduction") or not _number(row.get("loss")) or not _number(row.get("step")):
+            continue
+        by_step[int(row["step"])] = float(row["loss"])
+    return sorted(by_step.items())
+
+
+def reduction_events(rows: list[dict], events: list[dict]) -> list[dict]:
+    """One ``{"step", "before", "after", "rolled_back", "dims"}`` per reduction point, ascending
+    by step. ``before`` / ``after``: the validation score right before and right after the
+    reduction as the trainer records it ("higher is better": negated for bits per character and
+    other errors), from the ``reduction`` rows of ``metrics.jsonl``, else from the events of
+    ``reductions.json`` (``metric_before`` / ``metric_after``); None where neither has it.
+    ``dims``: ``"old→new"`` state sizes per layer (``+`` between layers) from the event, or None."""
+    out: dict[int, dict] = {}
+    for event in events:
+        if not _number(event.get("step")):
+            continue
+        layers = event.get("layers") or []
+        dims = ("+".join(str(le["old"]) for le in layers) + "→" + "+".join(str(le["new"]) for le in layers)
+                if layers and all("old" in le and "new" in le for le in layers) else None)
+        out[int(event["step"])] = {"step": int(event["step"]), "before": event.get("metric_before"),
+                                   "after": event.get("metric_after"),
+                                   "rolled_back": bool(event.get("rolled_back")), "dims": dims}
+    for row in rows:
+        if not row.get("reduction") or not _number(row.get("step")):
+            continue
+        entry = out.setdefault(int(row["step"]), {"step": int(row["step"]), "before": None, "after": None,
+                                                  "rolled_back": False, "dims": None})
+        for key, name in (("before", "val_score_before"), ("after", "val_score_after")):
+            if _number(row.get(name)):
+                entry[key] = row[name]
+    for entry in out.values():
+        for key in ("before", "after"):
+            if not _number(entry[key]):
+                entry[key] = None
+    return [out[s] for s in sorted(out)]
+
+
+def _mean_at(points: dict[int, float], steps: list[int]) -> float | None:
+    return statistics.mean(points[s] for s in steps) if all(s in points for s in steps) else None
+
+
+def loss_recovery(points: list[tuple[int, float]], reductions: list[int], index: int,
+                  full: list[tuple[int, float]] | None = None, *, window: int = RECOVERY_WINDOW,
+                  horizons: tuple[int, ...] = RECOVERY_HORIZONS) -> dict:
+    """How the training loss of a compressed run moves across its reduction ``reductions[index]``
+    (a step) and how fast it comes back.
+
+    ``points``: the run's logged training losses (:func:`loss_points`); ``reductions``: the steps
+    of all its reduction points, ascending; ``full``: the uncompressed run of the same seed (its
+    :func:`loss_points`; same batches, so the difference is the models'), or None.
+
+    * ``before``: mean of the last ``window`` logged losses at or before the reduction step (and
+      after the previous reduction); ``after``: mean of the first ``window`` after it; ``change``
+      = after - before.
+    * ``recovered``: steps from the reduction to the first logged step whose smoothed loss (the
+      mean of the ``window`` logged losses up to it, all after the reduction) is at or below
+      ``before``; None if that does not happen up to the next reduction (its own row included,
+      it precedes that reduction) or, for the last one, the end of the run. ``searched_to``: the
+      last step looked at; ``limit``: ``"next reduction"`` or ``"end of run"``. The smallest
+      possible value is ``window`` logging intervals.
+    * ``gap_before`` / ``gap_after``: compressed - full over the same logged steps as ``before``
+      / ``after``; ``gaps[N]``: the same over the ``window`` logged steps up to ``step + N``
+      (None beyond the run's last logged step), ``crosses[N]``: whether ``step + N`` is past the
+      next reduction (so the gap includes it); ``gap_end``: the same over the run's last
+      ``window`` logged steps. Gaps are None without ``full`` or when ``full`` lacks one of the
+      steps.
+    * ``notes``: what could not be measured, in words.
+
+    Losses are in the objective's units (nats per prediction for cross-entropy)."""
+    step = reductions[index]
+    prev = reductions[index - 1] if index > 0 else None
+    nxt = reductions[index + 1] if index + 1 < len(reductions) else None
+    pre = [p for p in points if (prev is None or p[0] > prev) and p[0] <= step][-window:]
+    post_all = [p for p in points if p[0] > step]
+    post = [p for p in post_all if nxt is None or p[0] <= nxt]
+    own = dict(points)
+    ref = dict(full) if full is not None else None
+    notes: list[str] = []
+    res = {"step": step, "before": None, "after": None, "change": None, "recovered": None,
+           "searched_to": post[-1][0] if post else step,
+           "limit": "end of run" if nxt is None else "next reduction", "next": nxt,
+           "gap_before": None, "gap_after": None, "gap_end": None, "gaps": {n: None for n in horizons},
+           "crosses": {n: nxt is not None and step + n > nxt for n in horizons}, "notes": notes}
+    since = f"step {prev}" if prev is not None else "the start"
+    if len(pre) < window:
+        notes.append(f"fewer than {window} logged training losses between {since} and the "
+                     f"reduction at step {step} ({len(pre)})")
+    else:
+        res["before"] = statistics.mean(v for _, v in pre)
+    if len(post) < window:
+        until = f"the next reduction (step {nxt})" if nxt is not None else "the end of the run"
+        notes.append(f"fewer than {window} logged training losses between the reduction at step "
+                     f"{step} and {until} ({len(post)})")
+    else:
+        res["after"] = statistics.mean(v for _, v in post[:window])
+    if res["before"] is not None and res["after"] is not None:
+        res["change"] = res["after"] - res["before"]
+        for j in range(window - 1, len(post)):
+            if statistics.mean(v for _, v in post[j - window + 1:j + 1]) <= res["before"]:
+                res["recovered"] = post[j][0] - step
+                break
+    if ref is None:
+        return res
+    missing: set[int] = set()
+
+    def gap(steps: list[int]) -> float | None:
+        if len(steps) < window:
+            return None
+        value = _mean_at(ref, steps)
+        if value is None:
+            missing.update(s for s in steps if s not in ref)
+            return None
+        return _mean_at(own, steps) - value
+
+    res["gap_before"] = gap([s for s, _ in pre])
+    res["gap_after"] = gap([s for s, _ in post[:window]])
+    for n in horizons:
+        if post_all and step + n <= post_all[-1][0]:
+            res["gaps"][n] = gap([s for s, _ in post_all if s <= step + n][-window:])
+    res["gap_end"] = gap([s for s, _ in post_all][-window:])
+    if missing:
+        notes.append("the full run has no logged training loss at step "
+                     + ", ".join(str(s) for s in sorted(missing)))
+    return res
+
+
+def end_gap(points: list[tuple[int, float]], full: list[tuple[int, float]], *,
+            window: int = RECOVERY_WINDOW) -> float | None:
+    """Compressed - full of the mean training loss over the last ``window`` logged steps of
+    ``points`` (both :func:`loss_points`); None with fewer points or when ``full`` lacks one of
+    those steps."""
+    steps = [s for s, _ in points][-window:]
+    ref = _mean_at(dict(full), steps)
+    if len(steps) < window or ref is None:
+        return None
+    return _mean_at(dict(points), steps) - ref
+
+
+def run_recovery(run_dir: Path, full_dir: Path | None, sign: float = 1.0, *,
+                 window: int = RECOVERY_WINDOW,
+                 horizons: tuple[int, ...] = RECOVERY_HORIZONS) -> tuple[list[dict], list[str]]:
+    """Every reduction of one compressed run: ``(events, notes)``. Each event is
+    :func:`loss_recovery`'s dict plus ``ordinal`` (1, 2, ...), ``dims``, ``rolled_back``, and
+    ``val_before`` / ``val_after`` / ``val_change``, the validation metric in its own units
+    (``sign`` * the recorded score: ``sign`` -1 turns the negated bits per character back;
+    fractions for accuracy), None where not recorded. ``full_dir``: the uncompressed run of the
+    same seed (None: no gaps). ``notes``: what is missing, each naming the run directory."""
+    run_dir = Path(run_dir)
+    rows, events, problems = read_training_log(run_dir)
+    notes = [f"{run_dir.name}: {p}" for p in problems]
+    reductions = reduction_events(rows, events)
+    if not reductions:
+        if rows:
+            notes.append(f"{run_dir.name}: no reduction recorded (no `reduction` rows in metrics.jsonl, "
+                         "no events in reductions.json)")
+        return [], notes
+    points = loss_points(rows)
+    full = None
+    if full_dir is None:
+        notes.append(f"{run_dir.name}: no finished full run of its seed, so no gaps to it")
+    else:
+        full_rows, _, full_problems = read_training_log(full_dir)
+        notes += [f"{Path(full_dir).name}: {p}" for p in full_problems]
+        full = loss_points(full_rows)
+    steps = [r["step"] for r in reductions]
+    out = []
+    for i, red in enumerate(reductions):
+        res = loss_recovery(points, steps, i, full, window=window, horizons=horizons)
+        notes += [f"{run_dir.name}, reduction at step {red['step']}: {n}" for n in res.pop("notes")]
+        before = None if red["before"] is None else sign * red["before"]
+        after = None if red["after"] is None else sign * red["after"]
+        if before is None or after is None:
+            notes.append(f"{run_dir.name}, reduction at step {red['step']}: validation score "
+                         f"{'before' if before is None else 'after'} the reduction not recorded")
+        res.update({"ordinal": i + 1, "dims": red["dims"], "rolled_back": red["rolled_back"],
+                    "val_before": before, "val_after": after,
+                    "val_change": None if before is None or after is None else after - before})
+        out.append(res)
+    return out, notes
+
+
+def _spread_of(values: list[float], digits: int, signed: bool = True) -> str:
+    """``mean (min to max)`` of the values that are not None; ``-`` if none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    text = f.format(statistics.mean(values))
+    if len(values) > 1 and f.format(min(values)) != f.format(max(values)):
+        text += f" ({f.format(min(values))} to {f.format(max(values))})"
+    return text
+
+
+def _log_interval(points: list[tuple[int, float]]) -> int | None:
+    steps = [s for s, _ in points]
+    return int(statistics.median(b - a for a, b in zip(steps, steps[1:]))) if len(steps) > 1 else None
+
+
+def _recovered_text(values: list[int | None], limits: set[str]) -> str:
+    """Steps until recovery over seeds (mean, range) and how many did not recover."""
+    got = [v for v in values if v is not None]
+    where = " / ".join(sorted(f"not before the {x}" if x == "next reduction" else "not within the run"
+                              for x in limits))
+    if not got:
+        return f"{where} ({len(values)} of {len(values)})" if values else "-"
+    text = _spread_of(got, 0, signed=False)
+    if len(got) < len(values):
+        text += f"; {where} in {len(values) - len(got)} of {len(values)}"
+    return text
+
+
+def _num(value: float | None, digits: int, signed: bool = False) -> str:
+    return "-" if value is None else (f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}")
+
+
+def _recovered_cell(event: dict) -> str:
+    if event["recovered"] is not None:
+        return str(event["recovered"])
+    return ("not within the run" if event["limit"] == "end of run"
+            else f"not before the next reduction (step {event['next']})")
+
+
+def _gap_cells(events: list[dict], horizons: tuple[int, ...]) -> list[str]:
+    """Per horizon: the gaps of ``events`` (mean, range), ‡ if one of them is past the next reduction."""
+    return [_spread_of([e["gaps"][n] for e in events], 3)
+            + ("‡" if any(e["crosses"][n] and e["gaps"][n] is not None for e in events) else "")
+            for n in horizons]
+
+
+def _recovery_intro(metric: str, scale: float, sign: float, interval: int | None, window: int,
+                    horizons: tuple[int, ...]) -> str:
+    every = f"every {interval} steps" if interval else "at the run's logging interval"
+    earliest = f" (the earliest possible is {window * interval} steps)" if interval else ""
+    return (f"Training goes on after each reduction. Validation {metric.replace('_', ' ')}: the "
+            "trainer's evaluation right before and right after each reduction, on the same validation "
+            f"batches (the `reduction` rows of `metrics.jsonl`; {'lower' if sign < 0 else 'higher'} is better"
+            f"{', in points' if scale == 100.0 else ''}). Training loss (cross-entropy, nats): logged "
+            f"{every}, each point the mean over the steps since the one before; **before** is the mean "
+            f"of the last {window} logged points at or before the reduction step (computed before the "
+            f"reduction, which follows that step's update), **after** the mean of the first {window} "
+            "after it. **Recovered after**: the steps from the reduction to the first logged step at "
+            f"which the smoothed loss (mean of the {window} logged points up to it, all after the "
+            f"reduction) is at or below *before*{earliest}, looked for up to the next reduction or, for "
+            "the last, the end of the run. The loss also falls by itself as training goes on, so the "
+            "**gap** compares with the uncompressed run of the same seed (same batches): compressed − "
+            "full of the training loss over the same logged steps, just before, just after, over the "
+            f"{window} logged points up to {' and '.join(map(str, horizons))} steps after the reduction "
+            "(‡: that point is past the next reduction, so the gap includes it; `-`: beyond the run), "
+            f"and over the run's last {window} logged points (*end*).")
+
+
+def _recovery_run_table(per: dict[str, dict[int, list[dict]]], metric: str, scale: float,
+                        vd: int, horizons: tuple[int, ...]) -> list[str]:
+    """One row per compressed run and reduction."""
+    lines = [f"| form | seed | step | state | val {metric.replace('_', ' ')} before | after | change | "
+             "train loss before | after | change | recovered after (steps) | gap before | gap just "
+             "after | " + " | ".join(f"gap +{n}" for n in horizons) + " | gap end |",
+             "|" + "---|" * (14 + len(horizons))]
+    for arm in ("exact", "folded"):
+        for seed, events in sorted(per.get(arm, {}).items()):
+            for e in events:
+                val = [None if e[k] is None else scale * e[k] for k in ("val_before", "val_after", "val_change")]
+                gaps = [_num(e["gaps"][n], 3, True) + ("‡" if e["crosses"][n] and e["gaps"][n] is not None
+                                                        else "") for n in horizons]
+                lines.append(
+                    f"| {arm} | {seed} | {e['step']}{' (rolled back)' if e['rolled_back'] else ''} | "
+                    f"{e['dims'] or '-'} | {_num(val[0], vd)} | {_num(val[1], vd)} | {_num(val[2], vd, True)} | "
+                    f"{_num(e['before'], 3)} | {_num(e['after'], 3)} | {_num(e['change'], 3, True)} | "
+                    f"{_recovered_cell(e)} | {_num(e['gap_before'], 3, True)} | "
+                    f"{_num(e['gap_after'], 3, True)} | {' | '.join(gaps)} | {_num(e['gap_end'], 3, True)} |")
+    return lines
+
+
+def _recovery_point_table(per: dict[str, dict[int, list[dict]]], metric: str, scale: float,
+                          vd: int, horizons: tuple[int, ...]) -> list[str]:
+    """One row per form and reduction point (1st, 2nd, ...): mean over seeds (range)."""
+    lines = [f"| form | reduction | step | seeds | val {metric.replace('_', ' ')} change | train loss "
+             "change | recovered after (steps) | gap before | gap just after | "
+             + " | ".join(f"gap +{n}" for n in horizons) + " | gap end |",
+             "|" + "---|" * (10 + len(horizons))]
+    for arm in ("exact", "folded"):
+        by_point: dict[int, list[dict]] = defaultdict(list)
+        for events in per.get(arm, {}).values():
+            for e in events:
+                by_point[e["ordinal"]].append(e)
+        for k, events in sorted(by_point.items()):
+            measured = [e["recovered"] for e in events if e["change"] is not None]
+            val = [None if e["val_change"] is None else scale * e["val_change"] for e in events]
+            lines.append(
+                f"| {arm} | {k} | {', '.join(map(str, sorted({e['step'] for e in events})))} | "
+                f"{len(events)} | {_spread_of(val, vd)} | {_spread_of([e['change'] for e in events], 3)} | "
+                f"{_recovered_text(measured, {e['limit'] for e in events})} | "
+                f"{_spread_of([e['gap_before'] for e in events], 3)} | "
+                f"{_spread_of([e['gap_after'] for e in events], 3)} | {' | '.join(_gap_cells(events, horizons))} | "
+                f"{_spread_of([e['gap_end'] for e in events], 3)} |")
+    return lines
+
+
+def _recovery_sentence(arm: str, seeds: dict[int, list[dict]], metric: str, scale: float,
+                       sign: float, vd: int, earliest: int | None, horizons: tuple[int, ...]) -> str:
+    """What one form's reductions show, from the figures of its table."""
+    events = [e for evs in seeds.values() for e in evs]
+    parts = []
+    changes = [scale * e["val_change"] for e in events if e["val_change"] is not None]
+    if changes:
+        worse = sum(1 for c in changes if sign * c < 0)
+        same = sum(1 for c in changes if c == 0)
+        level = [scale * e["val_before"] for e in events if e["val_before"] is not None]
+        unit = " points" if scale == 100.0 else ""
+        parts.append(f"at its {len(changes)} reductions the validation {metric.replace('_', ' ')} changed "
+                     f"by {_spread_of(changes, vd)}{unit} (worse at {worse}, unchanged at {same}; before "
+                     f"the reductions {min(level):.{vd}f} to {max(level):.{vd}f})")
+    measured = [e for e in events if e["change"] is not None]
+    if measured:
+        parts.append(f"the training loss across a reduction by {_spread_of([e['change'] for e in measured], 3)}")
+        got = [e["recovered"] for e in measured if e["recovered"] is not None]
+        if got and len(got) == len(measured) and all(g == earliest for g in got):
+            parts.append(f"the smoothed training loss was back at or below its level before the reduction "
+                         f"at the earliest measurable point ({earliest} steps after) in all {len(got)}: its "
+                         "own fall over those steps outweighs any rise from the reduction, so the gap to "
+                         "the full run is what measures it")
+        else:
+            parts.append(f"the smoothed training loss was back at or below its level before the reduction "
+                         f"in {len(got)} of {len(measured)} cases"
+                         + (f", after {_spread_of(got, 0, signed=False)} steps" if got else ""))
+    before = [e["gap_before"] for e in events if e["gap_before"] is not None]
+    after = [e["gap_after"] for e in events if e["gap_after"] is not None]
+    if before and after:
+        text = (f"the gap to the full run went from {statistics.mean(before):+.3f} just before to "
+                f"{statistics.mean(after):+.3f} just after")
+        later = []
+        for n in horizons:
+            g = [e["gaps"][n] for e in events if e["gaps"][n] is not None and not e["crosses"][n]]
+            if g:
+                later.append(f"{statistics.mean(g):+.3f} {n} steps after (the {len(g)} reductions with "
+                             f"no other within {n} steps)")
+        if later:
+            text += ", and was " + " and ".join(later)
+        end = [evs[-1]["gap_end"] for evs in seeds.values() if evs and evs[-1]["gap_end"] is not None]
+        if end:
+            text += f"; at the end of the run it was {_spread_of(end, 3)} ({len(end)} runs)"
+        parts.append(text)
+    return f"- **{arm}**: " + "; ".join(parts) + "."
+
+
+def recovery_part(task: str, runs: dict[int, dict[str, dict]], metric: str, scale: float,
+                  sign: float, digits: int, figures: Path | None = None, *,
+                  window: int = RECOVERY_WINDOW,
+                  horizons: tuple[int, ...] = RECOVERY_HORIZONS) -> list[str]:
+    """The "Recovery after each reduction" part of a Mamba-2 task (markdown lines): per
+    compressed run (exact, folded) and reduction, the validation metric right before and after,
+    the training loss across it, the steps until the smoothed training loss is back at its level
+    before, and the gap to the uncompressed run of the same seed (:func:`run_recovery`); a table
+    per form and reduction point (mean over seeds, range), a sentence per form, what could not be
+    measured, and, with ``figures`` (a directory), the training-loss curves of one seed around the
+    reductions (``<figures>/mamba2-<task>-recovery.png``, :func:`plot_recovery`).
+
+    ``runs``: :func:`load_mamba2_runs`'s ``{seed: {arm: run}}``; ``metric``, ``scale``, ``sign``:
+    :func:`_metric`'s; ``digits``: decimals of the metric in points (bits: 4)."""
+    out = ["### Recovery after each reduction", ""]
+    per: dict[str, dict[int, list[dict]]] = {}
+    notes: list[str] = []
+    interval = None
+    for seed in sorted(runs):
+        full = runs[seed].get("full")
+        for arm in ("full", "exact", "folded"):
+            if interval is None and arm in runs[seed]:
+                interval = _log_interval(loss_points(read_training_log(runs[seed][arm]["run_dir"])[0]))
+        for arm in ("exact", "folded"):
+            if arm in runs[seed]:
+                events, run_notes = run_recovery(runs[seed][arm]["run_dir"], full["run_dir"] if full else None,
+                                                 sign, window=window, horizons=horizons)
+                notes += run_notes
+                per.setdefault(arm, {})[seed] = events
+    if not any(events for seeds in per.values() for events in seeds.values()):
+        return out + ["_No reduction with its metrics recorded in the compressed runs yet._", "",
+                      *[f"- {n}" for n in notes], ""]
+    vd = digits if scale == 100.0 else 4
+    out += [_recovery_intro(metric, scale, sign, interval, window, horizons), "",
+            *_recovery_run_table(per, metric, scale, vd, horizons), "",
+            "Per form and reduction point, mean over seeds (range):", "",
+            *_recovery_point_table(per, metric, scale, vd, horizons), "", "What it shows:", ""]
+    earliest = window * interval if interval else None
+    out += [_recovery_sentence(arm, per[arm], metric, scale, sign, vd, earliest, horizons)
+            for arm in ("exact", "folded") if any(per.get(arm, {}).values())]
+    size = {arm: statistics.mean(abs(scale * e["val_change"]) for evs in per[arm].values() for e in evs
+                                 if e["val_change"] is not None)
+            for arm in ("exact", "folded")
+            if any(e["val_change"] is not None for evs in per.get(arm, {}).values() for e in evs)}
+    if len(size) == 2:
+        unit = "points" if scale == 100.0 else metric.replace("_", " ")
+        ratio = f" ({size['folded'] / size['exact']:.0f}x)" if size["exact"] > 0 else ""
+        out.append(f"- Mean size of the validation change at a reduction: folded {size['folded']:.{vd}f}, "
+                   f"exact {size['exact']:.{vd}f} {unit}{ratio}.")
+    direct = [end_gap(*(loss_points(read_training_log(runs[seed][a]["run_dir"])[0]) for a in ("direct", "full")),
+                      window=window)
+              for seed in sorted(runs) if "direct" in runs[seed] and "full" in runs[seed]]
+    direct = [g for g in direct if g is not None]
+    if direct:
+        out.append(f"- For reference, the run trained at the final size from the start (direct, same seed, "
+                   f"its own initialisation) against full over the last {window} logged points: "
+                   f"{_spread_of(direct, 3)} ({len(direct)} runs).")
+    out.append("")
+    if notes:
+        out += ["Not measured:", "", *[f"- {n}" for n in notes], ""]
+    if figures is not None:
+        fig = _recovery_figure(task, runs, figures, horizons)
+        if fig is not None:
+            out += [f"![training loss around the reductions](figures/{fig.name})", ""]
+    return out
+
+
+def _recovery_figure(task: str, runs: dict[int, dict[str, dict]], figures: Path,
+                     horizons: tuple[int, ...]) -> Path | None:
+    """The curves of the lowest seed that has full, exact and folded runs (None if none has)."""
+    for seed in sorted(runs):
+        arms = runs[seed]
+        if all(a in arms for a in ("full", "exact", "folded")):
+            logs = {a: read_training_log(arms[a]["run_dir"]) for a in ("full", "exact", "folded")}
+            curves = {a: loss_points(rows) for a, (rows, _, _) in logs.items()}
+            steps = sorted({e["step"] for a in ("exact", "folded")
+                            for e in reduction_events(logs[a][0], logs[a][1])})
+            if not steps or not all(curves.values()):
+                continue
+            return plot_recovery(curves, steps, f"Mamba-2 {task}, seed {seed}: training loss "
+                                 "around the reductions", figures / f"mamba2-{task}-recovery.png",
+                                 max(horizons))
+    return None
+
+
+def plot_recovery(curves: dict[str, list[tuple[int, float]]], reductions: list[int], title: str,
+                  path: Path, horizon: int = max(RECOVERY_HORIZONS)) -> Path:
+    """Training loss against step of the runs in ``curves`` (``{"full"|"exact"|"folded":
+    loss_points}``), the whole run and around the ``reductions`` (steps; from half a reduction
+    interval before the first to ``horizon`` steps after the last, the loss axis fitted to the
+    losses from the first reduction on), and compressed − full per logged step in the same
+    window; the reductions are dashed lines. Writes ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"full": "k", "exact": "C0", "folded": "C1"}
+    spacing = reductions[1] - reductions[0] if len(reductions) > 1 else horizon // 3
+    lo, hi = max(0, reductions[0] - spacing // 2), reductions[-1] + horizon
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    full = dict(curves.get("full", []))
+    for name, points in curves.items():
+        xs, ys = [s for s, _ in points], [v for _, v in points]
+        for ax, keep in ((axes[0], lambda s: True), (axes[1], lambda s: lo <= s <= hi)):
+            sel = [(x, y) for x, y in zip(xs, ys) if keep(x)]
+            ax.plot([x for x, _ in sel], [y for _, y in sel], color=colors.get(name, "grey"), lw=1.2,
+                    label=name)
+        if name != "full" and full:
+            sel = [(s, v - full[s]) for s, v in points if s in full and lo <= s <= hi]
+            axes[2].plot([x for x, _ in sel], [y for _, y in sel], color=colors.get(name, "grey"),
+                         lw=1.2, marker=".", ms=3, label=f"{name} − full")
+    axes[2].axhline(0.0, color="k", lw=0.6)
+    for ax in axes:
+        for s in reductions:
+            ax.axvline(s, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("training loss (logged mean)")
+    axes[1].set_ylabel("training loss, around the reductions")
+    axes[2].set_ylabel("compressed − full, training loss")
+    axes[1].set_xlim(lo, hi)
+    shown = [v for points in curves.values() for s, v in points if reductions[0] <= s <= hi]
+    if shown:
+        pad = 0.1 * (max(shown) - min(shown)) or 0.01
+        axes[1].set_ylim(min(shown) - pad, max(shown) + pad)
+    axes[2].set_xlim(lo, hi)
+    fig.suptitle(title + " (dashed: reductions)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_mamba2_report(root: Path | None = None, path: Path | None = None,
+                        figures: Path | None = None) -> Path:
+    """``experiments/REPORT-mamba2.md`` from the committed runs of ``experiments/mamba2_study.py``
+    (its figures in ``figures``, default ``experiments/figures``)."""
     from mamba2_study import COMPRESS, DEFAULT_STEPS, TASKS, has_data
 
     root = root or MAMBA2_RUNS
@@ -710,7 +1238,7 @@ def write_mamba2_report(root: Path | None = None, path: Path | None = None) -> P
                     f"prepared on this machine. Planned settings: `{overrides}`, "
                     f"{DEFAULT_STEPS[task]:,} steps.", ""]
             continue
-        out += mamba2_section(task, title, root)
+        out += mamba2_section(task, title, root, figures=figures or FIGURES)
         out += [f"Settings: `{overrides}`.", ""]
     path = path or HERE / "REPORT-mamba2.md"
     path.write_text("\n".join(out) + "\n")

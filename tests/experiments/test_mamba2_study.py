@@ -176,3 +176,150 @@ def test_a_tiny_real_grid_runs_end_to_end_and_measures_decoding(tmp_path):
     assert study.measure_decoding(tmp_path, say=lambda *_: None) == []   # measured once
     text = "\n".join(report.mamba2_section("tiny", "T", root=tmp_path, seeds=(0,)))
     assert "Runs done (4 of 4)" in text and "Where each form pays" in text
+
+
+# -- the report: recovery after each reduction ----------------------------------------------------
+STEPS = range(10, 201, 10)                                  # logged every 10 steps, 200 steps
+
+
+def _full_loss():
+    return {s: 2.0 - 0.001 * s for s in STEPS}              # falls by itself, 0.01 per logged point
+
+
+def _bumped(bump, at=100):
+    """The full run's losses, plus ``bump[s]`` at the logged steps after the reduction at ``at``."""
+    return {s: v + (bump.get(s, 0.0) if s > at else 0.0) for s, v in _full_loss().items()}
+
+
+def _write_log(run_dir, losses, reductions=(), events=None, torn=False):
+    """``metrics.jsonl`` as the trainer writes it (a reduction row, then the loss row of its step);
+    ``reductions``: ``(step, val score before, after)``; ``events``: ``reductions.json``'s."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    red = {s: (b, a) for s, b, a in reductions}
+    lines = []
+    for step in sorted(losses):
+        if step in red:
+            lines.append(json.dumps({"step": step, "reduction": True, "state_dims": [4],
+                                     "val_score_before": red[step][0], "val_score_after": red[step][1]}))
+        lines.append(json.dumps({"step": step, "loss": losses[step], "lr": 0.001}))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n" + ('{"step": 210, "lo' if torn else ""))
+    if events is not None:
+        (run_dir / "reductions.json").write_text(json.dumps({"events": events}))
+
+
+def test_a_known_jump_and_its_recovery_come_out_as_computed_by_hand(tmp_path):
+    # the fold adds 0.3, 0.2, 0.1 to the logged losses at 110, 120, 130, nothing after
+    _write_log(tmp_path / "full-seed0", _full_loss())
+    _write_log(tmp_path / "folded-seed0", _bumped({110: 0.3, 120: 0.2, 130: 0.1}),
+               [(100, 0.50, 0.45)], torn=True,
+               events=[{"step": 100, "metric_before": 0.5, "metric_after": 0.45, "rolled_back": False,
+                        "layers": [{"layer": 0, "old": 8, "new": 4}]}])
+    events, notes = report.run_recovery(tmp_path / "folded-seed0", tmp_path / "full-seed0",
+                                        horizons=(30, 100, 300))
+    assert notes == [] and len(events) == 1
+    e = events[0]
+    assert (e["step"], e["ordinal"], e["dims"], e["rolled_back"]) == (100, 1, "8→4", False)
+    assert e["val_before"] == 0.5 and e["val_change"] == pytest.approx(-0.05)
+    # before: mean of the losses at 90 and 100 (1.91, 1.90); after: at 110 and 120 (2.19, 2.08)
+    assert e["before"] == pytest.approx(1.905) and e["after"] == pytest.approx(2.135)
+    assert e["change"] == pytest.approx(0.23)
+    # smoothed (2 points) at 120 2.135, 130 2.025, 140 1.915, 150 1.855 <= 1.905: 50 steps
+    assert e["recovered"] == 50 and e["limit"] == "end of run" and e["searched_to"] == 200
+    assert e["gap_before"] == pytest.approx(0.0, abs=1e-12) and e["gap_after"] == pytest.approx(0.25)
+    assert e["gaps"][30] == pytest.approx(0.15)                    # over 120 and 130
+    assert e["gaps"][100] == pytest.approx(0.0, abs=1e-12)         # over 190 and 200
+    assert e["gaps"][300] is None                                  # step 400: beyond the run
+    assert not any(e["crosses"].values()) and e["gap_end"] == pytest.approx(0.0, abs=1e-12)
+    # a validation score recorded negated (bits per character) comes back in its own units
+    events, _ = report.run_recovery(tmp_path / "folded-seed0", tmp_path / "full-seed0", sign=-1.0)
+    assert events[0]["val_before"] == -0.5 and events[0]["val_change"] == pytest.approx(0.05)
+
+
+def test_no_recovery_is_said_per_limit_and_a_gap_past_the_next_reduction_is_marked():
+    full = sorted(_full_loss().items())
+    stuck = sorted(_bumped({s: 0.5 for s in STEPS}, at=60).items())   # +0.5 from step 70 on
+    steps = [60, 100]
+    first = report.loss_recovery(stuck, steps, 0, full)
+    assert first["recovered"] is None and first["limit"] == "next reduction" and first["next"] == 100
+    assert first["searched_to"] == 100                   # the row at the next reduction's step counts
+    assert first["crosses"] == {100: True, 300: True} and first["gaps"][100] == pytest.approx(0.5)
+    # the second: before over 90, 100 (2.41, 2.40), after over 110, 120 (2.39, 2.38): recovered at 120
+    second = report.loss_recovery(stuck, steps, 1, full)
+    assert second["before"] == pytest.approx(2.405) and second["recovered"] == 20
+    last = report.loss_recovery(stuck, [60], 0, full)
+    assert last["recovered"] is None and last["limit"] == "end of run"
+    assert report._recovered_cell(last) == "not within the run"
+    assert report._recovered_cell(first) == "not before the next reduction (step 100)"
+    assert report._recovered_text([None, 40], {"end of run"}) == "40; not within the run in 1 of 2"
+
+
+def test_missing_rows_give_a_note_naming_the_run_not_a_crash(tmp_path):
+    # no metrics.jsonl at all, but reductions.json has the event and its scores
+    (tmp_path / "exact-seed0").mkdir()
+    (tmp_path / "exact-seed0" / "reductions.json").write_text(json.dumps(
+        {"events": [{"step": 100, "metric_before": 0.4, "metric_after": 0.4}]}))
+    _write_log(tmp_path / "full-seed0", {s: v for s, v in _full_loss().items() if s != 110})
+    events, notes = report.run_recovery(tmp_path / "exact-seed0", tmp_path / "full-seed0")
+    assert events[0]["val_change"] == 0.0 and events[0]["before"] is None and events[0]["recovered"] is None
+    assert "exact-seed0: no metrics.jsonl" in notes
+    assert any("fewer than 2 logged training losses between the start and the reduction at step 100 (0)"
+               in n for n in notes)
+    # loss rows but no reduction anywhere
+    _write_log(tmp_path / "folded-seed0", _full_loss())
+    events, notes = report.run_recovery(tmp_path / "folded-seed0", None)
+    assert events == [] and notes == ["folded-seed0: no reduction recorded (no `reduction` rows in "
+                                      "metrics.jsonl, no events in reductions.json)"]
+    # the full run lacks a step the gap needs; a reduction row without its scores
+    _write_log(tmp_path / "exact-seed1", _full_loss(), [(100, None, None)])
+    events, notes = report.run_recovery(tmp_path / "exact-seed1", tmp_path / "full-seed0")
+    assert events[0]["gap_after"] is None and events[0]["gap_before"] == pytest.approx(0.0, abs=1e-12)
+    assert events[0]["val_before"] is None and events[0]["change"] == pytest.approx(-0.02)
+    assert "exact-seed1, reduction at step 100: the full run has no logged training loss at step 110" in notes
+    assert "exact-seed1, reduction at step 100: validation score before the reduction not recorded" in notes
+    (tmp_path / "exact-seed1" / "reductions.json").write_text("[1, 2]")
+    assert "exact-seed1: reductions.json is not a JSON object with a list 'events'" in \
+        report.run_recovery(tmp_path / "exact-seed1", None)[1]
+
+
+def test_the_section_tables_the_recovery_per_run_and_per_point_and_draws_the_curves(tmp_path):
+    base = tmp_path / "mamba2-mnist"
+    bumps = {0: {110: 0.3, 120: 0.2, 130: 0.1},                   # recovered after 50 steps
+             1: {110: 0.5, 120: 0.4, 130: 0.3, 140: 0.2, 150: 0.1}}  # after 60 (mean(1.95, 1.84) at 160)
+    for seed in (0, 1):
+        for arm in ("full", "exact", "folded"):
+            _fake(base / f"{arm}-seed{seed}", 0.5, 10.0, 4 if arm != "full" else 8, 1.0, 1.0, 1.0)
+        _write_log(base / f"full-seed{seed}", _full_loss())
+        _write_log(base / f"exact-seed{seed}", _full_loss(), [(100, 0.30, 0.30)])
+        _write_log(base / f"folded-seed{seed}", _bumped(bumps[seed]), [(100, 0.30, 0.28 - 0.02 * seed)])
+    text = "\n".join(report.mamba2_section("mnist", "T", root=tmp_path, figures=tmp_path / "figures"))
+    assert "### Recovery after each reduction" in text and "logged every 10 steps" in text
+    rows = text.split("### Recovery after each reduction")[1].splitlines()
+    for i, line in enumerate(rows):                    # every table: as many cells as its header
+        if line.startswith("|---"):
+            assert line.count("|") == rows[i - 1].count("|") == rows[i + 1].count("|"), rows[i - 1]
+    assert ("| folded | 1 | 100 | - | 30.00 | 26.00 | -4.00 | 1.905 | 2.335 | +0.430 | 60 | +0.000 | "
+            "+0.450 | +0.000 | - | +0.000 |") in text
+    assert ("| exact | 0 | 100 | - | 30.00 | 30.00 | +0.00 | 1.905 | 1.885 | -0.020 | 20 | +0.000 | "
+            "+0.000 | +0.000 | - | +0.000 |") in text
+    # over the two seeds: val -2 and -4 points, loss +0.23 and +0.43, recovered 50 and 60 steps
+    assert ("| folded | 1 | 100 | 2 | -3.00 (-4.00 to -2.00) | +0.330 (+0.230 to +0.430) | 55 (50 to 60) | "
+            "+0.000 | +0.350 (+0.250 to +0.450) | +0.000 | - | +0.000 |") in text
+    assert "| exact | 1 | 100 | 2 | +0.00 | -0.020 | 20 | +0.000 | +0.000 | +0.000 | - | +0.000 |" in text
+    assert ("- **exact**: at its 2 reductions the validation accuracy changed by +0.00 points (worse at 0, "
+            "unchanged at 2") in text
+    assert "at the earliest measurable point (20 steps after) in all 2" in text
+    assert ("- **folded**: at its 2 reductions the validation accuracy changed by -3.00 (-4.00 to -2.00) "
+            "points (worse at 2, unchanged at 0") in text
+    assert "back at or below its level before the reduction in 2 of 2 cases, after 55 (50 to 60) steps" in text
+    assert "the gap to the full run went from +0.000 just before to +0.350 just after" in text
+    assert "- Mean size of the validation change at a reduction: folded 3.00, exact 0.00 points." in text
+    figure = tmp_path / "figures" / "mamba2-mnist-recovery.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![training loss around the reductions](figures/mamba2-mnist-recovery.png)" in text
+    # runs without their metrics: said, not crashed
+    for arm in ("exact", "folded"):
+        for seed in (0, 1):
+            (base / f"{arm}-seed{seed}" / "metrics.jsonl").unlink()
+    text = "\n".join(report.mamba2_section("mnist", "T", root=tmp_path))
+    assert "_No reduction with its metrics recorded in the compressed runs yet._" in text
+    assert "- folded-seed1: no metrics.jsonl" in text
