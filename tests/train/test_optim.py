@@ -60,6 +60,27 @@ def _regroup(reference, opt, model):
     return [_Group([ref_params[index[id(p)]] for p in g["params"]]) for g in opt.param_groups]
 
 
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_lean_zero_grad_leaves_what_torchs_leaves(set_to_none):
+    # the same gradients through FusedAdamW and torch's AdamW(fused=True): after zero_grad every
+    # .grad is None (default) or a zero tensor (set_to_none=False) that is the same object as before
+    torch.manual_seed(3)
+    ps = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True), torch.randn(2, requires_grad=True)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    opt, ref = FusedAdamW(ps), torch.optim.AdamW(qs, fused=True)
+    for t in (ps, qs):
+        (t[0].sum() * 2 + t[1].square().sum()).backward()       # t[2] gets no gradient
+    before = [p.grad for p in ps]
+    opt.zero_grad(set_to_none=set_to_none)
+    ref.zero_grad(set_to_none=set_to_none)
+    for p, q, g in zip(ps, qs, before):
+        if q.grad is None:
+            assert p.grad is None
+        else:
+            assert torch.equal(p.grad, q.grad) and not p.grad.any() and p.grad is g
+    assert set_to_none == all(p.grad is None for p in ps)
+
+
 @pytest.mark.parametrize("cls, torch_cls", [(FusedAdamW, torch.optim.AdamW), (FusedAdam, torch.optim.Adam)])
 def test_lean_fused_step_is_bit_identical_to_torchs_fused_optimizer(cls, torch_cls):
     # two groups, float32 and float64 parameters in one group, a parameter without a gradient in

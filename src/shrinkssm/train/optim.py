@@ -155,6 +155,17 @@ class _LeanFusedStep:
 
     step.hooked = True  # tells torch.optim.Optimizer not to wrap step in its profiler scope
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's ``zero_grad``: drop every gradient (``set_to_none``, the default), or detach
+        and zero them in place; the default path without torch's profiler scope and dynamo guard
+        (about 50 microseconds a step of a small model on a CPU)."""
+        if not set_to_none:
+            super().zero_grad(set_to_none=False)
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
 
 _bump = getattr(torch.autograd.graph, "increment_version", None)
 
