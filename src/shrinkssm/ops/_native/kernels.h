@@ -362,6 +362,43 @@ DEFINE_ADJOINT(8)
 /* ------------------------------------------------------------------------------------------ */
 
 
+/* (pr, pi) = sum_h (Pr[h], Pi[h]) v[h] over the NJ vectors of states at Pr, Pi (rows of Np reals,
+ * already offset to the states): B u[k] (P = B, v = u[k], nv = Hi) or C^T gy[k] (P = C, v = gy[k],
+ * nv = Ho), for the small-state code below. Two interleaved chains over h, so that a step does
+ * not wait on the latency of one chain of nv multiply-adds. */
+#define DEFINE_PRODUCT_SMALL(NJ)                                                                \
+    static inline ALWAYS_INLINE void NAME(product_small##NJ)(const REAL *Pr, const REAL *Pi, idx Np, \
+                                                             idx nv, const REAL *v, VEC *pr,     \
+                                                             VEC *pi)                            \
+    {                                                                                           \
+        VEC r0[NJ], i0[NJ], r1[NJ], i1[NJ];                                                     \
+        for (int q = 0; q < NJ; q++) r0[q] = i0[q] = r1[q] = i1[q] = NAME(splat)(0);            \
+        idx h = 0;                                                                              \
+        for (; h + 2 <= nv; h += 2) {                                                           \
+            const VEC va = NAME(splat)(v[h]), vb = NAME(splat)(v[h + 1]);                       \
+            for (int q = 0; q < NJ; q++) {                                                      \
+                r0[q] += NAME(ld)(Pr + h * Np + q * VW) * va;                                   \
+                i0[q] += NAME(ld)(Pi + h * Np + q * VW) * va;                                   \
+                r1[q] += NAME(ld)(Pr + (h + 1) * Np + q * VW) * vb;                             \
+                i1[q] += NAME(ld)(Pi + (h + 1) * Np + q * VW) * vb;                             \
+            }                                                                                   \
+        }                                                                                       \
+        if (h < nv) {                                                                           \
+            const VEC va = NAME(splat)(v[h]);                                                   \
+            for (int q = 0; q < NJ; q++) {                                                      \
+                r0[q] += NAME(ld)(Pr + h * Np + q * VW) * va;                                   \
+                i0[q] += NAME(ld)(Pi + h * Np + q * VW) * va;                                   \
+            }                                                                                   \
+        }                                                                                       \
+        for (int q = 0; q < NJ; q++) {                                                          \
+            pr[q] = r0[q] + r1[q];                                                              \
+            pi[q] = i0[q] + i1[q];                                                              \
+        }                                                                                       \
+    }
+DEFINE_PRODUCT_SMALL(1)
+DEFINE_PRODUCT_SMALL(2)
+#undef DEFINE_PRODUCT_SMALL
+
 /* Forward of one work item: batch row b, states [64 u0, 64 u1) bytes.
  * ydst receives y (overwritten when acc == 0, added to when acc == 1). ws: 2 * Np reals. */
 /* Forward of one batch row whose states fill NJ = 1 or 2 vectors (small N, as after compression):
@@ -395,29 +432,11 @@ DEFINE_ADJOINT(8)
                 }                                                                               \
                 next_ck += T;                                                                   \
             }                                                                                   \
-            const REAL *uk = u + k * Hi;                                                        \
-            VEC br0[NJ], bi0[NJ], br1[NJ], bi1[NJ];                                             \
-            for (int q = 0; q < NJ; q++) br0[q] = bi0[q] = br1[q] = bi1[q] = NAME(splat)(0);    \
-            idx h = 0;                                                                          \
-            for (; h + 2 <= Hi; h += 2) {                                                       \
-                const VEC ua = NAME(splat)(uk[h]), ub = NAME(splat)(uk[h + 1]);                 \
-                for (int q = 0; q < NJ; q++) {                                                  \
-                    br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                              \
-                    bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                              \
-                    br1[q] += NAME(ld)(Br + (h + 1) * Np + q * VW) * ub;                        \
-                    bi1[q] += NAME(ld)(Bi + (h + 1) * Np + q * VW) * ub;                        \
-                }                                                                               \
-            }                                                                                   \
-            if (h < Hi) {                                                                       \
-                const VEC ua = NAME(splat)(uk[h]);                                              \
-                for (int q = 0; q < NJ; q++) {                                                  \
-                    br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                              \
-                    bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                              \
-                }                                                                               \
-            }                                                                                   \
+            VEC br[NJ], bi[NJ];                                                                 \
+            NAME(product_small##NJ)(Br, Bi, Np, Hi, u + k * Hi, br, bi);                        \
             for (int q = 0; q < NJ; q++) {                                                      \
-                const VEC tr = lr[q] * xr[q] - li[q] * xi[q] + (br0[q] + br1[q]);               \
-                xi[q] = lr[q] * xi[q] + li[q] * xr[q] + (bi0[q] + bi1[q]);                      \
+                const VEC tr = lr[q] * xr[q] - li[q] * xi[q] + br[q];                           \
+                xi[q] = lr[q] * xi[q] + li[q] * xr[q] + bi[q];                                  \
                 xr[q] = tr;                                                                     \
             }                                                                                   \
             REAL *yk = y + k * Ho, r[8];                                                        \
@@ -496,6 +515,75 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
 }
 
 
+/* The parameter gradients of one vector of states over the n steps of a checkpoint chunk, added
+ * to the thread's accumulators tacc (laid out as in lru_bwd_item) at state offset jo:
+ *   dB[h, n] += sum_t g[t, n] u[t, h],   dC[o, n] += sum_t gy[t, o] conj(x[t, n])
+ * g[t] is (gb[2 t S], gb[(2 t + 1) S]) and x[t] (xb[2 (t + 1) S], xb[(2 t + 3) S]): the chunk's
+ * buffers with rows of S reals, already offset to the vector; uc, gyc: u and gy at the chunk's
+ * first step. Register-blocked by 4 inputs (outputs), so that each load of g (x) serves 4
+ * multiply-adds per part. */
+static inline ALWAYS_INLINE void NAME(chunk_dB_dC)(const CAT(lru_args, RS) *a, const REAL *gb, const REAL *xb,
+                                                   idx S, idx n, const REAL *uc, const REAL *gyc,
+                                                   REAL *tacc, idx jo)
+{
+    const idx Hi = a->Hi, Ho = a->Ho, Np = a->Np;
+    REAL *tBr = tacc, *tBi = tBr + Hi * Np, *tCr = tBi + Hi * Np, *tCi = tCr + Ho * Np;
+    idx h = 0;
+    for (; h + 4 <= Hi; h += 4) {
+        VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
+        for (idx t = 0; t < n; t++) {
+            const VEC vr = NAME(ld)(gb + 2 * t * S), vi = NAME(ld)(gb + (2 * t + 1) * S);
+            const REAL *ut = uc + t * Hi + h;
+            r0 += vr * ut[0]; i0 += vi * ut[0];
+            r1 += vr * ut[1]; i1 += vi * ut[1];
+            r2 += vr * ut[2]; i2 += vi * ut[2];
+            r3 += vr * ut[3]; i3 += vi * ut[3];
+        }
+        REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;
+        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+        NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
+        NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
+        NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
+    }
+    for (; h < Hi; h++) {
+        VEC r0 = NAME(splat)(0), i0 = r0;
+        for (idx t = 0; t < n; t++) {
+            const REAL ut = uc[t * Hi + h];
+            r0 += NAME(ld)(gb + 2 * t * S) * ut;
+            i0 += NAME(ld)(gb + (2 * t + 1) * S) * ut;
+        }
+        REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;
+        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+    }
+    idx o = 0;
+    for (; o + 4 <= Ho; o += 4) {
+        VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
+        for (idx t = 0; t < n; t++) {
+            const VEC vr = NAME(ld)(xb + 2 * (t + 1) * S), vi = NAME(ld)(xb + (2 * t + 3) * S);
+            const REAL *g = gyc + t * Ho + o;
+            r0 += vr * g[0]; i0 -= vi * g[0];
+            r1 += vr * g[1]; i1 -= vi * g[1];
+            r2 += vr * g[2]; i2 -= vi * g[2];
+            r3 += vr * g[3]; i3 -= vi * g[3];
+        }
+        REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;
+        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+        NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
+        NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
+        NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
+    }
+    for (; o < Ho; o++) {
+        VEC r0 = NAME(splat)(0), i0 = r0;
+        for (idx t = 0; t < n; t++) {
+            const REAL g = gyc[t * Ho + o];
+            r0 += NAME(ld)(xb + 2 * (t + 1) * S) * g;
+            i0 -= NAME(ld)(xb + (2 * t + 3) * S) * g;
+        }
+        REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;
+        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
+    }
+}
+
 /* Backward of one batch row whose states fill NJ = 1 or 2 vectors (small N, as after compression),
  * the counterpart of lru_fwd_small: the recomputed state and the adjoint stay in registers across
  * steps (the generic item below stores and reloads them every step, which puts a store-to-load
@@ -512,8 +600,7 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
         const idx L = a->L, Hi = a->Hi, Ho = a->Ho, Np = a->Np, T = a->T, S = NJ * VW;          \
         REAL *xb = ws;                    /* (T + 1) x {re, im} x S: x[k0 - 1 .. k1 - 1] */     \
         REAL *gb = xb + 2 * (T + 1) * S;  /* T x {re, im} x S: g[k0 .. k1 - 1] */               \
-        REAL *tBr = tacc, *tBi = tBr + Hi * Np, *tCr = tBi + Hi * Np, *tCi = tCr + Ho * Np;     \
-        REAL *tlr = tCi + Ho * Np, *tli = tlr + Np;                                             \
+        REAL *tlr = tacc + 2 * (Hi + Ho) * Np, *tli = tlr + Np; /* after dB and dC (lru_bwd_item) */ \
         const REAL *u = a->u + b * L * Hi, *gy = a->gy + b * L * Ho;                            \
         const REAL *Br = a->Br + j0 * VW, *Bi = a->Bi + j0 * VW;                                \
         const REAL *Cr = a->Cr + j0 * VW, *Ci = a->Ci + j0 * VW;                                \
@@ -531,39 +618,21 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
             const idx k0 = c * T, k1 = (k0 + T < L) ? k0 + T : L, n = k1 - k0;                  \
             /* 1. recompute the chunk's states from its checkpoint, in registers */             \
             VEC xr[NJ], xi[NJ];                                                                 \
-            const REAL *cr = a->ckr + (b * a->n_chunks + c) * Np + j0 * VW;                     \
-            const REAL *ci = a->cki + (b * a->n_chunks + c) * Np + j0 * VW;                     \
+            const REAL *ck_r = a->ckr + (b * a->n_chunks + c) * Np + j0 * VW;                   \
+            const REAL *ck_i = a->cki + (b * a->n_chunks + c) * Np + j0 * VW;                   \
             for (int q = 0; q < NJ; q++) {                                                      \
-                xr[q] = NAME(ld)(cr + q * VW);                                                  \
-                xi[q] = NAME(ld)(ci + q * VW);                                                  \
+                xr[q] = NAME(ld)(ck_r + q * VW);                                                \
+                xi[q] = NAME(ld)(ck_i + q * VW);                                                \
                 NAME(st)(xb + q * VW, xr[q]);                                                   \
                 NAME(st)(xb + S + q * VW, xi[q]);                                               \
             }                                                                                   \
             for (idx t = 0; t < n; t++) {                                                       \
-                const REAL *uk = u + (k0 + t) * Hi;                                             \
-                VEC br0[NJ], bi0[NJ], br1[NJ], bi1[NJ];                                         \
-                for (int q = 0; q < NJ; q++) br0[q] = bi0[q] = br1[q] = bi1[q] = NAME(splat)(0); \
-                idx h = 0;                                                                      \
-                for (; h + 2 <= Hi; h += 2) {                                                   \
-                    const VEC ua = NAME(splat)(uk[h]), ub = NAME(splat)(uk[h + 1]);             \
-                    for (int q = 0; q < NJ; q++) {                                              \
-                        br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                          \
-                        bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                          \
-                        br1[q] += NAME(ld)(Br + (h + 1) * Np + q * VW) * ub;                    \
-                        bi1[q] += NAME(ld)(Bi + (h + 1) * Np + q * VW) * ub;                    \
-                    }                                                                           \
-                }                                                                               \
-                if (h < Hi) {                                                                   \
-                    const VEC ua = NAME(splat)(uk[h]);                                          \
-                    for (int q = 0; q < NJ; q++) {                                              \
-                        br0[q] += NAME(ld)(Br + h * Np + q * VW) * ua;                          \
-                        bi0[q] += NAME(ld)(Bi + h * Np + q * VW) * ua;                          \
-                    }                                                                           \
-                }                                                                               \
+                VEC br[NJ], bi[NJ];                                                             \
+                NAME(product_small##NJ)(Br, Bi, Np, Hi, u + (k0 + t) * Hi, br, bi);             \
                 REAL *nx = xb + 2 * (t + 1) * S;                                                \
                 for (int q = 0; q < NJ; q++) {                                                  \
-                    const VEC tr = lr[q] * xr[q] - li[q] * xi[q] + (br0[q] + br1[q]);           \
-                    xi[q] = lr[q] * xi[q] + li[q] * xr[q] + (bi0[q] + bi1[q]);                  \
+                    const VEC tr = lr[q] * xr[q] - li[q] * xi[q] + br[q];                       \
+                    xi[q] = lr[q] * xi[q] + li[q] * xr[q] + bi[q];                              \
                     xr[q] = tr;                                                                 \
                     NAME(st)(nx + q * VW, xr[q]);                                               \
                     NAME(st)(nx + S + q * VW, xi[q]);                                           \
@@ -572,26 +641,8 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
             /* 2. adjoint, backwards: g[k] = conj(lam) g[k+1] + C^H gy[k]; du[k]; dlam */       \
             for (idx t = n - 1; t >= 0; t--) {                                                  \
                 const idx k = k0 + t;                                                           \
-                const REAL *gyk = gy + k * Ho;                                                  \
-                VEC cr0[NJ], ci0[NJ], cr1[NJ], ci1[NJ];                                         \
-                for (int q = 0; q < NJ; q++) cr0[q] = ci0[q] = cr1[q] = ci1[q] = NAME(splat)(0); \
-                idx o = 0;                                                                      \
-                for (; o + 2 <= Ho; o += 2) {                                                   \
-                    const VEC ga = NAME(splat)(gyk[o]), gb_ = NAME(splat)(gyk[o + 1]);          \
-                    for (int q = 0; q < NJ; q++) {                                              \
-                        cr0[q] += NAME(ld)(Cr + o * Np + q * VW) * ga;                          \
-                        ci0[q] -= NAME(ld)(Ci + o * Np + q * VW) * ga;                          \
-                        cr1[q] += NAME(ld)(Cr + (o + 1) * Np + q * VW) * gb_;                   \
-                        ci1[q] -= NAME(ld)(Ci + (o + 1) * Np + q * VW) * gb_;                   \
-                    }                                                                           \
-                }                                                                               \
-                if (o < Ho) {                                                                   \
-                    const VEC ga = NAME(splat)(gyk[o]);                                         \
-                    for (int q = 0; q < NJ; q++) {                                              \
-                        cr0[q] += NAME(ld)(Cr + o * Np + q * VW) * ga;                          \
-                        ci0[q] -= NAME(ld)(Ci + o * Np + q * VW) * ga;                          \
-                    }                                                                           \
-                }                                                                               \
+                VEC cr[NJ], ci[NJ];               /* C^H gy[k] = (Cr^T gy[k], -Ci^T gy[k]) */   \
+                NAME(product_small##NJ)(Cr, Ci, Np, Ho, gy + k * Ho, cr, ci);                   \
                 const REAL *px = xb + 2 * t * S;                                                \
                 REAL *sg = gb + 2 * t * S;                                                      \
                 for (int q = 0; q < NJ; q++) {                                                  \
@@ -600,8 +651,8 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
                         gi[q] = lr[q] * gi[q] - li[q] * gr[q];                                  \
                         gr[q] = tr;                                                             \
                     }                                                                           \
-                    gr[q] += cr0[q] + cr1[q];                                                   \
-                    gi[q] += ci0[q] + ci1[q];                                                   \
+                    gr[q] += cr[q];                                                             \
+                    gi[q] -= ci[q];                                                             \
                     NAME(st)(sg + q * VW, gr[q]);                                               \
                     NAME(st)(sg + S + q * VW, gi[q]);                                           \
                     const VEC pr = NAME(ld)(px + q * VW), pi = NAME(ld)(px + S + q * VW);       \
@@ -630,67 +681,10 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
                     guk[h] = acc ? guk[h] + v : v;                                              \
                 }                                                                               \
             }                                                                                   \
-            /* 3. dB[h, n] += sum_t g[t, n] u[t, h];  dC[o, n] += sum_t gy[t, o] conj(x[t, n]) */ \
-            const REAL *uc = u + k0 * Hi, *gyc = gy + k0 * Ho;                                  \
-            for (int q = 0; q < NJ; q++) {                                                      \
-                const idx jo = (j0 + q) * VW;                                                   \
-                idx h = 0;                                                                      \
-                for (; h + 4 <= Hi; h += 4) {                                                   \
-                    VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0; \
-                    for (idx t = 0; t < n; t++) {                                               \
-                        const VEC vr = NAME(ld)(gb + 2 * t * S + q * VW);                       \
-                        const VEC vi = NAME(ld)(gb + (2 * t + 1) * S + q * VW);                 \
-                        const REAL *ut = uc + t * Hi + h;                                       \
-                        r0 += vr * ut[0]; i0 += vi * ut[0];                                     \
-                        r1 += vr * ut[1]; i1 += vi * ut[1];                                     \
-                        r2 += vr * ut[2]; i2 += vi * ut[2];                                     \
-                        r3 += vr * ut[3]; i3 += vi * ut[3];                                     \
-                    }                                                                           \
-                    REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;                      \
-                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
-                    NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1); \
-                    NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2); \
-                    NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3); \
-                }                                                                               \
-                for (; h < Hi; h++) {                                                           \
-                    VEC r0 = NAME(splat)(0), i0 = r0;                                           \
-                    for (idx t = 0; t < n; t++) {                                               \
-                        const REAL ut = uc[t * Hi + h];                                         \
-                        r0 += NAME(ld)(gb + 2 * t * S + q * VW) * ut;                           \
-                        i0 += NAME(ld)(gb + (2 * t + 1) * S + q * VW) * ut;                     \
-                    }                                                                           \
-                    REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;                      \
-                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
-                }                                                                               \
-                idx o = 0;                                                                      \
-                for (; o + 4 <= Ho; o += 4) {                                                   \
-                    VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0; \
-                    for (idx t = 0; t < n; t++) {                                               \
-                        const VEC vr = NAME(ld)(xb + 2 * (t + 1) * S + q * VW);                 \
-                        const VEC vi = NAME(ld)(xb + (2 * t + 3) * S + q * VW);                 \
-                        const REAL *g = gyc + t * Ho + o;                                       \
-                        r0 += vr * g[0]; i0 -= vi * g[0];                                       \
-                        r1 += vr * g[1]; i1 -= vi * g[1];                                       \
-                        r2 += vr * g[2]; i2 -= vi * g[2];                                       \
-                        r3 += vr * g[3]; i3 -= vi * g[3];                                       \
-                    }                                                                           \
-                    REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;                      \
-                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
-                    NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1); \
-                    NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2); \
-                    NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3); \
-                }                                                                               \
-                for (; o < Ho; o++) {                                                           \
-                    VEC r0 = NAME(splat)(0), i0 = r0;                                           \
-                    for (idx t = 0; t < n; t++) {                                               \
-                        const REAL g = gyc[t * Ho + o];                                         \
-                        r0 += NAME(ld)(xb + 2 * (t + 1) * S + q * VW) * g;                      \
-                        i0 -= NAME(ld)(xb + (2 * t + 3) * S + q * VW) * g;                      \
-                    }                                                                           \
-                    REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;                      \
-                    NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);           \
-                }                                                                               \
-            }                                                                                   \
+            /* 3. dB and dC of the chunk */                                                     \
+            for (int q = 0; q < NJ; q++)                                                        \
+                NAME(chunk_dB_dC)(a, gb + q * VW, xb + q * VW, S, n, u + k0 * Hi, gy + k0 * Ho,   \
+                                  tacc, (j0 + q) * VW);                                         \
         }                                                                                       \
         for (int q = 0; q < NJ; q++) {                                                          \
             const idx o = (j0 + q) * VW;                                                        \
@@ -725,8 +719,7 @@ static inline ALWAYS_INLINE void NAME(lru_bwd_item)(const CAT(lru_args, RS) *a, 
     REAL *gr = ws, *gi = ws + Np;                 /* adjoint state */
     REAL *xb = ws + 2 * Np;                        /* (T + 1) x {re, im} x Np : x[k0 - 1 .. k1 - 1] */
     REAL *gb = xb + 2 * (T + 1) * Np;              /* T x {re, im} x Np : g[k0 .. k1 - 1] */
-    REAL *tBr = tacc, *tBi = tBr + Hi * Np, *tCr = tBi + Hi * Np, *tCi = tCr + Ho * Np;
-    REAL *tlr = tCi + Ho * Np, *tli = tlr + Np;
+    REAL *tlr = tacc + 2 * (Hi + Ho) * Np, *tli = tlr + Np; /* after gBr, gBi (Hi, Np), gCr, gCi (Ho, Np) */
     const REAL *u = a->u + b * L * Hi;
     const REAL *gy = a->gy + b * L * Ho;
     REAL *gu = gudst + b * L * Hi;
@@ -764,64 +757,8 @@ static inline ALWAYS_INLINE void NAME(lru_bwd_item)(const CAT(lru_args, RS) *a, 
             NAME(dots_all)(a->Br, a->Bi, Np, Hi, gr, gi, j0, j1, (REAL)1, gu + k * Hi, acc);
         }
         /* 3. parameter gradients of the chunk, as small register-blocked products over t */
-        const REAL *uc = u + k0 * Hi, *gyc = gy + k0 * Ho;
         for (idx j = j0; j < j1; j++) {
-            /* dB[h, n] += sum_t g[t, n] u[t, h] */
-            idx h = 0;
-            for (; h + 4 <= Hi; h += 4) {
-                VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const VEC vr = NAME(ld)(gb + 2 * t * Np + j * VW), vi = NAME(ld)(gb + (2 * t + 1) * Np + j * VW);
-                    const REAL *ut = uc + t * Hi + h;
-                    r0 += vr * ut[0]; i0 += vi * ut[0];
-                    r1 += vr * ut[1]; i1 += vi * ut[1];
-                    r2 += vr * ut[2]; i2 += vi * ut[2];
-                    r3 += vr * ut[3]; i3 += vi * ut[3];
-                }
-                REAL *dr = tBr + h * Np + j * VW, *di = tBi + h * Np + j * VW;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-                NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
-                NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
-                NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
-            }
-            for (; h < Hi; h++) {
-                VEC r0 = NAME(splat)(0), i0 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const REAL ut = uc[t * Hi + h];
-                    r0 += NAME(ld)(gb + 2 * t * Np + j * VW) * ut;
-                    i0 += NAME(ld)(gb + (2 * t + 1) * Np + j * VW) * ut;
-                }
-                REAL *dr = tBr + h * Np + j * VW, *di = tBi + h * Np + j * VW;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-            }
-            /* dC[o, n] += sum_t gy[t, o] conj(x[t, n]) */
-            idx o = 0;
-            for (; o + 4 <= Ho; o += 4) {
-                VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const VEC vr = NAME(ld)(xb + 2 * (t + 1) * Np + j * VW), vi = NAME(ld)(xb + (2 * t + 3) * Np + j * VW);
-                    const REAL *g = gyc + t * Ho + o;
-                    r0 += vr * g[0]; i0 -= vi * g[0];
-                    r1 += vr * g[1]; i1 -= vi * g[1];
-                    r2 += vr * g[2]; i2 -= vi * g[2];
-                    r3 += vr * g[3]; i3 -= vi * g[3];
-                }
-                REAL *dr = tCr + o * Np + j * VW, *di = tCi + o * Np + j * VW;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-                NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
-                NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
-                NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
-            }
-            for (; o < Ho; o++) {
-                VEC r0 = NAME(splat)(0), i0 = r0;
-                for (idx t = 0; t < n; t++) {
-                    const REAL g = gyc[t * Ho + o];
-                    r0 += NAME(ld)(xb + 2 * (t + 1) * Np + j * VW) * g;
-                    i0 -= NAME(ld)(xb + (2 * t + 3) * Np + j * VW) * g;
-                }
-                REAL *dr = tCr + o * Np + j * VW, *di = tCi + o * Np + j * VW;
-                NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-            }
+            NAME(chunk_dB_dC)(a, gb + j * VW, xb + j * VW, Np, n, u + k0 * Hi, gy + k0 * Ho, tacc, j * VW);
             /* dlam[n] += sum_t g[t, n] conj(x[t - 1, n]) */
             VEC lr_ = NAME(splat)(0), li_ = lr_;
             for (idx t = 0; t < n; t++) {
