@@ -178,3 +178,21 @@ def test_run_config_accepts_compression_of_mamba2_layers_and_names_the_method_it
     cfg = RunConfig.model_validate({"model": {"layer": "mamba2", "d_model": 8, "headdim": 4},
                                     "compress": {"mode": "tolerance"}})
     assert cfg.model.layer == "mamba2" and cfg.compress.mode == "tolerance"
+
+
+def test_chunk_size_auto_is_the_default_and_bad_values_are_named():
+    from shrinkssm.nn.model import ModelConfig
+    assert Mamba2SSM(8, 4, headdim=4).chunk_size == "auto"
+    assert ModelConfig(layer="mamba2", headdim=4).chunk_size == "auto"
+    assert ModelConfig(layer="mamba2", headdim=4, chunk_size=16).chunk_size == 16
+    torch.manual_seed(0)
+    a = Mamba2SSM(8, 4, headdim=4).double()
+    b = Mamba2SSM(8, 4, headdim=4, chunk_size=5).double()
+    b.load_state_dict(a.state_dict())
+    u = torch.randn(2, 23, 8, dtype=torch.float64)
+    torch.testing.assert_close(a(u), b(u), rtol=1e-10, atol=1e-10)
+    for bad in (0, "big", 2.5):
+        with pytest.raises(ValueError, match=r"chunk_size must be a positive integer or 'auto'"):
+            Mamba2SSM(8, 4, headdim=4, chunk_size=bad)
+        with pytest.raises(ValueError, match=r"model.chunk_size: must be a positive integer or 'auto'"):
+            ModelConfig(layer="mamba2", headdim=4, chunk_size=bad)

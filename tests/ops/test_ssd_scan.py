@@ -4,10 +4,13 @@ segment sums."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
-from shrinkssm.ops.ssd_scan import ssd_scan, ssd_scan_chunked, ssd_scan_ref
+from shrinkssm.ops.ssd_scan import (auto_chunk_size, resolve_chunk_size, ssd_scan, ssd_scan_chunked,
+                                    ssd_scan_ref)
 
 
 def _inputs(b=2, L=13, H=4, P=3, G=2, N=5, dtype=torch.float64, seed=0, init=False, grad=False):
@@ -137,3 +140,97 @@ def test_bad_input_is_named():
         ssd_scan(x, dt, A, B, C, backend="native")
     with pytest.raises(ValueError, match="dt must be"):
         ssd_scan(x, dt[:, :, :2], A, B, C)
+
+
+# ------------------------------------------------------------------------------------------------
+# chunk_size="auto", the written-out within-chunk backward, the solve between chunks
+# ------------------------------------------------------------------------------------------------
+
+_ssd = importlib.import_module("shrinkssm.ops.ssd_scan")
+
+
+@pytest.mark.parametrize("L,H,P,G,N", [(13, 4, 3, 2, 5), (50, 4, 2, 1, 3), (100, 2, 8, 1, 16)])
+def test_auto_chunk_equals_explicit_chunk_and_reference(L, H, P, G, N):
+    ts = _inputs(L=L, H=H, P=P, G=G, N=N, init=True, grad=True, seed=L)
+    Q = auto_chunk_size(L, H, P, G, N)
+    assert 1 <= Q <= L
+    y_ref, S_ref = ssd_scan_ref(*ts, return_final_state=True)
+    outs = {}
+    for chunk in ("auto", Q, 7):
+        y, S = ssd_scan(*ts, return_final_state=True, chunk_size=chunk)
+        torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
+        torch.testing.assert_close(S, S_ref, rtol=1e-11, atol=1e-11)
+        outs[chunk] = (y, torch.autograd.grad((y * y_ref.detach()).sum() + S.square().sum(), ts))
+    torch.testing.assert_close(outs["auto"][0], outs[Q][0], rtol=0, atol=0)  # "auto" is that Q
+    g_ref = torch.autograd.grad((y_ref * y_ref.detach()).sum() + S_ref.square().sum(), ts)
+    for a, b, c in zip(outs["auto"][1], outs[7][1], g_ref):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_chunk_size_rule():
+    """In range, capped at L, padding under one chunk per chunk, growing with P N and with L, and
+    the old default off the CPU."""
+    for L in (1, 2, 7, 100, 784, 2048, 16384):
+        for P, N in ((8, 32), (8, 256), (64, 64), (64, 256)):
+            Q = auto_chunk_size(L, 4, P, 1, N)
+            nc = -(-L // Q)
+            assert 1 <= Q <= L and nc * Q - L < nc
+            assert min(L, 16) / 2 <= Q <= 256                 # the range, up to evening out
+            assert auto_chunk_size(L, 4, P, 1, N, device_type="cuda") == min(64, L)
+    assert auto_chunk_size(784, 4, 8, 1, 256) == 32 == auto_chunk_size(784, 4, 8, 1, 32)
+    assert auto_chunk_size(784, 2, 64, 1, 256) > auto_chunk_size(784, 2, 64, 1, 64) > 32
+    assert auto_chunk_size(4096, 4, 8, 1, 64) > auto_chunk_size(784, 4, 8, 1, 64)
+    assert auto_chunk_size(256, 4, 8, 1, 64) == 32                   # short sequences: not shorter
+    assert resolve_chunk_size(100, 10, 4, 8, 1, 64) == 10            # explicit: itself, capped at L
+    assert resolve_chunk_size("auto", 784, 4, 8, 1, 64) == 32
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "fast", "AUTO", None])
+def test_invalid_chunk_size_names_the_key_and_the_choices(bad):
+    x, dt, A, B, C = _inputs()
+    with pytest.raises(ValueError, match=r"chunk_size must be a positive integer or 'auto'"):
+        ssd_scan(x, dt, A, B, C, chunk_size=bad)
+
+
+def test_chunked_gradcheck_float64_heads_sharing_a_group_and_padding():
+    """Four heads of one group (the within-chunk backward sums C B^T's gradient over them) and a
+    length the chunk does not divide."""
+    ts = _inputs(b=1, L=7, H=4, P=2, G=1, N=3, init=True, grad=True, seed=5)
+    assert torch.autograd.gradcheck(
+        lambda *a: ssd_scan_chunked(*a, return_final_state=True, chunk_size=3), ts)
+
+
+def test_prefix_scan_path_equals_reference(monkeypatch):
+    """More boundaries than DENSE_BOUNDARY_MAX take the prefix scan: same values and gradients."""
+    monkeypatch.setattr(_ssd, "DENSE_BOUNDARY_MAX", 3)
+    ts = _inputs(L=13, G=2, init=True, grad=True, seed=9)
+    y_ref, S_ref = ssd_scan_ref(*ts, return_final_state=True)
+    y, S = ssd_scan_chunked(*ts[:5], ts[5], True, chunk_size=2)          # 7 chunks, 8 boundaries
+    torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(S, S_ref, rtol=1e-11, atol=1e-11)
+    g = torch.autograd.grad(y.sum() + S.sum(), ts)
+    g_ref = torch.autograd.grad(y_ref.sum() + S_ref.sum(), ts)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_dense_boundary_solve_is_exact_after_huge_early_decays():
+    """Boundary log-decays of -1e5 early and -0.01 later: the dense solve (float32) sums each
+    segment itself, so the late decays keep full relative accuracy against a sequential float64
+    loop (a difference of running sums near -1e5 would lose about 1e-2 of them in float32)."""
+    g = torch.Generator().manual_seed(0)
+    K, F = 40, 6
+    l = torch.full((1, 2, K), -0.01, dtype=torch.float64)
+    l[:, :, 1:5] = -1e5
+    l[:, 1, 20:] = -0.3
+    st = torch.randn(1, 2, K, F, generator=g, dtype=torch.float64)
+    ref, S = [], torch.zeros(1, 2, F, dtype=torch.float64)
+    for k in range(K):
+        S = torch.exp(l[:, :, k, None]) * S + st[:, :, k]
+        ref.append(S)
+    ref = torch.stack(ref, 2)
+    dense = _ssd._chunk_boundaries(l.float(), st.float()).double()
+    scan = _ssd._prefix_scan(l.float(), st.float()).double()
+    torch.testing.assert_close(dense, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scan, ref, rtol=1e-5, atol=1e-5)

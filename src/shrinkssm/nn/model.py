@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from shrinkssm._tasks import TASK_KINDS
@@ -78,7 +78,9 @@ class ModelConfig(BaseModel):
     # mamba2 layers only (layer="mamba2")
     headdim: int = Field(64, ge=1, description="mamba2: channels P per head (heads = E / P)")
     ngroups: int = Field(1, ge=1, description="mamba2: groups of heads sharing B and C")
-    chunk_size: int = Field(64, ge=1, description="mamba2: chunk length of the chunked SSD scan")
+    chunk_size: int | Literal["auto"] = Field(
+        "auto", description="mamba2: chunk length of the chunked SSD scan, a positive integer or "
+        "auto (picked from d_state, headdim and the sequence length)")
     selective_reduction: Literal[REDUCTIONS] = Field(
         "per_channel", description="selective: per-channel balanced truncation (the paper) or one "
         "shared subset of state indices per layer")
@@ -92,6 +94,13 @@ class ModelConfig(BaseModel):
     surrogate_momentum: float | None = Field(
         0.1, gt=0.0, le=1.0, description="selective: weight of a batch in the surrogate's moving "
         "averages (mamba2: in the running Gramians), null = plain average")
+
+    @field_validator("chunk_size", mode="before")
+    @classmethod
+    def _chunk_size_valid(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"model.chunk_size: must be a positive integer or 'auto', got {v!r}")
 
     def d_state_of(self, block: int) -> int:
         """Initial ``d_state`` of block ``block`` (in the unit of ``layer``'s ``D_STATE_UNIT``)."""

@@ -37,20 +37,30 @@ cut into chunks of ``Q = chunk_size`` steps;
 2. each chunk's own contribution to the state at its end is
    ``sum_j exp(s[Q-1] - s[j]) (dt[j] x[j]) B[j]^T``;
 3. between chunks, the states at the chunk boundaries follow the linear recurrence
-   ``S_end[c] = exp(s_c[Q-1]) S_end[c-1] + (chunk c's contribution)``; it is solved by a
-   log-depth parallel prefix scan over the chunks (``ceil(log2(n_chunks + 1))`` vectorised
-   doubling steps, each over every chunk at once: no Python loop over time or over chunks);
+   ``S_end[c] = exp(s_c[Q-1]) S_end[c-1] + (chunk c's contribution)``; with ``K = n_chunks + 1``
+   boundaries (the initial state first) it is solved as one batched product with the ``(K, K)``
+   lower-triangular matrix of decays between boundaries, or, beyond
+   :data:`DENSE_BOUNDARY_MAX` boundaries, by a log-depth parallel prefix scan
+   (``ceil(log2(K))`` vectorised doubling steps): no Python loop over time or over chunks;
 4. ``y_off[i] = exp(s[i]) S_end[c-1] C[i]`` carries the state entering the chunk.
+
+Part 1 is a :class:`torch.autograd.Function` with its backward written out (the decays and the
+masked kernel kept from the forward, the log-decays' gradient from one product); the other parts
+are differentiated by autograd. ``chunk_size="auto"`` (the default) picks ``Q`` from the state
+width, the head width and the length (:func:`auto_chunk_size`).
 
 Numerical stability: the log-decays ``dt * A`` are non-positive; their cumulative sums are taken
 inside a chunk only, every exponent is a difference ``s[i] - s[j]`` with ``i >= j`` (a sum of
-non-positive terms) clamped to ``<= 0`` against rounding, entries above the diagonal are masked
-to ``-inf`` before ``exp``, and the decays between chunks are accumulated as sums of log-decays in
-the prefix scan. ``exp`` is therefore only ever taken of non-positive numbers: nothing overflows,
+non-positive terms) clamped to ``<= 0`` (against rounding; above the diagonal, where the
+difference is positive, the clamp gives ``exp(0)`` and the kernel ``C B^T`` is zeroed instead),
+and the decays between chunks are sums of log-decays in the solve between chunks (each entry of the ``(K, K)`` matrix a masked cumulative sum over its own
+segment; in the prefix scan, sums over windows). ``exp`` is therefore only ever taken of non-positive numbers: nothing overflows,
 however long the sequence or strong the decay.
 
-Cost: ``O(L Q (N + P))`` per head for the quadratic parts and ``O(L P N / Q)`` per head for the
-chunk states; the prefix scan adds ``O((L / Q) log(L / Q) P N)`` per head. Everything is plain
+Cost per head: ``O(L Q (N / R + P))`` for the quadratic parts (``R = H / G`` heads share the
+``C B^T`` of their group) and ``O(L P N)`` for the chunk states and their read-out; the solve
+between chunks adds ``O((L / Q)^2 P N)`` as the dense product (``O((L / Q) log(L / Q) P N)`` as
+the prefix scan). Everything is plain
 PyTorch (batched ``einsum``), so it runs on any device.
 """
 
@@ -59,13 +69,56 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["SSD_BACKENDS", "DEFAULT_CHUNK_SIZE", "ssd_scan", "ssd_scan_ref", "ssd_scan_chunked"]
+__all__ = ["SSD_BACKENDS", "DEFAULT_CHUNK_SIZE", "auto_chunk_size", "resolve_chunk_size", "ssd_scan",
+           "ssd_scan_ref", "ssd_scan_chunked"]
 
 SSD_BACKENDS = ("auto", "chunked", "ref")
 """Valid values of ``backend=`` of :func:`ssd_scan` ("auto" is "chunked" on every device)."""
 
 DEFAULT_CHUNK_SIZE = 64
-"""Default chunk length ``Q`` of the chunked form."""
+"""The chunk length ``Q`` that ``chunk_size="auto"`` means off the CPU (the default before "auto")."""
+
+
+AUTO_CHUNK_MIN, AUTO_CHUNK_MAX = 16, 256
+"""The range of chunk lengths ``chunk_size="auto"`` picks from on a CPU."""
+
+
+def auto_chunk_size(L: int, H: int, P: int, G: int, N: int, device_type: str = "cpu") -> int:
+    """The chunk length ``Q`` that ``chunk_size="auto"`` picks (``L`` steps, ``H`` heads of
+    width ``P``, ``G`` groups of ``N`` states; the result lies in ``[1, max(L, 1)]``).
+
+    On a CPU: ``Q0 = 32 * sqrt(max(1, P N / 2048)) * max(1, L / 784)^(1/3)``, clipped to
+    ``[AUTO_CHUNK_MIN, AUTO_CHUNK_MAX]``, then evened out to ``ceil(L / ceil(L / Q0))`` so that
+    padding the last chunk wastes less than one chunk in ``ceil(L / Q0)``. Why: per step and
+    head, the within-chunk part costs about ``Q`` (elementwise work on the ``(Q, Q)`` decays and
+    products with ``P`` and ``N / (H / G)`` columns), the chunk states ``P N / Q`` (per-chunk
+    passes over them) and the dense solve between chunks ``L P N / Q^2``; the rule is a fit of the
+    fastest ``Q`` of forward + backward measured on one thread (``benchmarks/mamba2_cost.py
+    --scan-only``; P = 8 ... 64, N = 32 ... 256, L = 784): 32 at ``P N <= 2048``, growing as
+    ``sqrt(P N)`` beyond, to 96 at ``P N = 16384``; longer sequences (L = 2048, 4096) favour
+    longer chunks, as the dense solve's ``L / Q^2`` says, shorter ones (L = 256) not shorter
+    chunks, as the chunk states' ``1 / Q`` says. On other devices, where the parts are not
+    timed here, it is :data:`DEFAULT_CHUNK_SIZE` (capped at ``L``).
+    """
+    if L <= 1:
+        return 1
+    if device_type != "cpu":
+        return min(DEFAULT_CHUNK_SIZE, L)
+    q0 = 32.0 * max(1.0, P * N / 2048.0) ** 0.5 * max(1.0, L / 784.0) ** (1.0 / 3.0)
+    q0 = min(max(q0, AUTO_CHUNK_MIN), AUTO_CHUNK_MAX)
+    nc = -(-L // min(L, round(q0)))
+    return -(-L // nc)
+
+
+def resolve_chunk_size(chunk_size: int | str, L: int, H: int, P: int, G: int, N: int,
+                       device_type: str = "cpu") -> int:
+    """The chunk length ``Q`` that ``chunk_size`` means: itself if a positive integer, capped at
+    ``max(L, 1)``; :func:`auto_chunk_size` for ``"auto"``. Anything else raises ``ValueError``."""
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        return auto_chunk_size(L, H, P, G, N, device_type)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or 'auto', got {chunk_size!r}")
+    return min(chunk_size, max(L, 1))
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -122,90 +175,144 @@ def ssd_scan_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
 
 def _prefix_scan(log_decay: Tensor, states: Tensor) -> Tensor:
-    """Inclusive scan of ``S[k] = exp(log_decay[k]) S[k-1] + states[k]`` along dim 1 (``S[-1] = 0``).
+    """Inclusive scan of ``S[k] = exp(log_decay[k]) S[k-1] + states[k]`` along dim 2 (``S[-1] = 0``).
 
-    ``log_decay: (b, K, H)`` non-positive, ``states: (b, K, H, P, N)``. Hillis-Steele doubling:
+    ``log_decay: (b, H, K)`` non-positive, ``states: (b, H, K, F)``. Hillis-Steele doubling:
     after the step with offset ``d`` every entry holds the sum over its last ``2d`` items; the
     decays travel as sums of log-decays (``exp`` of non-positive numbers only).
     """
-    K = states.shape[1]
+    K = states.shape[2]
     d = 1
     while d < K:
-        shifted_s = torch.cat([torch.zeros_like(states[:, :d]), states[:, :-d]], dim=1)
-        shifted_l = torch.cat([torch.zeros_like(log_decay[:, :d]), log_decay[:, :-d]], dim=1)
-        states = states + torch.exp(log_decay)[..., None, None] * shifted_s
+        shifted_s = torch.cat([torch.zeros_like(states[:, :, :d]), states[:, :, :-d]], dim=2)
+        shifted_l = torch.cat([torch.zeros_like(log_decay[:, :, :d]), log_decay[:, :, :-d]], dim=2)
+        states = states + torch.exp(log_decay)[..., None] * shifted_s
         # items before the start carry no state; their log-decay (0) is never used again
         log_decay = log_decay + shifted_l
         d *= 2
     return states
 
 
+class _WithinChunk(torch.autograd.Function):
+    """``y = (tril(CB) * exp(min(s_i - s_j, 0))) @ xd`` per (batch, chunk, group, head in group).
+
+    Shapes: ``CB (b, c, G, Q, Q)`` (``C_i . B_j``), ``s (b, c, G, R, Q)`` (cumulative log-decays
+    inside each chunk, non-increasing), ``xd (b, c, G, R, Q, P)``; returns ``(b, c, G, R, Q, P)``.
+    The backward is written out: the decay ``L`` and the masked kernel ``M = tril(CB) L`` are kept
+    from the forward, and ``dL * L = dM * M`` gives the log-decays' gradient in one product.
+    """
+
+    @staticmethod
+    def forward(ctx, CB: Tensor, s: Tensor, xd: Tensor) -> Tensor:
+        Ld = (s.unsqueeze(-1) - s.unsqueeze(-2)).clamp_max_(0.0).exp_()    # (b, c, G, R, Qi, Qj)
+        CBt = CB.tril()
+        M = Ld * CBt.unsqueeze(3)
+        ctx.save_for_backward(Ld, M, CBt, xd)
+        return M @ xd
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):
+        Ld, M, CBt, xd = ctx.saved_tensors
+        dxd = M.transpose(-1, -2) @ dy if ctx.needs_input_grad[2] else None
+        T = (dy @ xd.transpose(-1, -2)).mul_(Ld)                           # dM * L
+        dCB = T.sum(3).tril_() if ctx.needs_input_grad[0] else None
+        ds = None
+        if ctx.needs_input_grad[1]:
+            T.mul_(CBt.unsqueeze(3))                                         # d seg = dM * M
+            ds = T.sum(-1) - T.sum(-2)
+        return dCB, ds, dxd
+
+
+def _stable_segsum(l: Tensor) -> Tensor:
+    """``out[..., k, j] = sum_{j < m <= k} l[..., m]`` for ``k >= j`` and ``-inf`` above the diagonal.
+
+    ``l: (..., K)`` non-positive; returns ``(..., K, K)``. Each entry is summed over its own segment
+    (a masked cumulative sum, not a difference of two running sums), so it stays exact to rounding
+    of its own terms however large the sums before it."""
+    K = l.shape[-1]
+    ones = torch.ones(K, K, dtype=torch.bool, device=l.device)
+    X = l.unsqueeze(-1).expand(*l.shape, K).masked_fill(~ones.tril(-1), 0.0)  # X[m, j] = l[m], m > j
+    return torch.cumsum(X, dim=-2).masked_fill(~ones.tril(), float("-inf"))
+
+
+def _chunk_boundaries(log_chunk: Tensor, states: Tensor) -> Tensor:
+    """Inclusive ``S[k] = exp(log_chunk[k]) S[k-1] + states[k]`` along dim 2 (``S[-1] = 0``) as one
+    batched product with the (K, K) matrix of decays between chunks.
+
+    ``log_chunk: (b, H, K)`` non-positive, ``states: (b, H, K, F)``; returns ``(b, H, K, F)``.
+    Costs ``K^2 F`` per (batch, head) in one matrix product (the prefix scan costs ``K log K F``
+    in elementwise passes): the cheaper one while ``K`` is at most a few hundred."""
+    return torch.exp(_stable_segsum(log_chunk)) @ states
+
+
+DENSE_BOUNDARY_MAX = 256
+"""Largest number of chunk boundaries solved by the dense (K, K) product; more use the prefix scan."""
+
+
 def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                      initial_state: Tensor | None = None, return_final_state: bool = False,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor | tuple[Tensor, Tensor]:
+                     chunk_size: int | str = "auto") -> Tensor | tuple[Tensor, Tensor]:
     """The SSD recurrence in chunked form (module docstring): quadratic within chunks of
-    ``chunk_size`` steps, a log-depth prefix scan over the chunk states between them.
+    ``chunk_size`` steps, one product with the matrix of decays between chunks (or a log-depth
+    prefix scan when there are more than :data:`DENSE_BOUNDARY_MAX` of them).
 
-    Same arguments and results as :func:`ssd_scan_ref`; ``chunk_size`` need not divide ``L`` (the
-    last chunk is padded with zero steps, which leave the state unchanged).
+    Same arguments and results as :func:`ssd_scan_ref`; ``chunk_size`` is a positive integer or
+    ``"auto"`` (:func:`auto_chunk_size`); it need not divide ``L`` (the last chunk is padded with
+    zero steps, which leave the state unchanged).
     """
     b, L, H, P, G, N = _check(x, dt, A, B, C, initial_state)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    Q = resolve_chunk_size(chunk_size, L, H, P, G, N, x.device.type)
     if L == 0:
         S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
         y = x.new_zeros(b, 0, H, P)
         return (y, S) if return_final_state else y
-    rep = H // G
-    Q = min(chunk_size, L)
+    R = H // G
     nc = -(-L // Q)
     pad = nc * Q - L
     if pad:
         x, dt, B, C = (torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, pad))
                        for t in (x, dt, B, C))
-    # chunked views; heads split as (G, rep) so that B and C are never repeated per head
-    xd = (x * dt[..., None]).reshape(b, nc, Q, G, rep, P)                   # dt * x
-    Bc = B.reshape(b, nc, Q, G, N)
-    Cc = C.reshape(b, nc, Q, G, N)
-    logd = (dt * A).reshape(b, nc, Q, G, rep)                               # <= 0
-    s = torch.cumsum(logd, dim=2)                                           # within each chunk
-    s_end = s[:, :, -1]                                                     # (b, nc, G, rep)
+    # chunked views, heads split as (G, R) so that B and C are never repeated per head; the step
+    # index of a chunk moves next to the last axis, where the matrix products want it
+    xd = (x * dt[..., None]).view(b, nc, Q, G, R, P).permute(0, 1, 3, 4, 2, 5).contiguous()
+    #    xd: (b, c, G, R, Q, P), copied once here rather than by every product using it
+    Bc = B.view(b, nc, Q, G, N).transpose(2, 3)                             # (b, c, G, Q, N)
+    Cc = C.view(b, nc, Q, G, N).transpose(2, 3)
+    s = torch.cumsum((dt * A).view(b, nc, Q, G, R), dim=2)                  # <= 0, within chunks
+    s = s.permute(0, 1, 3, 4, 2).contiguous()     # (b, c, G, R, Q); contiguous, or (Q, Q) products
+    #                                               built from it inherit a layout bmm must copy
+    s_end = s[..., -1]                                                      # (b, c, G, R)
 
     # 1. within chunks: y_diag[i] = sum_{j<=i} (C_i . B_j) exp(s_i - s_j) xd_j
-    seg = s.unsqueeze(3) - s.unsqueeze(2)                                   # (b, nc, Qi, Qj, G, rep)
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    seg = seg.clamp_max(0.0).masked_fill(~causal[:, :, None, None], float("-inf"))
-    CB = torch.einsum("bcign,bcjgn->bcijg", Cc, Bc)                         # (b, nc, Qi, Qj, G)
-    M = CB.unsqueeze(-1) * torch.exp(seg)                                   # (b, nc, Qi, Qj, G, rep)
-    y = torch.einsum("bcijgr,bcjgrp->bcigrp", M, xd)
+    y = _WithinChunk.apply(Cc @ Bc.transpose(-1, -2), s, xd)                # (b, c, G, R, Q, P)
 
-    # 2. each chunk's contribution to the state at its end
-    w = torch.exp((s_end.unsqueeze(2) - s).clamp_max(0.0))                  # (b, nc, Q, G, rep)
-    states = torch.einsum("bcjgr,bcjgn,bcjgrp->bcgrpn", w, Bc, xd)          # (b, nc, G, rep, P, N)
+    # 2. each chunk's contribution to the state at its end: sum_j exp(s_end - s_j) xd_j B_j^T
+    w = torch.exp((s_end.unsqueeze(-1) - s).clamp_max(0.0))                 # (b, c, G, R, Q)
+    xw = (xd * w.unsqueeze(-1)).transpose(-1, -2).reshape(b, nc, G, R * P, Q)
+    states = (xw @ Bc).view(b, nc, H, P * N).transpose(1, 2)                # (b, H, c, P N)
 
-    # 3. between chunks: S_end[c] = exp(s_end[c]) S_end[c-1] + states[c], S_end[-1] = initial state
-    states = states.reshape(b, nc, H, P, N)
-    log_chunk = s_end.reshape(b, nc, H)
-    if initial_state is not None:
-        states = torch.cat([initial_state.unsqueeze(1), states], dim=1)
-        log_chunk = torch.cat([log_chunk.new_zeros(b, 1, H), log_chunk], dim=1)
-    ends = _prefix_scan(log_chunk, states)
-    if initial_state is not None:
-        entering, final = ends[:, :-1], ends[:, -1]
-    else:
-        entering = torch.cat([ends.new_zeros(b, 1, H, P, N), ends[:, :-1]], dim=1)
-        final = ends[:, -1]
+    # 3. between chunks: S_end[c] = exp(s_end[c]) S_end[c-1] + states[c], S_end[-1] = initial
+    #    state (an extra first item of decay 0)
+    S0 = x.new_zeros(b, H, P * N) if initial_state is None else initial_state.reshape(b, H, P * N)
+    states = torch.cat([S0.unsqueeze(2), states], dim=2)                    # (b, H, c + 1, P N)
+    log_chunk = torch.cat([s_end.new_zeros(b, H, 1), s_end.reshape(b, nc, H).transpose(1, 2)], 2)
+    solve = _chunk_boundaries if nc + 1 <= DENSE_BOUNDARY_MAX else _prefix_scan
+    ends = solve(log_chunk, states)                                         # (b, H, c + 1, P N)
+    final = ends[:, :, -1].reshape(b, H, P, N)
 
     # 4. the state entering each chunk, read out: y_off[i] = exp(s_i) S_in C_i
-    entering = entering.reshape(b, nc, G, rep, P, N)
-    y = y + torch.einsum("bcign,bcgrpn,bcigr->bcigrp", Cc, entering, torch.exp(s))
+    entering = ends[:, :, :-1].reshape(b, G, R, nc, P, N).permute(0, 3, 1, 2, 4, 5)
+    y_off = Cc @ entering.reshape(b, nc, G, R * P, N).transpose(-1, -2)     # (b, c, G, Q, R P)
+    y_off = y_off.view(b, nc, G, Q, R, P) * torch.exp(s).permute(0, 1, 2, 4, 3).unsqueeze(-1)
+    y = y.permute(0, 1, 4, 2, 3, 5) + y_off.permute(0, 1, 3, 2, 4, 5)       # (b, c, Q, G, R, P)
     y = y.reshape(b, nc * Q, H, P)[:, :L]
     return (y, final) if return_final_state else y
 
 
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
              initial_state: Tensor | None = None, return_final_state: bool = False, *,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, backend: str = "auto"
+             chunk_size: int | str = "auto", backend: str = "auto"
              ) -> Tensor | tuple[Tensor, Tensor]:
     """The SSD scan (module docstring) by ``backend``: "chunked" (and "auto") or "ref"."""
     if backend not in SSD_BACKENDS:

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from shrinkssm.nn.mamba2.gramians import GramianStatistics
 from shrinkssm._checks import check_choice
 from shrinkssm.nn.mamba2.reduction import REDUCTIONS, Mamba2Reducer
-from shrinkssm.ops.ssd_scan import DEFAULT_CHUNK_SIZE, SSD_BACKENDS, ssd_scan
+from shrinkssm.ops.ssd_scan import SSD_BACKENDS, resolve_chunk_size, ssd_scan
 
 __all__ = ["Mamba2SSM", "GatedRMSNorm"]
 
@@ -104,8 +104,9 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         ``G``, groups of heads sharing ``B`` and ``C``; ``heads`` must be a multiple of it.
     d_conv : int
         Kernel of the causal depthwise convolution over ``(x, B, C)``.
-    chunk_size : int
-        Chunk length of the SSD scan's chunked form.
+    chunk_size : int or "auto"
+        Chunk length of the SSD scan's chunked form; ``"auto"`` picks it from the state width, the
+        head width and the sequence length (:func:`shrinkssm.ops.ssd_scan.auto_chunk_size`).
     dt_min, dt_max, dt_init_floor : float
         ``softplus(dt_bias)`` is drawn log-uniformly in ``[dt_min, dt_max]``, at least the floor.
     A_init_range : (float, float)
@@ -148,7 +149,7 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         headdim: int = 64,
         ngroups: int = 1,
         d_conv: int = 4,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | str = "auto",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         dt_init_floor: float = 1e-4,
@@ -164,10 +165,10 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         super().__init__()
         check_choice("reduction", reduction, REDUCTIONS)
         for name, v in (("d_model", d_model), ("d_state", d_state), ("expand", expand),
-                        ("headdim", headdim), ("ngroups", ngroups), ("d_conv", d_conv),
-                        ("chunk_size", chunk_size)):
+                        ("headdim", headdim), ("ngroups", ngroups), ("d_conv", d_conv)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        resolve_chunk_size(chunk_size, 1, 1, 1, 1, 1)          # raises on anything but int >= 1, "auto"
         E = expand * d_model
         if E % headdim:
             raise ValueError(f"the inner width expand * d_model = {E} must be a multiple of headdim "
@@ -319,7 +320,7 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         reduced = "" if self.ranks is None else f", ranks={self.ranks}"
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.nheads}, "
                 f"headdim={self.headdim}, ngroups={self.ngroups}, d_state={self.n}{reduced}, "
-                f"chunk_size={self.chunk_size}, scan={self.scan!r}, reduction={self.reduction!r}")
+                f"chunk_size={self.chunk_size!r}, scan={self.scan!r}, reduction={self.reduction!r}")
 
     # -- forward -------------------------------------------------------------------------------
     def _split_proj(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
