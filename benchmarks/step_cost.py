@@ -76,7 +76,7 @@ def step_fn(model, opt, x, y):
     return step
 
 
-def interleaved(fns: dict, repeats: int, run: int = 1) -> dict:
+def round_robin(fns: dict, repeats: int, run: int = 1) -> dict:
     """Median (wall seconds, thread CPU seconds) per function, called round-robin.
 
     ``run = 1``: one call per function per round, so that every call follows a call of another
@@ -122,7 +122,7 @@ def widths(hs: list[int], repeats: int, batch: int = 50, length: int = 784) -> N
 
         def run(f):
             return lambda: f(t[0], t[1], t[2], d, w, b).backward(g)
-        res = interleaved({"fused": run(glu_block), "torch": run(glu_block_ref)}, repeats)
+        res = round_robin({"fused": run(glu_block), "torch": run(glu_block_ref)}, repeats)
         f_ms, r_ms = 1e3 * res["fused"][1], 1e3 * res["torch"][1]
         print(f"{h:>4} {f_ms:>8.3f} {r_ms:>8.3f} {r_ms / f_ms:>11.2f}x")
 
@@ -165,7 +165,7 @@ def main() -> None:
     print(profile_table(fns[(n_min, "now")], args.rows))
 
     run = 5 if args.order == "consecutive" else 1
-    res = interleaved(fns, args.repeats, run)
+    res = round_robin(fns, args.repeats, run)
     how = (f"{args.repeats} rounds of {run} consecutive steps per model, the last {run - 1} timed"
            if run > 1 else f"{args.repeats} steps per model, interleaved")
     print(f"Step time (median; {how}), ms: wall clock / thread CPU time")
