@@ -184,6 +184,15 @@ def _mean_curve(runs: list[dict]) -> tuple[list[float], list[float], list[float]
     return steps, secs, [statistics.mean(a) for a in accs], [statistics.pstdev(a) for a in accs]
 
 
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG, its folder created) and close it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_time(groups: dict[str, list[dict]], title: str, path: Path) -> Path:
     """Mean validation accuracy over seeds (band: one std) against wall-clock time and steps.
 
@@ -213,11 +222,7 @@ def plot_accuracy_vs_time(groups: dict[str, list[dict]], title: str, path: Path)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.suptitle(title + " (solid: compressed, dashed: trained at its final size)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_spectra(run: dict, title: str, path: Path) -> Path | None:
@@ -240,10 +245,7 @@ def plot_spectra(run: dict, title: str, path: Path) -> Path | None:
             ax.set_title(f"layer {le['layer']}")
             ax.legend(fontsize=6)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def paper_rows() -> str:
@@ -1165,11 +1167,6 @@ def plot_recovery(curves: dict[str, list[tuple[int, float]]], reductions: list[i
     interval before the first to ``horizon`` steps after the last, the loss axis fitted to the
     losses from the first reduction on), and compressed − full per logged step in the same
     window; the reductions are dashed lines. Writes ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colors = {"full": "k", "exact": "C0", "folded": "C1"}
     spacing = reductions[1] - reductions[0] if len(reductions) > 1 else horizon // 3
     lo, hi = max(0, reductions[0] - spacing // 2), reductions[-1] + horizon
@@ -1202,11 +1199,7 @@ def plot_recovery(curves: dict[str, list[tuple[int, float]]], reductions: list[i
         axes[1].set_ylim(min(shown) - pad, max(shown) + pad)
     axes[2].set_xlim(lo, hi)
     fig.suptitle(title + " (dashed: reductions)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def write_mamba2_report(root: Path | None = None, path: Path | None = None,
