@@ -515,73 +515,57 @@ static inline ALWAYS_INLINE void NAME(lru_fwd_item)(const CAT(lru_args, RS) *a, 
 }
 
 
+/* dst_r[h] += sum_t vr[t] w[t, h] and dst_i[h] += sgn sum_t vi[t] w[t, h] for h < nw, over one
+ * vector of states: vr[t] = pr[t ps], vi[t] = pi[t ps] (ps reals between steps), w[t, h] =
+ * w[t nw + h], destination rows Np reals apart. Register-blocked by 4 rows, so that each load of
+ * (vr, vi) serves 4 multiply-adds per part. sgn is +1 or -1 (a constant at every call). */
+static inline ALWAYS_INLINE void NAME(outer_acc)(const REAL *pr, const REAL *pi, idx ps, idx n,
+                                                 const REAL *w, idx nw, REAL sgn, REAL *dst_r,
+                                                 REAL *dst_i, idx Np)
+{
+    idx h = 0;
+    for (; h + 4 <= nw; h += 4) {
+        VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
+        for (idx t = 0; t < n; t++) {
+            const VEC vr = NAME(ld)(pr + t * ps), vi = NAME(ld)(pi + t * ps);
+            const REAL *wt = w + t * nw + h;
+            r0 += vr * wt[0]; i0 += vi * wt[0];
+            r1 += vr * wt[1]; i1 += vi * wt[1];
+            r2 += vr * wt[2]; i2 += vi * wt[2];
+            r3 += vr * wt[3]; i3 += vi * wt[3];
+        }
+        REAL *dr = dst_r + h * Np, *di = dst_i + h * Np;
+        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + sgn * i0);
+        NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + sgn * i1);
+        NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + sgn * i2);
+        NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + sgn * i3);
+    }
+    for (; h < nw; h++) {
+        VEC r0 = NAME(splat)(0), i0 = r0;
+        for (idx t = 0; t < n; t++) {
+            const REAL wt = w[t * nw + h];
+            r0 += NAME(ld)(pr + t * ps) * wt;
+            i0 += NAME(ld)(pi + t * ps) * wt;
+        }
+        REAL *dr = dst_r + h * Np, *di = dst_i + h * Np;
+        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + sgn * i0);
+    }
+}
+
 /* The parameter gradients of one vector of states over the n steps of a checkpoint chunk, added
  * to the thread's accumulators tacc (laid out as in lru_bwd_item) at state offset jo:
  *   dB[h, n] += sum_t g[t, n] u[t, h],   dC[o, n] += sum_t gy[t, o] conj(x[t, n])
  * g[t] is (gb[2 t S], gb[(2 t + 1) S]) and x[t] (xb[2 (t + 1) S], xb[(2 t + 3) S]): the chunk's
  * buffers with rows of S reals, already offset to the vector; uc, gyc: u and gy at the chunk's
- * first step. Register-blocked by 4 inputs (outputs), so that each load of g (x) serves 4
- * multiply-adds per part. */
+ * first step. */
 static inline ALWAYS_INLINE void NAME(chunk_dB_dC)(const CAT(lru_args, RS) *a, const REAL *gb, const REAL *xb,
                                                    idx S, idx n, const REAL *uc, const REAL *gyc,
                                                    REAL *tacc, idx jo)
 {
     const idx Hi = a->Hi, Ho = a->Ho, Np = a->Np;
     REAL *tBr = tacc, *tBi = tBr + Hi * Np, *tCr = tBi + Hi * Np, *tCi = tCr + Ho * Np;
-    idx h = 0;
-    for (; h + 4 <= Hi; h += 4) {
-        VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
-        for (idx t = 0; t < n; t++) {
-            const VEC vr = NAME(ld)(gb + 2 * t * S), vi = NAME(ld)(gb + (2 * t + 1) * S);
-            const REAL *ut = uc + t * Hi + h;
-            r0 += vr * ut[0]; i0 += vi * ut[0];
-            r1 += vr * ut[1]; i1 += vi * ut[1];
-            r2 += vr * ut[2]; i2 += vi * ut[2];
-            r3 += vr * ut[3]; i3 += vi * ut[3];
-        }
-        REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;
-        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-        NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
-        NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
-        NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
-    }
-    for (; h < Hi; h++) {
-        VEC r0 = NAME(splat)(0), i0 = r0;
-        for (idx t = 0; t < n; t++) {
-            const REAL ut = uc[t * Hi + h];
-            r0 += NAME(ld)(gb + 2 * t * S) * ut;
-            i0 += NAME(ld)(gb + (2 * t + 1) * S) * ut;
-        }
-        REAL *dr = tBr + h * Np + jo, *di = tBi + h * Np + jo;
-        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-    }
-    idx o = 0;
-    for (; o + 4 <= Ho; o += 4) {
-        VEC r0 = NAME(splat)(0), r1 = r0, r2 = r0, r3 = r0, i0 = r0, i1 = r0, i2 = r0, i3 = r0;
-        for (idx t = 0; t < n; t++) {
-            const VEC vr = NAME(ld)(xb + 2 * (t + 1) * S), vi = NAME(ld)(xb + (2 * t + 3) * S);
-            const REAL *g = gyc + t * Ho + o;
-            r0 += vr * g[0]; i0 -= vi * g[0];
-            r1 += vr * g[1]; i1 -= vi * g[1];
-            r2 += vr * g[2]; i2 -= vi * g[2];
-            r3 += vr * g[3]; i3 -= vi * g[3];
-        }
-        REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;
-        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-        NAME(st)(dr + Np, NAME(ld)(dr + Np) + r1); NAME(st)(di + Np, NAME(ld)(di + Np) + i1);
-        NAME(st)(dr + 2 * Np, NAME(ld)(dr + 2 * Np) + r2); NAME(st)(di + 2 * Np, NAME(ld)(di + 2 * Np) + i2);
-        NAME(st)(dr + 3 * Np, NAME(ld)(dr + 3 * Np) + r3); NAME(st)(di + 3 * Np, NAME(ld)(di + 3 * Np) + i3);
-    }
-    for (; o < Ho; o++) {
-        VEC r0 = NAME(splat)(0), i0 = r0;
-        for (idx t = 0; t < n; t++) {
-            const REAL g = gyc[t * Ho + o];
-            r0 += NAME(ld)(xb + 2 * (t + 1) * S) * g;
-            i0 -= NAME(ld)(xb + (2 * t + 3) * S) * g;
-        }
-        REAL *dr = tCr + o * Np + jo, *di = tCi + o * Np + jo;
-        NAME(st)(dr, NAME(ld)(dr) + r0); NAME(st)(di, NAME(ld)(di) + i0);
-    }
+    NAME(outer_acc)(gb, gb + S, 2 * S, n, uc, Hi, (REAL)1, tBr + jo, tBi + jo, Np);
+    NAME(outer_acc)(xb + 2 * S, xb + 3 * S, 2 * S, n, gyc, Ho, (REAL)-1, tCr + jo, tCi + jo, Np);
 }
 
 /* Backward of one batch row whose states fill NJ = 1 or 2 vectors (small N, as after compression),
