@@ -399,6 +399,45 @@ DEFINE_PRODUCT_SMALL(1)
 DEFINE_PRODUCT_SMALL(2)
 #undef DEFINE_PRODUCT_SMALL
 
+/* out[o] = sum over the NJ vectors of states of Pr[o] vr + sgn Pi[o] vi, for o < nout (rows of Np
+ * reals, already offset to the states), written (acc == 0) or added (acc == 1): Re(C x) of a small
+ * state (P = C, sgn = -1) or du = Re(conj(B) g) (P = B, sgn = +1). Eight outputs are reduced
+ * together (hsum8), the rest one by one. sgn is a constant at every call. */
+#define DEFINE_DOTS_SMALL(NJ)                                                                   \
+    static inline ALWAYS_INLINE void NAME(dots_small##NJ)(const REAL *Pr, const REAL *Pi, idx Np,  \
+                                                          idx nout, const VEC *vr, const VEC *vi, \
+                                                          int sgn, REAL *out, int acc)           \
+    {                                                                                           \
+        REAL r[8];                                                                              \
+        idx o = 0;                                                                              \
+        for (; o + 8 <= nout; o += 8) {                                                         \
+            VEC sv[8];                                                                          \
+            for (int p = 0; p < 8; p++) {                                                       \
+                const REAL *pr = Pr + (o + p) * Np, *pi = Pi + (o + p) * Np;                    \
+                sv[p] = sgn < 0 ? NAME(ld)(pr) * vr[0] - NAME(ld)(pi) * vi[0]                   \
+                                : NAME(ld)(pr) * vr[0] + NAME(ld)(pi) * vi[0];                  \
+                for (int q = 1; q < NJ; q++)                                                    \
+                    sv[p] += sgn < 0 ? NAME(ld)(pr + q * VW) * vr[q] - NAME(ld)(pi + q * VW) * vi[q] \
+                                     : NAME(ld)(pr + q * VW) * vr[q] + NAME(ld)(pi + q * VW) * vi[q]; \
+            }                                                                                   \
+            NAME(hsum8)(sv, r);                                                                 \
+            for (int p = 0; p < 8; p++) out[o + p] = acc ? out[o + p] + r[p] : r[p];            \
+        }                                                                                       \
+        for (; o < nout; o++) {                                                                 \
+            const REAL *pr = Pr + o * Np, *pi = Pi + o * Np;                                    \
+            VEC sv = sgn < 0 ? NAME(ld)(pr) * vr[0] - NAME(ld)(pi) * vi[0]                      \
+                             : NAME(ld)(pr) * vr[0] + NAME(ld)(pi) * vi[0];                     \
+            for (int q = 1; q < NJ; q++)                                                        \
+                sv += sgn < 0 ? NAME(ld)(pr + q * VW) * vr[q] - NAME(ld)(pi + q * VW) * vi[q]   \
+                              : NAME(ld)(pr + q * VW) * vr[q] + NAME(ld)(pi + q * VW) * vi[q];  \
+            const REAL v = NAME(hsum)(sv);                                                      \
+            out[o] = acc ? out[o] + v : v;                                                      \
+        }                                                                                       \
+    }
+DEFINE_DOTS_SMALL(1)
+DEFINE_DOTS_SMALL(2)
+#undef DEFINE_DOTS_SMALL
+
 /* Forward of one work item: batch row b, states [64 u0, 64 u1) bytes.
  * ydst receives y (overwritten when acc == 0, added to when acc == 1). ws: 2 * Np reals. */
 /* Forward of one batch row whose states fill NJ = 1 or 2 vectors (small N, as after compression):
@@ -439,26 +478,7 @@ DEFINE_PRODUCT_SMALL(2)
                 xi[q] = lr[q] * xi[q] + li[q] * xr[q] + bi[q];                                  \
                 xr[q] = tr;                                                                     \
             }                                                                                   \
-            REAL *yk = y + k * Ho, r[8];                                                        \
-            idx o = 0;                                                                          \
-            for (; o + 8 <= Ho; o += 8) {                                                       \
-                VEC sv[8];                                                                      \
-                for (int p = 0; p < 8; p++) {                                                   \
-                    sv[p] = NAME(ld)(Cr + (o + p) * Np) * xr[0] - NAME(ld)(Ci + (o + p) * Np) * xi[0]; \
-                    for (int q = 1; q < NJ; q++)                                                \
-                        sv[p] += NAME(ld)(Cr + (o + p) * Np + q * VW) * xr[q] -                 \
-                                 NAME(ld)(Ci + (o + p) * Np + q * VW) * xi[q];                  \
-                }                                                                               \
-                NAME(hsum8)(sv, r);                                                             \
-                for (int p = 0; p < 8; p++) yk[o + p] = acc ? yk[o + p] + r[p] : r[p];          \
-            }                                                                                   \
-            for (; o < Ho; o++) {                                                               \
-                VEC sv = NAME(ld)(Cr + o * Np) * xr[0] - NAME(ld)(Ci + o * Np) * xi[0];          \
-                for (int q = 1; q < NJ; q++)                                                    \
-                    sv += NAME(ld)(Cr + o * Np + q * VW) * xr[q] - NAME(ld)(Ci + o * Np + q * VW) * xi[q]; \
-                const REAL v = NAME(hsum)(sv);                                                  \
-                yk[o] = acc ? yk[o] + v : v;                                                    \
-            }                                                                                   \
+            NAME(dots_small##NJ)(Cr, Ci, Np, Ho, xr, xi, -1, y + k * Ho, acc);                  \
         }                                                                                       \
         for (int q = 0; q < NJ; q++) {                                                          \
             NAME(st)(a->hlr + b * Np + (j0 + q) * VW, xr[q]);                                   \
@@ -644,26 +664,7 @@ static inline ALWAYS_INLINE void NAME(chunk_dB_dC)(const CAT(lru_args, RS) *a, c
                     dli[q] += gi[q] * pr - gr[q] * pi;                                          \
                 }                                                                               \
                 /* du[k, h] = sum_n Br[h, n] gr[n] + Bi[h, n] gi[n] */                          \
-                REAL *guk = gu + k * Hi, r[8];                                                  \
-                idx h = 0;                                                                      \
-                for (; h + 8 <= Hi; h += 8) {                                                   \
-                    VEC sv[8];                                                                  \
-                    for (int p = 0; p < 8; p++) {                                               \
-                        sv[p] = NAME(ld)(Br + (h + p) * Np) * gr[0] + NAME(ld)(Bi + (h + p) * Np) * gi[0]; \
-                        for (int q = 1; q < NJ; q++)                                            \
-                            sv[p] += NAME(ld)(Br + (h + p) * Np + q * VW) * gr[q] +             \
-                                     NAME(ld)(Bi + (h + p) * Np + q * VW) * gi[q];              \
-                    }                                                                           \
-                    NAME(hsum8)(sv, r);                                                         \
-                    for (int p = 0; p < 8; p++) guk[h + p] = acc ? guk[h + p] + r[p] : r[p];    \
-                }                                                                               \
-                for (; h < Hi; h++) {                                                           \
-                    VEC sv = NAME(ld)(Br + h * Np) * gr[0] + NAME(ld)(Bi + h * Np) * gi[0];      \
-                    for (int q = 1; q < NJ; q++)                                                \
-                        sv += NAME(ld)(Br + h * Np + q * VW) * gr[q] + NAME(ld)(Bi + h * Np + q * VW) * gi[q]; \
-                    const REAL v = NAME(hsum)(sv);                                              \
-                    guk[h] = acc ? guk[h] + v : v;                                              \
-                }                                                                               \
+                NAME(dots_small##NJ)(Br, Bi, Np, Hi, gr, gi, 1, gu + k * Hi, acc);              \
             }                                                                                   \
             /* 3. dB and dC of the chunk */                                                     \
             for (int q = 0; q < NJ; q++)                                                        \
