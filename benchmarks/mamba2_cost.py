@@ -10,20 +10,25 @@ thread. Timed interleaved (one call of each candidate per round, medians):
                     projected after the convolution; what a compressed run trains);
 * ``folded N->N/4``: the same reduction in the folded form (``reduction="folded"``: a plain layer
                     of ``d_state = N/4``, the transforms folded into ``in_proj`` and the conv);
-* ``scan N``:       :func:`shrinkssm.ops.ssd_scan.ssd_scan` (chunked) forward + backward alone.
+* ``scan N``:       :func:`shrinkssm.ops.ssd_scan.ssd_scan` forward + backward alone.
 
-Printed: the CPU, the medians, and the ratios ``step(N/4) / step(N)`` (target <= 0.4) for the
-plain layer, the exact- and folded-reduced layers and the scan.
+``--scan`` picks the backend of the layers and of ``scan N`` (default "auto": the native kernel
+where a head's state is at most 16 KiB, as here, the chunked form otherwise).
+
+Printed: the CPU, the native path, the medians, and the ratios ``step(N/4) / step(N)`` (target
+<= 0.4) for the plain layer, the exact- and folded-reduced layers and the scan.
 
 ``--scan-only``: the SSD scan alone (forward + backward, thread CPU time, medians of interleaved
 rounds) for several head shapes ``--heads HxP,...`` (default 4x8, 4x16, 2x64: the published
-shape and wider heads) at ``N`` and ``N/4`` for ``N`` in ``--scan-n`` (default 256, 128), each
-at the chunk length 64 (the fixed default before ``"auto"``) and at ``chunk_size="auto"``; the
-ratios ``scan(N/4) / scan(N)`` of both.
+shape and wider heads) at ``N`` and ``N/4`` for ``N`` in ``--scan-n`` (default 256, 128), by the
+chunked form (``chunk_size="auto"``) and by the native kernel, and what ``backend="auto"``
+picks; the ratios ``scan(N/4) / scan(N)`` of each and the native kernel's speed-up. The native
+path is the best this CPU runs; force another with ``SHRINKSSM_NATIVE_ISA=avx2`` (or ``base``).
 
     python benchmarks/mamba2_cost.py                  # about a minute on 2 shared cores
-    python benchmarks/mamba2_cost.py --n 256 --rounds 9 --batch 16
+    python benchmarks/mamba2_cost.py --n 256 --rounds 9 --batch 16 --scan chunked
     python benchmarks/mamba2_cost.py --scan-only      # about two minutes
+    SHRINKSSM_NATIVE_ISA=avx2 python benchmarks/mamba2_cost.py --scan-only
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 
 import _common
 from shrinkssm.nn.mamba2 import Mamba2SSM
-from shrinkssm.ops.ssd_scan import resolve_chunk_size, ssd_scan
+from shrinkssm.ops.ssd_scan import resolve_chunk_size, resolve_ssd_backend, ssd_scan
 
 
 def layer_step(layer: Mamba2SSM, u: torch.Tensor):
@@ -45,7 +50,7 @@ def layer_step(layer: Mamba2SSM, u: torch.Tensor):
     return run
 
 
-def scan_step(b: int, L: int, H: int, P: int, N: int, chunk: int | str, seed: int = 0):
+def scan_step(b: int, L: int, H: int, P: int, N: int, chunk: int | str, seed: int = 0, backend: str = "auto"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, L, H, P, generator=g, requires_grad=True)
     dt = (0.05 * torch.rand(b, L, H, generator=g)).requires_grad_()
@@ -56,14 +61,14 @@ def scan_step(b: int, L: int, H: int, P: int, N: int, chunk: int | str, seed: in
     def run():
         for t in (x, dt, A, B, C):
             t.grad = None
-        ssd_scan(x, dt, A, B, C, chunk_size=chunk).sum().backward()
+        ssd_scan(x, dt, A, B, C, chunk_size=chunk, backend=backend).sum().backward()
     return run
 
 
 def reduced_layer(N: int, r: int, d_model: int, headdim: int, chunk: int, u: torch.Tensor,
-                  form: str = "exact") -> Mamba2SSM:
+                  form: str = "exact", scan: str = "auto") -> Mamba2SSM:
     torch.manual_seed(0)
-    layer = Mamba2SSM(d_model, N, headdim=headdim, chunk_size=chunk, reduction=form).train()
+    layer = Mamba2SSM(d_model, N, headdim=headdim, chunk_size=chunk, reduction=form, scan=scan).train()
     with torch.no_grad():
         layer(u)                                                     # Gramian statistics
     layer.apply_reduction_(layer.plan_reduction(lambda hsv, size: r))
@@ -94,28 +99,32 @@ def heads_arg(text: str) -> list[tuple[int, int]]:
 
 
 def scan_only(args) -> None:
-    """The scan alone, at chunk 64 and "auto", N against N/4, for every head shape."""
+    """The scan alone by each backend, N against N/4, for every head shape."""
     print(f"SSD scan alone: batch {args.batch}, L {args.length}, one group, float32, forward + "
-          f"backward, thread CPU time, median of {args.rounds} interleaved rounds")
-    print(f"  {'H x P':7s} {'N':>4s}  {'Q':>3s} {'chunk 64':>9s}  {'Q':>3s} {'auto':>9s}")
+          f"backward, thread CPU time, median of {args.rounds} interleaved rounds; chunked at "
+          f"chunk_size='auto' (Q), native kernel on the {_common.native_isa()} path, auto = what "
+          f"backend='auto' resolves to")
+    print(f"  {'H x P':7s} {'N':>4s}  {'Q':>3s} {'chunked':>9s} {'native':>9s}  {'auto':>7s}")
     ratios = []
     for H, P in args.heads:
         for N in args.scan_n:
-            fns, qs = {}, {}
+            fns, auto = {}, {}
             for n in (N, N // 4):
-                for chunk in (64, "auto"):
-                    fns[(n, chunk)] = scan_step(args.batch, args.length, H, P, n, chunk)
-                    qs[(n, chunk)] = resolve_chunk_size(chunk, args.length, H, P, 1, n)
+                for backend in ("chunked", "native"):
+                    fns[(n, backend)] = scan_step(args.batch, args.length, H, P, n, "auto", backend=backend)
+                auto[n] = resolve_ssd_backend("auto", torch.device("cpu"), P, n, torch.float32)
             t = _common.time_round_robin(fns, args.rounds, burn_in=1, clock=time.thread_time)
             for n in (N, N // 4):
-                print(f"  {H:2d} x {P:<3d} {n:4d}  {qs[(n, 64)]:3d} {1e3 * t[(n, 64)]:7.1f}ms  "
-                      f"{qs[(n, 'auto')]:3d} {1e3 * t[(n, 'auto')]:7.1f}ms")
-            ratios.append((H, P, N, t[(N // 4, 64)] / t[(N, 64)], t[(N // 4, "auto")] / t[(N, "auto")],
-                           t[(N, 64)] / t[(N, "auto")], t[(N // 4, 64)] / t[(N // 4, "auto")]))
-    print("ratio scan(N/4) / scan(N) (proportional: 0.25); speed-up of auto over chunk 64 at N, N/4")
-    for H, P, N, r64, rauto, s_n, s_r in ratios:
-        print(f"  {H:2d} x {P:<3d} {N:4d} -> {N // 4:<3d}  chunk 64 {r64:.3f}   auto {rauto:.3f}   "
-              f"speed-up {s_n:.2f}x, {s_r:.2f}x")
+                t[(n, "auto")] = t[(n, auto[n])]
+                q = resolve_chunk_size("auto", args.length, H, P, 1, n)
+                print(f"  {H:2d} x {P:<3d} {n:4d}  {q:3d} {1e3 * t[(n, 'chunked')]:7.1f}ms "
+                      f"{1e3 * t[(n, 'native')]:7.1f}ms  {auto[n]:>7s}")
+            ratios.append((H, P, N, *(t[(N // 4, k)] / t[(N, k)] for k in ("chunked", "native", "auto")),
+                           t[(N, "chunked")] / t[(N, "native")], t[(N // 4, "chunked")] / t[(N // 4, "native")]))
+    print("ratio scan(N/4) / scan(N) per backend (proportional: 0.25); native's speed-up over chunked at N, N/4")
+    for H, P, N, rc, rn, ra, s_n, s_r in ratios:
+        print(f"  {H:2d} x {P:<3d} {N:4d} -> {N // 4:<3d}  chunked {rc:.3f}   native {rn:.3f}   auto {ra:.3f}   "
+              f"native speed-up {s_n:.2f}x, {s_r:.2f}x")
 
 
 def main() -> None:
@@ -127,12 +136,15 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=784)
     ap.add_argument("--chunk", type=chunk_arg, default="auto", help="chunk length or auto")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--scan", choices=["auto", "chunked", "native"], default="auto",
+                    help="backend of the layers' SSD scan and of 'scan N' (default auto)")
     ap.add_argument("--scan-only", action="store_true", help="time the SSD scan alone (see above)")
     ap.add_argument("--heads", type=heads_arg, default=[(4, 8), (4, 16), (2, 64)],
                     help="--scan-only: head shapes HxP,...")
     ap.add_argument("--scan-n", type=int, nargs="+", default=[256, 128],
                     help="--scan-only: the N compared with N / 4")
     args = ap.parse_args()
+    _common.init_native_isa()
     _common.set_threads(1)
     if args.scan_only:
         _common.print_header("Mamba-2 SSD scan alone at d_state N against N/4")
@@ -144,20 +156,21 @@ def main() -> None:
     fns, layers = {}, {}
     for n in (N, r):
         torch.manual_seed(0)
-        layers[n] = Mamba2SSM(args.d_model, n, headdim=args.headdim, chunk_size=args.chunk).train()
+        layers[n] = Mamba2SSM(args.d_model, n, headdim=args.headdim, chunk_size=args.chunk, scan=args.scan).train()
         fns[f"layer {n}"] = layer_step(layers[n], u)
-        quiet = Mamba2SSM(args.d_model, n, headdim=args.headdim, chunk_size=args.chunk).train()
+        quiet = Mamba2SSM(args.d_model, n, headdim=args.headdim, chunk_size=args.chunk, scan=args.scan).train()
         quiet.track_gramians = False
         fns[f"layer {n}, no Gramians"] = layer_step(quiet, u)
-    fns[f"exact {N}->{r}"] = layer_step(reduced_layer(N, r, args.d_model, args.headdim, args.chunk, u), u)
+    fns[f"exact {N}->{r}"] = layer_step(reduced_layer(N, r, args.d_model, args.headdim, args.chunk, u,
+                                                      scan=args.scan), u)
     fns[f"folded {N}->{r}"] = layer_step(
-        reduced_layer(N, r, args.d_model, args.headdim, args.chunk, u, "folded"), u)
+        reduced_layer(N, r, args.d_model, args.headdim, args.chunk, u, "folded", scan=args.scan), u)
     H = 2 * args.d_model // args.headdim
     for n in (N, r):
-        fns[f"scan {n}"] = scan_step(args.batch, args.length, H, args.headdim, n, args.chunk)
+        fns[f"scan {n}"] = scan_step(args.batch, args.length, H, args.headdim, n, args.chunk, backend=args.scan)
     print(f"d_model {args.d_model}, E {2 * args.d_model}, {H} heads of P = {args.headdim}, one group, "
-          f"batch {args.batch}, L {args.length}, chunk {args.chunk}, float32; forward + backward, "
-          f"median of {args.rounds} rounds")
+          f"batch {args.batch}, L {args.length}, scan {args.scan} (native path {_common.native_isa()}), "
+          f"chunk {args.chunk}, float32; forward + backward, median of {args.rounds} rounds")
     t = _common.time_round_robin(fns, args.rounds, burn_in=1)
     for name, sec in t.items():
         print(f"  {name:28s} {1e3 * sec:9.1f} ms")

@@ -547,12 +547,15 @@ def test_selective_layer_passes_auto_through(monkeypatch):
 
 def test_mamba2_layer_uses_the_chunked_ssd_scan_off_the_cpu(monkeypatch):
     chunked = spy(monkeypatch, ssd_module, "ssd_scan_chunked")
+    native = spy(monkeypatch, ssd_module, "ssd_scan_native")
     ref = spy(monkeypatch, ssd_module, "ssd_scan_ref")
     layer = Mamba2SSM(8, 4, headdim=4).eval()
     assert layer.scan == "auto"
-    layer(torch.randn(2, 5, 8))
+    layer(torch.randn(2, 5, 8))                                      # CPU: native with the extension
+    assert (native, chunked) == ((["cpu"], []) if NATIVE else ([], ["cpu"]))
+    native.clear(), chunked.clear()
     out = layer.to("meta")(torch.randn(2, 5, 8, device="meta"))
-    assert out.device.type == "meta" and chunked == ["cpu", "meta"] and ref == []
+    assert out.device.type == "meta" and chunked == ["meta"] and native == ref == []
 
 
 # ------------------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="chunk_size"):
         ssd_scan(x, dt, A, B, C, chunk_size=0)
     with pytest.raises(ValueError, match="backend"):
-        ssd_scan(x, dt, A, B, C, backend="native")
+        ssd_scan(x, dt, A, B, C, backend="parallel")
     with pytest.raises(ValueError, match="dt must be"):
         ssd_scan(x, dt[:, :, :2], A, B, C)
 

@@ -65,9 +65,9 @@ class ModelConfig(BaseModel):
     max_phase: float = Field(2 * math.pi, gt=0.0, le=2 * math.pi)
     train_gamma: bool = True
     scan: Literal[BACKENDS] = Field(
-        "auto", description="scan backend (the selective scan has auto, chunked, native and ref, "
-        "auto = native on a CPU, chunked elsewhere; the mamba2 SSD scan auto, chunked and ref, "
-        "auto = chunked)")
+        "auto", description="scan backend: auto, chunked, native or ref (auto = native on a CPU, "
+        "chunked elsewhere; for the mamba2 SSD scan native only where a head's state P x N is at "
+        "most 16 KiB, where its kernel is the faster one)")
     # selective layers only (layer="selective"; ignored by the LRU)
     expand: int = Field(2, ge=1, description="selective, mamba2: channels E = expand * d_model")
     d_conv: int = Field(4, ge=1, description="selective, mamba2: causal depthwise convolution kernel")
@@ -121,8 +121,6 @@ class ModelConfig(BaseModel):
         if self.dt_min >= self.dt_max:
             raise ValueError(f"dt_min ({self.dt_min}) must be below dt_max ({self.dt_max})")
         if self.layer == "mamba2":
-            if self.scan == "native":
-                raise ValueError("the mamba2 SSD scan has the backends auto, chunked and ref (not native)")
             inner = self.expand * self.d_model
             if inner % self.headdim or (inner // self.headdim) % self.ngroups:
                 raise ValueError(f"mamba2: expand * d_model = {inner} must be a multiple of headdim "

@@ -24,9 +24,17 @@ A zero step ``dt[t] = 0`` leaves the state unchanged (``a = 1``, no input): that
 passes padded positions through, and how the chunked form pads a length that ``chunk_size`` does
 not divide.
 
-The two implementations
------------------------
+The three implementations
+-------------------------
 :func:`ssd_scan_ref` loops over time (``unbind``), differentiated by autograd: the ground truth.
+
+``backend="native"`` runs the compiled CPU kernel (:mod:`shrinkssm.ops._ssd_native`): the same
+recurrence step by step, one exp per head and step, its backward written out (states
+recomputed from checkpoints, the adjoint run backwards). Its cost per step is ``O(P N)`` per
+head, so it falls in proportion with the state size ``N``; the chunked form's within-chunk part
+does not depend on ``N``. ``"auto"`` is "native" on a CPU where the extension is built and a
+head's state (``P x N``) is at most 16 KiB, where the kernel was measured faster, and "chunked"
+everywhere else (:func:`resolve_ssd_backend`).
 
 :func:`ssd_scan_chunked` is the SSD form (Dao & Gu 2024, "Transformers are SSMs"): the sequence is
 cut into chunks of ``Q = chunk_size`` steps;
@@ -69,11 +77,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["SSD_BACKENDS", "DEFAULT_CHUNK_SIZE", "auto_chunk_size", "resolve_chunk_size", "ssd_scan",
-           "ssd_scan_ref", "ssd_scan_chunked"]
+from shrinkssm.ops import _native_backend
+from shrinkssm.ops._ssd_native import native_preferred, ssd_scan_native
 
-SSD_BACKENDS = ("auto", "chunked", "ref")
-"""Valid values of ``backend=`` of :func:`ssd_scan` ("auto" is "chunked" on every device)."""
+__all__ = ["SSD_BACKENDS", "DEFAULT_CHUNK_SIZE", "auto_chunk_size", "resolve_chunk_size", "resolve_ssd_backend",
+           "ssd_scan", "ssd_scan_ref", "ssd_scan_chunked"]
+
+SSD_BACKENDS = ("auto", "chunked", "native", "ref")
+"""Valid values of ``backend=`` of :func:`ssd_scan` (:func:`resolve_ssd_backend` says what "auto" is)."""
 
 DEFAULT_CHUNK_SIZE = 64
 """The chunk length ``Q`` that ``chunk_size="auto"`` means off the CPU (the default before "auto")."""
@@ -310,13 +321,43 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     return (y, final) if return_final_state else y
 
 
+def resolve_ssd_backend(backend: str, device: torch.device, P: int = 1, N: int = 1,
+                        dtype: torch.dtype = torch.float32) -> str:
+    """The implementation ``backend`` means on ``device`` for heads of width ``P`` with ``N``
+    states: "auto" is "native" on a CPU where the compiled extension loaded and a head's state is
+    small enough for the kernel to be the faster one (:func:`shrinkssm.ops._ssd_native.native_preferred`:
+    ``P x N`` up to 16 KiB), "chunked" otherwise; any other valid name is itself.
+
+    Raises ``ValueError`` for an unknown name or "native" off the CPU, ``RuntimeError`` for
+    "native" without the extension (the message says how to build it)."""
+    if backend not in SSD_BACKENDS:
+        raise ValueError(f"unknown SSD-scan backend {backend!r}; valid: {', '.join(SSD_BACKENDS)}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "auto":
+        use = on_cpu and _native_backend.native_available() and native_preferred(P, N, dtype)
+        return "native" if use else "chunked"
+    if backend == "native":
+        if not on_cpu:
+            raise ValueError(f"the native SSD scan runs on the CPU only, the tensors are on {device}; "
+                             "use backend='auto' or 'chunked'")
+        _native_backend._require()
+    return backend
+
+
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
              initial_state: Tensor | None = None, return_final_state: bool = False, *,
              chunk_size: int | str = "auto", backend: str = "auto"
              ) -> Tensor | tuple[Tensor, Tensor]:
-    """The SSD scan (module docstring) by ``backend``: "chunked" (and "auto") or "ref"."""
-    if backend not in SSD_BACKENDS:
-        raise ValueError(f"unknown SSD-scan backend {backend!r}; valid: {', '.join(SSD_BACKENDS)}")
-    if backend == "ref":
+    """The SSD scan (module docstring) by ``backend``: "auto", "chunked", "native" or "ref"
+    (:func:`resolve_ssd_backend`). ``chunk_size`` is the chunk length of the chunked form (the
+    other backends ignore it, but it is validated)."""
+    chosen = resolve_ssd_backend(backend, x.device, x.shape[-1] if x.ndim == 4 else 1,
+                                 B.shape[-1] if B.ndim == 4 else 1, x.dtype)
+    if chosen == "ref":
         return ssd_scan_ref(x, dt, A, B, C, initial_state, return_final_state)
+    if chosen == "native":
+        resolve_chunk_size(chunk_size, 1, 1, 1, 1, 1)                      # raises if invalid
+        b, L, H, P, G, N = _check(x, dt, A, B, C, initial_state)
+        if min(b, L, H, P, N) > 0:
+            return ssd_scan_native(x, dt, A, B, C, initial_state, return_final_state)
     return ssd_scan_chunked(x, dt, A, B, C, initial_state, return_final_state, chunk_size=chunk_size)

@@ -119,8 +119,9 @@ class Mamba2SSM(GramianStatistics, Mamba2Reducer, nn.Module):
         Biases of ``in_proj`` and ``out_proj`` (Mamba-2: none).
     conv_bias : bool
         Bias of the convolution (Mamba-2: yes).
-    scan : {"auto", "chunked", "ref"}
-        Backend of :func:`shrinkssm.ops.ssd_scan.ssd_scan`.
+    scan : {"auto", "chunked", "native", "ref"}
+        Backend of :func:`shrinkssm.ops.ssd_scan.ssd_scan` ("auto": the native kernel on a CPU for
+        heads whose state is at most 16 KiB, the chunked form otherwise).
     gramian_momentum : float or None
         Weight of a batch in the running Gramians (:mod:`~shrinkssm.nn.mamba2.gramians`); None
         for a plain average. ``track_gramians = False`` stops gathering them.

@@ -70,7 +70,14 @@ static inline fp_mode_t fp_flush_subnormals(void) { return 0; }
 static inline void fp_restore(fp_mode_t mode) { (void)mode; }
 #endif
 
-/* The instruction set in use (scan_module.c owns it; selective.c follows it). */
+/* The instruction set in use (scan_module.c owns it; selective.c and ssd.c follow it). */
 int shrinkssm_native_isa_index(void);
+
+/* Work items spread over threads (selective.c): fn(args, item, ws) for every item in [0, n), each
+ * on one thread with its own 64-byte aligned workspace of ws_bytes, subnormals flushed; threads
+ * of the OpenMP pool when built with OpenMP, pthreads otherwise. Returns 0 if every item was
+ * done (-1: no workspace could be allocated). */
+typedef void (*shrinkssm_row_fn)(const void *args, idx item, void *ws);
+int shrinkssm_run_rows(shrinkssm_row_fn fn, const void *args, idx n, size_t ws_bytes, int n_threads);
 
 #endif

@@ -650,6 +650,10 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args)
 PyObject *shrinkssm_sel_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_sel_backward(PyObject *self, PyObject *args);
 
+/* The SSD scan of Mamba-2 heads (ssd.c) */
+PyObject *shrinkssm_ssd_forward(PyObject *self, PyObject *args);
+PyObject *shrinkssm_ssd_backward(PyObject *self, PyObject *args);
+
 /* The fused block tail: skip term, GELU, GLU and residual (block.c) */
 PyObject *shrinkssm_block_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_block_backward(PyObject *self, PyObject *args);
@@ -664,7 +668,7 @@ PyObject *shrinkssm_enc1_backward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc_bn_forward(PyObject *self, PyObject *args);
 PyObject *shrinkssm_enc_bn_backward(PyObject *self, PyObject *args);
 
-/* The instruction set in use (0 base, 1 avx2, 2 avx512), so that selective.c follows set_isa. */
+/* The instruction set in use (0 base, 1 avx2, 2 avx512), so that selective.c and ssd.c follow set_isa. */
 int shrinkssm_native_isa_index(void) { return cur_isa; }
 
 static PyMethodDef methods[] = {
@@ -676,6 +680,8 @@ static PyMethodDef methods[] = {
     {"scan_backward", py_scan_backward, METH_VARARGS, "Scan, backward."},
     {"sel_forward", shrinkssm_sel_forward, METH_VARARGS, "Selective scan, forward (pointers as ints)."},
     {"sel_backward", shrinkssm_sel_backward, METH_VARARGS, "Selective scan, backward (pointers as ints)."},
+    {"ssd_forward", shrinkssm_ssd_forward, METH_VARARGS, "SSD scan (Mamba-2 heads), forward (pointers as ints)."},
+    {"ssd_backward", shrinkssm_ssd_backward, METH_VARARGS, "SSD scan (Mamba-2 heads), backward (pointers as ints)."},
     {"block_forward", shrinkssm_block_forward, METH_VARARGS, "Fused block tail, forward (pointers as ints)."},
     {"block_pool_forward", shrinkssm_block_pool_forward, METH_VARARGS, "Fused block tail, forward, mean over runs of L positions."},
     {"block_backward", shrinkssm_block_backward, METH_VARARGS, "Fused block tail, backward (pointers as ints)."},

@@ -97,7 +97,7 @@ TARGET_END
 /* Per-ISA workers                                                                            */
 /* ------------------------------------------------------------------------------------------ */
 
-typedef void (*sel_row_fn)(const void *args, idx b, void *ws);
+typedef shrinkssm_row_fn sel_row_fn;
 
 #define SEL_WORKERS(SFXv, TY, ISA, ATTR)                                                        \
     ATTR static void sel_fwd_##SFXv##_##ISA(const void *a, idx b, void *ws)                     \
@@ -195,6 +195,14 @@ static int sel_run(sel_job *j, int n_threads)
 #endif
     }
     return j->done == j->nb ? 0 : -1;
+}
+
+/* The row runner for other kernels of the module (ssd.c): fn(args, item, ws) for every item in
+ * [0, n), each thread with a 64-byte aligned workspace of ws_bytes; 0 if every item was done. */
+int shrinkssm_run_rows(shrinkssm_row_fn fn, const void *args, idx n, size_t ws_bytes, int n_threads)
+{
+    sel_job j = {fn, args, n, ws_bytes, 0, 0};
+    return sel_run(&j, n_threads);
 }
 
 /* ------------------------------------------------------------------------------------------ */
