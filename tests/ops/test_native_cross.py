@@ -1,9 +1,10 @@
 """The native kernels built for aarch64 (NEON), run under qemu-user, against the host build.
 
-No machine here is an ARM one, so the NEON path of the fused LRU kernels is checked by cross
-compiling ``tests/ops/native/lru_harness.c`` (the kernels of ``kernels.h`` driven without
-Python) and comparing its outputs with the same harness built for the host, whose kernels the
-rest of the suite checks against PyTorch references. Needs ``aarch64-linux-gnu-gcc`` and
+No machine here is an ARM one, so the NEON path of the fused LRU kernels and of the SSD scan is
+checked by cross compiling ``tests/ops/native/lru_harness.c`` and ``ssd_harness.c`` (the kernels
+of ``kernels.h`` and ``ssd_kernels.h`` driven without Python) and comparing their outputs with
+the same harnesses built for the host, whose kernels the rest of the suite checks against
+PyTorch references. Needs ``aarch64-linux-gnu-gcc`` and
 ``qemu-aarch64`` (Debian: ``apt-get install gcc-aarch64-linux-gnu qemu-user``); skipped without.
 """
 
@@ -27,9 +28,9 @@ needs_cross = pytest.mark.skipif(
 )
 
 
-def _build(cc: str, out: Path) -> None:
-    cmd = [cc, "-O2", "-std=gnu11", "-ffp-contract=fast", f"-I{KERNELS}", str(HERE / "native" / "lru_harness.c"),
-           "-o", str(out)]
+def _build(cc: str, out: Path, harness: str = "lru_harness.c") -> None:
+    cmd = [cc, "-O2", "-std=gnu11", "-ffp-contract=fast", f"-I{KERNELS}", str(HERE / "native" / harness),
+           "-o", str(out), "-lm"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
@@ -61,3 +62,30 @@ def test_neon_build_agrees_with_host(builds, h_in, h_out, n):
     assert worst <= 1e-5 * scale, f"NEON and host builds differ by {worst:.3g} (scale {scale:.3g})"
     # and the comparison is not vacuous: the outputs carry signal
     assert scale > 0.1
+
+
+@pytest.fixture(scope="module")
+def ssd_builds(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cross_ssd")
+    _build("gcc", d / "host", "ssd_harness.c")
+    _build(CROSS_CC, d / "arm", "ssd_harness.c")
+    return d / "host", d / "arm"
+
+
+@needs_cross
+@pytest.mark.parametrize("sizes", [(2, 37, 4, 5, 2, 21, 8), (1, 50, 2, 8, 1, 16, 16), (2, 9, 3, 3, 3, 1, 4)])
+def test_neon_ssd_build_agrees_with_host(ssd_builds, sizes):
+    """b L H P G N T: rows in blocks of 4 and one by one, N padded, groups, a short last chunk."""
+    host, arm = ssd_builds
+    args = [str(v) for v in sizes]
+    names_h, ref = _values([str(host), *args])
+    names_a, got = _values([QEMU, "-L", str(SYSROOT), str(arm), *args])
+    assert names_a == names_h and len(got) == len(ref) > 100
+    assert set(names_h) == {"y", "fin", "gx", "gdt", "gB", "gC", "gA", "gS0"}
+    for name in set(names_h):
+        r = [v for n, v in zip(names_h, ref) if n == name]
+        g = [v for n, v in zip(names_a, got) if n == name]
+        scale = max(abs(v) for v in r)
+        worst = max(abs(a - b) for a, b in zip(g, r))
+        assert scale > 0.01, name                                  # the outputs carry signal
+        assert worst <= 1e-5 * scale, f"{name}: NEON and host builds differ by {worst:.3g} (scale {scale:.3g})"

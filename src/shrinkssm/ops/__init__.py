@@ -4,8 +4,8 @@
 ``x[k] = lam * x[k-1] + B u[k]``, ``y[k] = Re(C x[k])``. Both take ``backend=`` "auto", "ref",
 "chunked" or "native" (see :mod:`shrinkssm.ops.scan` for what each does and how "auto" chooses) and
 are differentiable in every tensor argument. Conventions: :mod:`shrinkssm.lti`. :func:`ssd_scan`
-is the scan of Mamba-2 layers (scalar decay per head, chunked SSD form in plain PyTorch, with a
-sequential reference; :mod:`shrinkssm.ops.ssd_scan`).
+is the scan of Mamba-2 layers (scalar decay per head: a native CPU kernel, the chunked SSD form in
+plain PyTorch and a sequential reference; :mod:`shrinkssm.ops.ssd_scan`).
 
 The native kernels are PyTorch custom operators (namespace ``shrinkssm``, listed in
 :mod:`shrinkssm.ops._native_backend`), so ``torch.compile`` and ``torch.export`` trace through

@@ -15,7 +15,8 @@ so that ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace throug
 ==============================  =====================================================================
 
 (the selective scan's ``shrinkssm::selective_forward`` / ``selective_backward`` live in
-:mod:`shrinkssm.ops.selective_scan`). The operators read ``torch.get_num_threads()`` when they run,
+:mod:`shrinkssm.ops.selective_scan`, the SSD scan's ``shrinkssm::ssd_forward`` / ``ssd_backward``
+in :mod:`shrinkssm.ops._ssd_native`). The operators read ``torch.get_num_threads()`` when they run,
 so a compiled graph follows later changes of the thread count. In plain eager mode the entry
 points below call the operators' implementations and autograd formulas without the dispatcher,
 whose Python overhead was measurable (:mod:`shrinkssm.ops._op_dispatch`).

@@ -23,11 +23,12 @@ __all__ = ["NATIVE_STATE_BYTES", "checkpoint_chunk", "native_preferred", "padded
 
 NATIVE_STATE_BYTES = 16 * 1024
 """Largest state of one head (``P x Np`` reals, in bytes) for which ``backend="auto"`` runs the
-native kernel. Measured by ``benchmarks/mamba2_cost.py --scan-only`` (forward + backward, one
-thread, float32, AVX-512): the kernel was 1.6-4x faster than the chunked form up to 16 KiB (P N
-<= 4096), level at 32 KiB (P 32, N 256) and slower beyond (0.6x at P 64, N 256), where a head's
-state and the chunk it recomputes no longer stay in a core's caches while the chunked form's
-matrix products still run at full speed."""
+native kernel. Measured on one AVX-512 Xeon by ``benchmarks/mamba2_cost.py --scan-only``
+(forward + backward, one thread, float32, batch 8, L 784) on each of its paths: up to 16 KiB
+(float32 ``P N <= 4096``) the kernel was 1.3-4x faster than the chunked form on the avx2 and
+avx512 paths (0.96-1.14x at 16 KiB on the baseline path); at 64 KiB (P 64, N 256) it was 2.6x
+slower, where a head's state and the chunk it recomputes no longer stay in a core's caches while
+the chunked form's matrix products run at full speed."""
 
 _CHUNK_BYTES = 256 * 1024
 """Bytes of one chunk's recomputed states in the backward (T + 1 states of ``P x Np`` reals):
