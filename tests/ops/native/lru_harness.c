@@ -34,27 +34,7 @@ typedef long idx;
 #endif
 #define SFX f32_base
 #include "kernels.h"
-
-static uint64_t rng = 88172645463325252ull;
-static float uniform(void) /* in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
-
-static float *vec(idx n, float scale)
-{
-    float *p = aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
-    for (idx i = 0; i < n; i++) p[i] = scale * uniform();
-    return p;
-}
-
-static void print(const char *name, const float *p, idx n)
-{
-    for (idx i = 0; i < n; i++) printf("%s %.9g\n", name, p[i]);
-}
+#include "harness.h"
 
 int main(int argc, char **argv)
 {
@@ -63,29 +43,29 @@ int main(int argc, char **argv)
     lru_args_f32 a;
     memset(&a, 0, sizeof a);
     a.nb = nb; a.L = L; a.Hi = Hi; a.Ho = Ho; a.Np = Np; a.T = T; a.n_chunks = n_chunks;
-    float *lr = vec(Np, 1), *li = vec(Np, 1);
+    float *lr = vec(Np, 1, 0), *li = vec(Np, 1, 0);
     for (idx n = 0; n < Np; n++) { /* |lam| < 1; padding states zero */
         const float m = 0.5f + 0.45f * (lr[n] * lr[n]);
         lr[n] = n < N ? m * 0.8f : 0;
         li[n] = n < N ? m * 0.6f * li[n] : 0;
     }
-    float *Br = vec(Hi * Np, 0.5f), *Bi = vec(Hi * Np, 0.5f), *Cr = vec(Ho * Np, 0.5f), *Ci = vec(Ho * Np, 0.5f);
+    float *Br = vec(Hi * Np, 0.5f, 0), *Bi = vec(Hi * Np, 0.5f, 0), *Cr = vec(Ho * Np, 0.5f, 0), *Ci = vec(Ho * Np, 0.5f, 0);
     for (idx h = 0; h < Hi; h++) for (idx n = N; n < Np; n++) Br[h * Np + n] = Bi[h * Np + n] = 0;
     for (idx o = 0; o < Ho; o++) for (idx n = N; n < Np; n++) Cr[o * Np + n] = Ci[o * Np + n] = 0;
-    a.u = vec(nb * L * Hi, 1); a.lr = lr; a.li = li; a.Br = Br; a.Bi = Bi; a.Cr = Cr; a.Ci = Ci;
-    a.h0r = vec(nb * Np, 0.3f); a.h0i = vec(nb * Np, 0.3f);
-    a.y = vec(nb * L * Ho, 0); a.hlr = vec(nb * Np, 0); a.hli = vec(nb * Np, 0);
-    a.ckr = vec(nb * n_chunks * Np, 0); a.cki = vec(nb * n_chunks * Np, 0);
-    float *ws = vec(lru_bwd_ws_f32(Np, T), 0);
+    a.u = vec(nb * L * Hi, 1, 0); a.lr = lr; a.li = li; a.Br = Br; a.Bi = Bi; a.Cr = Cr; a.Ci = Ci;
+    a.h0r = vec(nb * Np, 0.3f, 0); a.h0i = vec(nb * Np, 0.3f, 0);
+    a.y = vec(nb * L * Ho, 0, 0); a.hlr = vec(nb * Np, 0, 0); a.hli = vec(nb * Np, 0, 0);
+    a.ckr = vec(nb * n_chunks * Np, 0, 0); a.cki = vec(nb * n_chunks * Np, 0, 0);
+    float *ws = vec(lru_bwd_ws_f32(Np, T), 0, 0);
     for (idx b = 0; b < nb; b++) lru_fwd_item_f32_base(&a, b, 0, Np / 16, a.y, 0, ws);
     print("y", a.y, nb * L * Ho);
     print("hlr", a.hlr, nb * Np);
     print("hli", a.hli, nb * Np);
 
-    a.gy = vec(nb * L * Ho, 1); a.ghlr = vec(nb * Np, 1); a.ghli = vec(nb * Np, 1);
-    a.gu = vec(nb * L * Hi, 0); a.gh0r = vec(nb * Np, 0); a.gh0i = vec(nb * Np, 0);
+    a.gy = vec(nb * L * Ho, 1, 0); a.ghlr = vec(nb * Np, 1, 0); a.ghli = vec(nb * Np, 1, 0);
+    a.gu = vec(nb * L * Hi, 0, 0); a.gh0r = vec(nb * Np, 0, 0); a.gh0i = vec(nb * Np, 0, 0);
     const idx acc_len = 2 * Hi * Np + 2 * Ho * Np + 2 * Np;
-    float *tacc = vec(acc_len, 0);
+    float *tacc = vec(acc_len, 0, 0);
     memset(tacc, 0, (size_t)acc_len * sizeof(float));
     for (idx b = 0; b < nb; b++) lru_bwd_item_f32_base(&a, b, 0, Np / 16, a.gu, 0, ws, tacc);
     print("gu", a.gu, nb * L * Hi);

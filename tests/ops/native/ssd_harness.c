@@ -34,27 +34,7 @@ typedef long idx;
 #define KSFX f32_base
 #define SSD_EXP expf
 #include "ssd_kernels.h"
-
-static uint64_t rng = 88172645463325252ull;
-static float uniform(void) /* in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
-
-static float *vec(idx n, float scale, float shift)
-{
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (idx i = 0; i < n; i++) p[i] = shift + scale * uniform();
-    return p;
-}
-
-static void print(const char *name, const float *p, idx n)
-{
-    for (idx i = 0; i < n; i++) printf("%s %.9g\n", name, p[i]);
-}
+#include "harness.h"
 
 int main(int argc, char **argv)
 {
@@ -86,8 +66,7 @@ int main(int argc, char **argv)
     a.gC = vec(nb * L * G * N, 0, 0);
     a.gA = vec(nb * H, 0, 0);
     a.gS0 = vec(nb * H * P * N, 0, 0);
-    float *ws = aligned_alloc(64, (size_t)((ssd_ws_bwd_f32(R, P, Np, T) + ssd_ws_fwd_f32(R, P, Np, T)) * 4 + 64)
-                                      / 64 * 64);
+    float *ws = vec(ssd_ws_bwd_f32(R, P, Np, T) + ssd_ws_fwd_f32(R, P, Np, T), 0, 0);
     for (idx item = 0; item < nb * G; item++) ssd_fwd_item_f32_base(&a, item, ws);
     for (idx item = 0; item < nb * G; item++) ssd_bwd_item_f32_base(&a, item, ws);
     print("y", a.y, nb * L * H * P);

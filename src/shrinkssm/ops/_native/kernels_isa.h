@@ -1,6 +1,7 @@
 /* The LRU and scan kernels of both real types for one instruction set.
  *
- * Included by scan_module.c once per instruction set, inside TARGET_BEGIN / TARGET_END, with
+ * Included by scan_module.c once per instruction set through each_isa.h (inside that target's
+ * TARGET_BEGIN / TARGET_END), with
  *   ISA   the suffix token (base, avx2, avx512)
  *   VWF   floats per native vector register of that target (4, 8, 16)
  *   VWD   doubles per native vector register (2, 4, 8)

@@ -45,47 +45,10 @@
 #undef RS
 #undef KERNEL_ARGS
 
-/* The kernels of each real type for each instruction set, with vectors one register wide.
- * Baseline: 16-byte vectors (SSE2 on x86-64 with 16 registers, NEON on aarch64 with 32, whatever
- * the compiler makes of them elsewhere). */
-#define ISA base
-#define VWF 4
-#define VWD 2
-#if defined(__aarch64__)
-#define NREG 32
-#else
-#define NREG 16
-#endif
-#include "kernels_isa.h"
-#undef ISA
-#undef VWF
-#undef VWD
-#undef NREG
-
-#ifdef HAVE_X86_VARIANTS
-TARGET_BEGIN(TARGET_AVX2)
-#define ISA avx2
-#define VWF 8
-#define VWD 4
-#define NREG 16
-#include "kernels_isa.h"
-#undef ISA
-#undef VWF
-#undef VWD
-#undef NREG
-TARGET_END
-TARGET_BEGIN(TARGET_AVX512)
-#define ISA avx512
-#define VWF 16
-#define VWD 8
-#define NREG 32
-#include "kernels_isa.h"
-#undef ISA
-#undef VWF
-#undef VWD
-#undef NREG
-TARGET_END
-#endif
+/* The kernels of each real type for each instruction set, with vectors one register wide. */
+#define EACH_ISA_HEADER "kernels_isa.h"
+#include "each_isa.h"
+#undef EACH_ISA_HEADER
 
 #define MAX_THREADS 256
 

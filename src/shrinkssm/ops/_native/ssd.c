@@ -41,33 +41,9 @@
 #undef SSD_ARGS
 
 /* The kernels, once per instruction set, each with vectors one register wide. */
-#define ISA base
-#define VWF 4
-#define VWD 2
-#include "ssd_isa.h"
-#undef ISA
-#undef VWF
-#undef VWD
-#ifdef HAVE_X86_VARIANTS
-TARGET_BEGIN(TARGET_AVX2)
-#define ISA avx2
-#define VWF 8
-#define VWD 4
-#include "ssd_isa.h"
-#undef ISA
-#undef VWF
-#undef VWD
-TARGET_END
-TARGET_BEGIN(TARGET_AVX512)
-#define ISA avx512
-#define VWF 16
-#define VWD 8
-#include "ssd_isa.h"
-#undef ISA
-#undef VWF
-#undef VWD
-TARGET_END
-#endif
+#define EACH_ISA_HEADER "ssd_isa.h"
+#include "each_isa.h"
+#undef EACH_ISA_HEADER
 
 /* ------------------------------------------------------------------------------------------ */
 /* Per-ISA workers                                                                            */
