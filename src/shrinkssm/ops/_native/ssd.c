@@ -3,8 +3,8 @@
  *
  *   S[t] = exp(dt[t, h] A[h]) S[t-1] + (dt[t, h] x[t, h]) B[t, g]^T,   y[t, h] = S[t] C[t, g]
  *
- * A sequential scan: every step costs P N per head (forward) and about four times that
- * (backward), with one exp per head and step, so its cost falls in proportion with the state
+ * A sequential scan: every step costs 2 P N multiply-adds per head (forward) and about three
+ * times that (backward), with one exp per head and step, so its cost falls in proportion with the state
  * size N. The forward stores the state entering every chunk of T steps; the backward recomputes
  * a chunk's states from that checkpoint and runs the adjoint backwards through it (as the LRU and
  * selective kernels do). The layout and the recurrences are described in ssd_kernels.h.

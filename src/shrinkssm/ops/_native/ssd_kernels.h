@@ -20,18 +20,19 @@
  * Layout. Inputs and outputs are the contiguous tensors of the Python signature: x, y (nb, L, H, P),
  * dt (nb, L, H), A (H,), B, C (nb, L, G, N), S0 and the final state (nb, H, P, N). Inside, a head's
  * state is P rows of Np = N rounded up to 64 bytes (16 floats, 8 doubles, whatever the instruction
- * set), the padding zero: B and C are copied into zero-padded rows once per step, so every inner
- * loop runs over whole vectors, and the padded states stay zero. The checkpoints (the state
- * entering every chunk of T steps, (nb, H, n_chunks, P, Np)) use that padded layout too; it does
- * not depend on the instruction set.
+ * set), the padding zero: the rows of B and C of a chunk of T steps are copied into zero-padded
+ * rows once for all heads of the group, so every inner loop runs over whole vectors, and the
+ * padded states stay zero. The checkpoints (the state entering every chunk of T steps,
+ * (nb, H, n_chunks, P, Np)) use that padded layout too; it does not depend on the instruction set.
  *
- * Work. One item is one batch row and one group: its heads one after the other, each over the
- * whole sequence. The item writes only its own slices of every output, B's and C's gradients
- * included (the heads of a group are summed inside the item, in head order), so results do not
- * depend on how items are spread over threads. Cost per step and head: P Np multiply-adds for the
- * state, as many for the read-out (forward), and about four times that for the backward: it
- * falls in proportion with N, which is what the chunked form, whose within-chunk part does not
- * depend on N, cannot do.
+ * Work. One item is one batch row and one group, run chunk by chunk (forward from the first,
+ * backward from the last), the group's heads one after the other within a chunk, each carrying
+ * its own state (forward) or adjoint (backward) from chunk to chunk. The item writes only its own
+ * slices of every output, B's and C's gradients included (the heads of a group are summed inside
+ * the item, in head order), so results do not depend on how items are spread over threads. Cost
+ * per step and head: P Np multiply-adds for the state and as many for the read-out (forward),
+ * about three times that for the backward: it falls in proportion with N, which the chunked form,
+ * whose within-chunk part does not depend on N, cannot do.
  */
 
 #define SSD_CAT_(a, b) a##_##b
@@ -79,6 +80,8 @@ static inline idx AN(ssd_ws_bwd)(idx R, idx P, idx Np, idx T)
 #define AN(x) SSD_CAT(x, SFX)
 #define VEC RN(vec)
 #define LD RN(ld)
+#define ST RN(st)
+#define SPLAT RN(splat)
 /* the lanes a shuffle of ssd_hsum leaves as they are, so that it names all VW of them */
 #if VW == 16
 #define SSD_TAIL8 , 8, 9, 10, 11, 12, 13, 14, 15
@@ -94,8 +97,6 @@ static inline idx AN(ssd_ws_bwd)(idx R, idx P, idx Np, idx T)
 #else
 #define SSD_TAIL2
 #endif
-#define ST RN(st)
-#define SPLAT RN(splat)
 
 /* A (P, N) state into the padded (P, Np) layout (src NULL: zeros). */
 static inline ALWAYS_INLINE void KN(ssd_pad)(REAL *dst, const REAL *src, idx P, idx N, idx Np)
@@ -112,8 +113,8 @@ static inline ALWAYS_INLINE void KN(ssd_unpad)(REAL *dst, const REAL *src, idx P
     for (idx p = 0; p < P; p++) memcpy(dst + p * N, src + p * Np, (size_t)N * sizeof(REAL));
 }
 
-/* The sum of a vector's lanes by a tree of shuffles (log2 VW adds; the generic hsum of
- * selective_kernels.h goes through memory, which cost more than the row it closes). */
+/* The sum of a vector's lanes by a tree of shuffles, log2 VW adds in registers (the generic
+ * hsum of selective_kernels.h goes through memory). */
 static inline ALWAYS_INLINE REAL KN(ssd_hsum)(VEC v)
 {
 #if VW == 16
@@ -133,8 +134,7 @@ static inline ALWAYS_INLINE REAL KN(ssd_hsum)(VEC v)
  * block share the loads of B, C and of the gradient rows, and their independent chains overlap. */
 #define SSD_PB 4
 
-/* One step of one head's state, in place or from src to dst (P rows of Np):
- * dst[p] = dec src[p] + xd[p] Bp; returns nothing. */
+/* One step of one head's state from src to dst (P rows of Np): dst[p] = dec src[p] + (d x[p]) Bp. */
 static inline ALWAYS_INLINE void KN(ssd_advance)(REAL *dst, const REAL *src, REAL dec, REAL d,
                                                  const REAL *xt, const REAL *Bp, idx P, idx Np)
 {
