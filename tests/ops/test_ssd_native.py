@@ -198,7 +198,13 @@ def test_compiled_mamba2_layer_matches_eager():
     layer = Mamba2SSM(8, 12, headdim=4, ngroups=2, scan="native").train()
     layer.track_gramians = False   # the statistics' data-dependent branches break a full graph
     u = torch.randn(2, 19, 8)
-    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    seen = []
+
+    def recording_aot_eager(gm, example_inputs):                    # the captured graph's calls
+        seen.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    compiled = torch.compile(layer, backend=recording_aot_eager, fullgraph=True)
     want = layer(u)
     want.square().sum().backward()
     grads = [p.grad.clone() for p in layer.parameters()]
@@ -206,6 +212,7 @@ def test_compiled_mamba2_layer_matches_eager():
     got = compiled(u)
     got.square().sum().backward()
     assert rel_err(got, want) < 1e-5
+    assert "shrinkssm.ssd_forward.default" in seen
     for g_c, (name, p) in zip(grads, layer.named_parameters()):
         assert rel_err(p.grad, g_c) < 1e-4, name
 
