@@ -37,21 +37,25 @@ small enough to stay in a core's L2 cache."""
 
 def padded_width(N: int, dtype: torch.dtype) -> int:
     """``N`` rounded up to 64 bytes of ``dtype`` (16 floats, 8 doubles): the kernel's state row."""
-    w = 16 if dtype == torch.float32 else 8
+    w = _nb._lanes(dtype)
     return -(-N // w) * w
+
+
+def _head_state_bytes(P: int, N: int, dtype: torch.dtype) -> int:
+    """Bytes of one head's padded state (``P x Np`` reals of ``dtype``)."""
+    return P * padded_width(N, dtype) * dtype.itemsize
 
 
 def native_preferred(P: int, N: int, dtype: torch.dtype) -> bool:
     """True if the native kernel is the faster SSD scan for heads of width ``P`` with ``N`` states
     (a head's state at most :data:`NATIVE_STATE_BYTES`)."""
-    return P * padded_width(N, dtype) * (4 if dtype == torch.float32 else 8) <= NATIVE_STATE_BYTES
+    return _head_state_bytes(P, N, dtype) <= NATIVE_STATE_BYTES
 
 
 def checkpoint_chunk(P: int, N: int, dtype: torch.dtype) -> int:
     """Steps between stored states: ``T`` with ``(T + 1) P Np`` reals in :data:`_CHUNK_BYTES`,
     clipped to ``[4, 64]`` (memory for the checkpoints: ``b H ceil(L / T) P Np`` reals)."""
-    size = P * padded_width(N, dtype) * (4 if dtype == torch.float32 else 8)
-    return max(4, min(64, _CHUNK_BYTES // size - 1))
+    return max(4, min(64, _CHUNK_BYTES // _head_state_bytes(P, N, dtype) - 1))
 
 
 def _shapes(x: Tensor, B: Tensor) -> tuple[int, int, int, int, int, int]:
